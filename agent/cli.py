@@ -1,0 +1,291 @@
+"""The ``netpol-agent`` command: the daemon (``run``) and the one-machine lab (``lab ...``).
+
+Entry points stay thin: parsing arguments and printing results; the work lives in
+``agent.runner`` (the daemon) and ``agent.lab.lab`` (the lab).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PROBE_PROTOCOLS = ("TCP", "UDP")
+
+
+def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lab = commands.add_parser(
+        "lab",
+        help="a one-machine cluster in network namespaces, enforced by real agents",
+        description="Build a cluster from ordinary Kubernetes manifests (Namespace, Pod, "
+        "Deployment, NetworkPolicy, and the lab's ExternalHost) inside network namespaces, "
+        "with a netpol-agent enforcing on every node. Needs root. Nothing outside the lab's "
+        "own network namespaces is touched.",
+    )
+    verbs = lab.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def with_lab(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--lab", required=True, metavar="NAME", help="the lab's name")
+        return parser
+
+    def with_files(parser: argparse.ArgumentParser, required: bool) -> None:
+        parser.add_argument(
+            "-f",
+            "--filename",
+            dest="files",
+            action="append",
+            default=[],
+            required=required,
+            metavar="PATH",
+            help="a manifest file (multi-document YAML, JSON, kind: List), a directory of "
+            "them, or - for standard input; repeatable",
+        )
+
+    up = with_lab(verbs.add_parser("up", help="build the lab, start enforcing, apply files"))
+    with_files(up, required=False)
+    up.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
+    mode = up.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--fail-open", action="store_true", help="let queued traffic pass while no agent listens"
+    )
+    mode.add_argument(
+        "--fail-closed",
+        action="store_true",
+        help="drop queued traffic while no agent listens (the default)",
+    )
+    up.add_argument("--queue-num", type=int, default=1000, help="NFQUEUE number (default 1000)")
+    up.add_argument("--no-ipv6", action="store_true", help="IPv4 only (default: dual-stack)")
+
+    for verb, text in (("apply", "create or replace objects"), ("delete", "delete objects")):
+        parser = with_lab(verbs.add_parser(verb, help=f"{text}; returns when in force"))
+        with_files(parser, required=True)
+
+    get = with_lab(verbs.add_parser("get", help="list lab objects"))
+    get.add_argument("resource", choices=["pods"], help="what to list")
+    get.add_argument("-o", "--output", choices=["json", "table"], default="table")
+
+    probe = with_lab(
+        verbs.add_parser("probe", help="try every ordered pair of pods and print the matrix")
+    )
+    probe.add_argument("--port", type=int, required=True)
+    probe.add_argument("--protocol", choices=PROBE_PROTOCOLS, default="TCP", type=str.upper)
+    probe.add_argument("-o", "--output", choices=["json", "table"], default="table")
+    probe.add_argument("--family", type=int, choices=[4, 6], default=4, help="IP family")
+    probe.add_argument("--timeout", type=float, default=1.5, help="seconds per attempt")
+    probe.add_argument(
+        "--external", action="store_true", help="include external hosts as sources and targets"
+    )
+
+    with_lab(verbs.add_parser("down", help="stop the agents, remove every namespace and rule"))
+    logs = with_lab(verbs.add_parser("logs", help="print the agents' logs"))
+    logs.add_argument("--tail", type=int, default=50, help="lines per node (0: all)")
+    verbs.add_parser("list", help="list the labs on this machine")
+
+
+def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser(
+        "run",
+        help="the node daemon: enforce NetworkPolicies for this node's pods",
+        description="Watch cluster state, compile allow tables for this node's pods and decide "
+        "the packets the kernel queues. Runs in the node's network namespace, as root.",
+    )
+    run.add_argument(
+        "--source",
+        choices=["lab"],
+        default="lab",
+        help="where cluster state comes from (lab: a lab object store)",
+    )
+    run.add_argument("--lab-store", type=Path, help="the lab store file (with --source lab)")
+    run.add_argument("--node-name", required=True, help="this node's name (spec.nodeName)")
+    run.add_argument("--status-file", type=Path, help="write status JSON here after each sync")
+    run.add_argument(
+        "--queue-num", type=int, default=1000, help="NFQUEUE number (default 1000; kindnet uses 100)"
+    )
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--fail-open",
+        action="store_true",
+        help="accept queued traffic when the agent is absent or errs; rules are removed on exit",
+    )
+    mode.add_argument(
+        "--fail-closed",
+        action="store_true",
+        help="drop queued traffic when the agent is absent or errs (the default); rules stay "
+        "in place on exit so isolated pods stay isolated",
+    )
+    run.add_argument(
+        "--max-flows", type=int, default=262144, help="flow table size bound (default 262144)"
+    )
+    run.add_argument(
+        "--queue-max-len", type=int, default=4096, help="kernel queue length (default 4096)"
+    )
+    run.add_argument(
+        "--trace", action="store_true", help="log every verdict with its reason (slow)"
+    )
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netpol-agent",
+        description="A Kubernetes NetworkPolicy enforcer on NFQUEUE, with a one-machine lab.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_parser(commands)
+    _add_lab_parsers(commands)
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="remove the agent's rules and address sets from this network namespace",
+    )
+    cleanup.add_argument("--queue-num", type=int, default=1000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        raise SystemExit(_run(args))
+    if args.command == "lab":
+        raise SystemExit(_lab(args))
+    if args.command == "cleanup":
+        from enforcement.firewall import Firewall, FirewallConfig
+
+        Firewall(FirewallConfig(queue_num=args.queue_num)).remove()
+        return
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    from agent.logs import configure_logging
+
+    configure_logging(json_format=args.log_format == "json", verbose=args.verbose)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.runner import Agent, AgentConfig
+    from agent.sources.lab_store import LabStoreSource
+    from enforcement.firewall import FirewallConfig
+    from enforcement.packets import format_packet
+
+    _configure_logging(args)
+    log = logging.getLogger("netpol-agent")
+    if args.lab_store is None:
+        log.error("--source lab needs --lab-store PATH")
+        return 2
+    config = AgentConfig(
+        node_name=args.node_name,
+        firewall=FirewallConfig(queue_num=args.queue_num, fail_open=args.fail_open),
+        max_flows=args.max_flows,
+        queue_max_len=args.queue_max_len,
+        status_file=args.status_file,
+    )
+    tracer = None
+    if args.trace:
+        trace_log = logging.getLogger("netpol-agent.trace")
+
+        def tracer(packet: Any, verdict: Any) -> None:
+            text = format_packet(packet) if packet is not None else "(unparsed packet)"
+            trace_log.info("%s %s: %s", verdict.action.value, verdict.reason.value, text)
+
+    agent = Agent(config, LabStoreSource(args.lab_store), tracer=tracer)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent.run(stop)
+    except Exception:
+        log.exception("the agent failed")
+        return 1
+    return 0
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from agent.lab.lab import Lab, LabError, lab_root
+    from agent.lab.probe import format_matrix
+
+    if args.verb == "list":
+        root = lab_root()
+        for path in sorted(root.glob("*/lab.json")) if root.exists() else []:
+            print(path.parent.name)
+        return 0
+    try:
+        lab = Lab(args.lab)
+        if args.verb == "up":
+            lab.up(
+                args.files,
+                nodes=args.nodes,
+                fail_open=args.fail_open,
+                queue_num=args.queue_num,
+                ipv6=not args.no_ipv6,
+            )
+            _print_messages(lab.messages)
+            print(f"lab {args.lab} is up: {len(lab.pods())} pods, enforcement active")
+        elif args.verb == "apply":
+            lab.apply(args.files)
+            _print_messages(lab.messages)
+            print("applied; in force")
+        elif args.verb == "delete":
+            lab.delete(args.files)
+            _print_messages(lab.messages)
+            print("deleted; in force")
+        elif args.verb == "get":
+            pods = lab.pods()
+            if args.output == "json":
+                print(json.dumps(pods, indent=2))
+            else:
+                _print_pod_table(pods)
+        elif args.verb == "probe":
+            matrix = lab.probe(
+                args.port,
+                args.protocol,
+                family=args.family,
+                timeout=args.timeout,
+                include_external=args.external,
+            )
+            if args.output == "json":
+                print(json.dumps({"port": args.port, "protocol": args.protocol, "matrix": matrix}))
+            else:
+                print(f"{args.protocol}/{args.port} over IPv{args.family}:")
+                print(format_matrix(matrix))
+        elif args.verb == "logs":
+            for node, text in lab.agent_logs().items():
+                lines = text.splitlines()
+                print(f"== {node}")
+                print("\n".join(lines[-args.tail :] if args.tail else lines))
+        elif args.verb == "down":
+            lab.down()
+            print(f"lab {args.lab} is down")
+    except LabError as error:
+        print(f"netpol-agent lab {args.verb}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_messages(messages: list[str]) -> None:
+    for message in messages:
+        print(f"note: {message}", file=sys.stderr)
+
+
+def _print_pod_table(pods: list[dict[str, Any]]) -> None:
+    rows = [("NAMESPACE", "NAME", "IPS", "LABELS")]
+    for pod in pods:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(pod["labels"].items())) or "<none>"
+        rows.append((pod["namespace"], pod["name"], ",".join(pod["ips"]), labels))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,680 @@
+"""The edge of the pipeline: Kubernetes objects in, netpol-agent's frozen records out.
+
+Objects arrive as plain dicts in the shape of the Kubernetes API's JSON (camelCase keys): parsed
+from YAML/JSON manifests, or as the API server returns them. Objects of the ``kubernetes`` client
+library must first go through ``ApiClient().sanitize_for_serialization(obj)``, which gives that
+shape (``obj.to_dict()`` gives snake_case keys and is *not* accepted).
+
+Validation happens here, once, and follows what the API server does (k8s
+``pkg/apis/networking/validation/validation.go``, ``ValidateNetworkPolicySpec`` and friends, and
+apimachinery's label and selector validation), so that a manifest the cluster would reject is
+rejected here too, with the field path the API would name. Where a choice had to be made:
+
+- ``policyTypes`` omitted (or ``[]``) defaults to ``[Ingress]``, plus ``Egress`` when the policy
+  has at least one egress rule. This is ``SetDefaults_NetworkPolicy`` in
+  k8s ``pkg/apis/networking/v1/defaults.go``: ``if len(obj.Spec.Egress) != 0``. So ``egress: []``
+  does *not* add Egress; write ``policyTypes: [Egress]`` for a default-deny-egress policy.
+- ``policyTypes`` with more than two entries is an error; duplicates such as
+  ``[Ingress, Ingress]`` are accepted, because ``ValidateNetworkPolicySpec`` accepts them too (it
+  only checks the count and each value); the result is a set anyway.
+- ``spec.podSelector`` omitted means ``{}`` (every pod of the namespace). The Go type is a value,
+  not a pointer, so the API server decodes a missing selector as the empty one and accepts it;
+  kubernetes/kubernetes#131354 made the docs and OpenAPI schema say so. A missing ``spec`` is
+  likewise the empty spec (select all, Ingress, no rules).
+- ``ipBlock`` CIDRs are parsed like ``netutils.ParseCIDRSloppy`` (the API's legacy CIDR
+  validation, ``IsValidCIDRForLegacyField``): host bits may be set (``10.0.0.1/24`` means
+  ``10.0.0.0/24``; we normalise with ``strict=False``). Unlike the legacy parser we reject IPv4
+  octets with leading zeros (``010.0.0.0/8``): they are ambiguous (octal or decimal?) and the
+  API's strict mode (feature gate StrictIPCIDRValidation) rejects them as well.
+- A string ``port`` is always a port *name*, as with the API's IntOrString: ``"80"`` is a name,
+  and fails IANA_SVC_NAME validation because it has no letter.
+- A ``null`` entry in a list of structs (``ingress: [null]``) is the zero struct, as Go's JSON
+  decoder makes it: a ``null`` ingress rule is ``{}`` and allows everything, as in the cluster.
+- Unknown fields are ignored (like the API server's pruning); a wrong type is an error naming
+  the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final
+
+from enforcement.model import (
+    SELECT_ALL,
+    ContainerPort,
+    Direction,
+    IPAddress,
+    IPBlock,
+    IPNetwork,
+    LabelRequirement,
+    Labels,
+    LabelSelector,
+    Namespace,
+    NetworkPolicy,
+    Peer,
+    Pod,
+    PolicyPort,
+    PortProtocol,
+    Rule,
+    SelectorOperator,
+)
+
+NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
+"""Set on every Namespace by the API server to the namespace's name, so selectors can use it."""
+
+PROTOCOLS: Final[tuple[PortProtocol, ...]] = ("TCP", "UDP", "SCTP")
+OPERATORS: Final[tuple[SelectorOperator, ...]] = ("In", "NotIn", "Exists", "DoesNotExist")
+TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+"""Pod phases in which the pod no longer owns its address (the CNI may give it to a new pod)."""
+
+
+class FieldError(ValueError):
+    """A problem at one field of an object; the caller adds the object's kind and name."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        """Path of the offending field, e.g. ``spec.ingress[0].from[1].ipBlock.except[0]``."""
+        self.reason = reason
+
+    def within(self, kind: str, object_name: str) -> ConversionError:
+        return ConversionError(kind, object_name, self.field, self.reason)
+
+
+class ConversionError(ValueError):
+    """A Kubernetes object that cannot become a netpol-agent record.
+
+    ``str()`` reads ``NetworkPolicy default/allow-db: spec.ingress[0].ports[0].port: must be
+    between 1 and 65535, got 70000``.
+    """
+
+    def __init__(self, kind: str, object_name: str, field: str, reason: str) -> None:
+        self.kind = kind
+        self.object_name = object_name
+        """``namespace/name`` for namespaced objects, ``name`` otherwise."""
+        self.field = field
+        """Path of the offending field; empty when the whole object is wrong."""
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.field}: " if self.field else ""
+        return f"{self.kind} {self.object_name}: {where}{self.reason}"
+
+
+# -- public converters ----------------------------------------------------------------------
+
+
+def object_label(obj: Mapping[str, Any]) -> str:
+    """``Kind namespace/name`` (or ``Kind name``) for messages; never raises."""
+    kind = obj.get("kind") if isinstance(obj, Mapping) else None
+    return f"{kind if isinstance(kind, str) and kind else 'object'} {object_name(obj)}"
+
+
+def object_name(obj: Mapping[str, Any]) -> str:
+    """``namespace/name``, or ``name`` without a namespace, best effort; never raises."""
+    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if not isinstance(metadata, Mapping):
+        return "?"
+    name = metadata.get("name")
+    namespace = metadata.get("namespace")
+    name_text = name if isinstance(name, str) and name else "?"
+    if isinstance(namespace, str) and namespace:
+        return f"{namespace}/{name_text}"
+    return name_text
+
+
+def namespace_from_k8s(obj: Mapping[str, Any]) -> Namespace:
+    """A v1 Namespace. Its labels always include ``kubernetes.io/metadata.name: <name>``."""
+    try:
+        metadata = _metadata(obj)
+        name = _name(metadata, "metadata.name", _dns_label_problem)
+        labels = labels_from_k8s(metadata.get("labels"), "metadata.labels")
+    except FieldError as error:
+        raise error.within("Namespace", object_name(obj)) from None
+    # The API server sets this label on every namespace (overriding any other value).
+    return Namespace(name=name, labels=Labels({**labels, NAMESPACE_NAME_LABEL: name}))
+
+
+def pod_from_k8s(obj: Mapping[str, Any]) -> Pod:
+    """A v1 Pod: labels, addresses, node, hostNetwork and the declared container ports.
+
+    Addresses come from ``status.podIPs`` or else ``status.podIP``; a pod without status has
+    none yet. A pod in phase Succeeded or Failed has none either: it no longer runs, and its
+    address may already belong to a new pod, which must not be mistaken for the old one.
+    Ports come from ``spec.containers`` and from sidecars (``spec.initContainers`` with
+    ``restartPolicy: Always``); plain init containers have finished before the pod serves.
+    """
+    try:
+        return _pod(obj)
+    except FieldError as error:
+        raise error.within("Pod", object_name(obj)) from None
+
+
+def policy_from_k8s(obj: Mapping[str, Any]) -> NetworkPolicy:
+    """A networking.k8s.io/v1 NetworkPolicy, validated and defaulted like the API server does."""
+    try:
+        return _policy(obj)
+    except FieldError as error:
+        raise error.within("NetworkPolicy", object_name(obj)) from None
+
+
+def fail_closed_policy(obj: Mapping[str, Any]) -> NetworkPolicy:
+    """The stand-in enforced for a NetworkPolicy that ``policy_from_k8s`` rejects; never raises.
+
+    Why: policies only ever *add* allowed traffic, and isolation comes from being selected.
+    Ignoring a broken policy would leave the pods it meant to isolate open whenever no other
+    policy selects them (fail-open). The stand-in instead selects what the policy selects (its
+    ``podSelector`` if that part converts, else every pod of its namespace), isolates the
+    directions it declares (its ``policyTypes``, defaulted as usual, if readable, else both) and
+    has no rules. Being a union member with no rules, it can never open traffic; it only closes
+    traffic until the policy is fixed, and the error says so.
+    """
+    metadata = _mapping_or_empty(obj.get("metadata") if isinstance(obj, Mapping) else None)
+    namespace = metadata.get("namespace")
+    name = metadata.get("name")
+    raw_spec = obj.get("spec") if isinstance(obj, Mapping) else None
+    spec = _mapping_or_empty(raw_spec)
+    try:
+        selector = selector_from_k8s(spec.get("podSelector"), "spec.podSelector")
+    except FieldError:
+        selector = SELECT_ALL
+    try:
+        policy_types = _policy_types(_mapping(raw_spec, "spec"))
+    except FieldError:
+        policy_types = frozenset(Direction)
+    return NetworkPolicy(
+        namespace=namespace if isinstance(namespace, str) else "",
+        name=name if isinstance(name, str) else "",
+        pod_selector=selector,
+        policy_types=policy_types,
+    )
+
+
+def labels_from_k8s(value: Any, field: str) -> Labels:
+    """A ``metadata.labels``-style map: qualified-name keys, label-value values."""
+    labels: dict[str, str] = {}
+    for key, label_value in _mapping(value, field).items():
+        if not isinstance(key, str):
+            raise FieldError(field, f"keys must be strings, got {_type_name(key)} {_show(key)}")
+        key_field = f"{field}[{key}]"
+        problem = _qualified_name_problem(key)
+        if problem is not None:
+            raise FieldError(key_field, f"invalid key: {problem}")
+        labels[key] = _label_value(label_value, key_field)
+    return Labels(labels)
+
+
+def selector_from_k8s(value: Any, field: str) -> LabelSelector:
+    """A metav1.LabelSelector; ``None`` (absent or null) is the empty selector."""
+    selector = _mapping(value, field)
+    match_labels = labels_from_k8s(selector.get("matchLabels"), f"{field}.matchLabels")
+    requirements = tuple(
+        _requirement(item, f"{field}.matchExpressions[{index}]")
+        for index, item in _items(selector.get("matchExpressions"), f"{field}.matchExpressions")
+    )
+    return LabelSelector(
+        match_labels=tuple(sorted(match_labels.items())),
+        match_expressions=requirements,
+    )
+
+
+# -- objects ------------------------------------------------------------------------------
+
+
+def _pod(obj: Mapping[str, Any]) -> Pod:
+    metadata = _metadata(obj)
+    name = _name(metadata, "metadata.name", _dns_subdomain_problem)
+    namespace = _name(metadata, "metadata.namespace", _dns_label_problem)
+    labels = labels_from_k8s(metadata.get("labels"), "metadata.labels")
+    spec = _mapping(obj.get("spec"), "spec")
+    status = _mapping(obj.get("status"), "status")
+
+    ports: list[ContainerPort] = []
+    for index, item in _items(spec.get("containers"), "spec.containers"):
+        ports.extend(_container_ports(item, f"spec.containers[{index}]"))
+    for index, item in _items(spec.get("initContainers"), "spec.initContainers"):
+        field = f"spec.initContainers[{index}]"
+        container = _mapping(item, field)
+        if _string(container.get("restartPolicy"), f"{field}.restartPolicy") == "Always":
+            ports.extend(_container_ports(container, field))
+
+    phase = _string(status.get("phase"), "status.phase")
+    ips = _pod_ips(status)
+    return Pod(
+        namespace=namespace,
+        name=name,
+        labels=labels,
+        ips=() if phase in TERMINAL_PHASES else ips,
+        ports=tuple(dict.fromkeys(ports)),
+        node_name=_string(spec.get("nodeName"), "spec.nodeName") or None,
+        host_network=_boolean(spec.get("hostNetwork"), "spec.hostNetwork"),
+    )
+
+
+def _container_ports(value: Any, field: str) -> Iterator[ContainerPort]:
+    container = _mapping(value, field)
+    for index, item in _items(container.get("ports"), f"{field}.ports"):
+        port_field = f"{field}.ports[{index}]"
+        entry = _mapping(item, port_field)
+        raw_number = entry.get("containerPort")
+        if raw_number is None:
+            raise FieldError(f"{port_field}.containerPort", "required")
+        number = _port_number(raw_number, f"{port_field}.containerPort")
+        protocol = _protocol(entry.get("protocol"), f"{port_field}.protocol")
+        name = _string(entry.get("name"), f"{port_field}.name") or None
+        if name is not None:
+            problem = _port_name_problem(name)
+            if problem is not None:
+                raise FieldError(f"{port_field}.name", f"{problem}, got {_show(name)}")
+        yield ContainerPort(port=number, protocol=protocol, name=name)
+
+
+def _pod_ips(status: Mapping[str, Any]) -> tuple[IPAddress, ...]:
+    texts: list[tuple[str, Any]] = []
+    for index, item in _items(status.get("podIPs"), "status.podIPs"):
+        field = f"status.podIPs[{index}]"
+        texts.append((f"{field}.ip", _mapping(item, field).get("ip")))
+    if not texts and status.get("podIP") not in (None, ""):
+        texts.append(("status.podIP", status.get("podIP")))
+
+    ips: list[IPAddress] = []
+    for field, text in texts:
+        if not isinstance(text, str) or not text:
+            raise FieldError(field, f"must be an IP address, got {_show(text)}")
+        address = _ip_address(text, field)
+        for other in ips:
+            if other.version == address.version:
+                raise FieldError(
+                    field, f"at most one address per IP family, already have {other}, got {text}"
+                )
+        ips.append(address)
+    return tuple(ips)
+
+
+def _policy(obj: Mapping[str, Any]) -> NetworkPolicy:
+    metadata = _metadata(obj)
+    name = _name(metadata, "metadata.name", _dns_subdomain_problem)
+    namespace = _name(metadata, "metadata.namespace", _dns_label_problem)
+    labels_from_k8s(metadata.get("labels"), "metadata.labels")  # ValidateObjectMeta does too
+    spec = _mapping(obj.get("spec"), "spec")
+    pod_selector = selector_from_k8s(spec.get("podSelector"), "spec.podSelector")
+    ingress = tuple(
+        _rule(item, f"spec.ingress[{index}]", "from")
+        for index, item in _items(spec.get("ingress"), "spec.ingress")
+    )
+    egress = tuple(
+        _rule(item, f"spec.egress[{index}]", "to")
+        for index, item in _items(spec.get("egress"), "spec.egress")
+    )
+    return NetworkPolicy(
+        namespace=namespace,
+        name=name,
+        pod_selector=pod_selector,
+        policy_types=_policy_types(spec),
+        ingress=ingress,
+        egress=egress,
+    )
+
+
+def _policy_types(spec: Mapping[str, Any]) -> frozenset[Direction]:
+    declared = _list(spec.get("policyTypes"), "spec.policyTypes")
+    if len(declared) > len(Direction):
+        raise FieldError(
+            "spec.policyTypes", f"may not specify more than two policyTypes, got {len(declared)}"
+        )
+    types: set[Direction] = set()
+    for index, item in enumerate(declared):
+        if item not in ("Ingress", "Egress"):
+            raise FieldError(
+                f"spec.policyTypes[{index}]", f'must be "Ingress" or "Egress", got {_show(item)}'
+            )
+        types.add(Direction(item))
+    if not types:
+        # SetDefaults_NetworkPolicy (k8s pkg/apis/networking/v1/defaults.go).
+        types.add(Direction.INGRESS)
+        if _list(spec.get("egress"), "spec.egress"):
+            types.add(Direction.EGRESS)
+    return frozenset(types)
+
+
+def _rule(value: Any, field: str, peers_key: str) -> Rule:
+    rule = _mapping(value, field)
+    ports = tuple(
+        _policy_port(item, f"{field}.ports[{index}]")
+        for index, item in _items(rule.get("ports"), f"{field}.ports")
+    )
+    peers = tuple(
+        _peer(item, f"{field}.{peers_key}[{index}]")
+        for index, item in _items(rule.get(peers_key), f"{field}.{peers_key}")
+    )
+    return Rule(peers=peers, ports=ports)
+
+
+def _peer(value: Any, field: str) -> Peer:
+    peer = _mapping(value, field)
+    pod_selector = namespace_selector = None
+    ip_block = None
+    if peer.get("podSelector") is not None:
+        pod_selector = selector_from_k8s(peer["podSelector"], f"{field}.podSelector")
+    if peer.get("namespaceSelector") is not None:
+        namespace_selector = selector_from_k8s(
+            peer["namespaceSelector"], f"{field}.namespaceSelector"
+        )
+    if peer.get("ipBlock") is not None:
+        ip_block = _ip_block(peer["ipBlock"], f"{field}.ipBlock")
+    count = sum(part is not None for part in (pod_selector, namespace_selector, ip_block))
+    if count == 0:
+        reason = "must specify a peer: podSelector, namespaceSelector or ipBlock"
+        unknown = sorted(str(key) for key in peer)
+        if unknown:
+            reason += f" (unknown fields: {', '.join(unknown)})"
+        raise FieldError(field, reason)
+    if ip_block is not None and count > 1:
+        raise FieldError(field, "may not specify both ipBlock and another peer")
+    return Peer(pod_selector=pod_selector, namespace_selector=namespace_selector, ip_block=ip_block)
+
+
+def _ip_block(value: Any, field: str) -> IPBlock:
+    block = _mapping(value, field)
+    if block.get("cidr") in (None, ""):
+        raise FieldError(f"{field}.cidr", "required")
+    cidr = _cidr(block["cidr"], f"{field}.cidr")
+    excepts: list[IPNetwork] = []
+    for index, item in _items(block.get("except"), f"{field}.except"):
+        except_field = f"{field}.except[{index}]"
+        excluded = _cidr(item, except_field)
+        if excluded.version != cidr.version:
+            raise FieldError(
+                except_field, f"must be in the same IP family as cidr {cidr}, got {_show(item)}"
+            )
+        # ValidateIPBlock: cidr contains the except's address and the except's prefix is longer.
+        inside = int(excluded.network_address) & int(cidr.netmask) == int(cidr.network_address)
+        if not inside or excluded.prefixlen <= cidr.prefixlen:
+            raise FieldError(except_field, f"must be a strict subset of cidr {cidr}, got {item}")
+        excepts.append(excluded)
+    return IPBlock(cidr=cidr, excepts=tuple(excepts))
+
+
+def _policy_port(value: Any, field: str) -> PolicyPort:
+    entry = _mapping(value, field)
+    protocol = _protocol(entry.get("protocol"), f"{field}.protocol")
+    raw_port = entry.get("port")
+    port: int | str | None = None
+    if raw_port is not None:
+        if isinstance(raw_port, str):
+            problem = _port_name_problem(raw_port)
+            if problem is not None:
+                hint = " (a number must not be quoted)" if raw_port.isdigit() else ""
+                raise FieldError(
+                    f"{field}.port",
+                    f"a named port {problem}, got {_show(raw_port)}{hint}",
+                )
+            port = raw_port
+        elif isinstance(raw_port, int) and not isinstance(raw_port, bool):
+            port = _port_number(raw_port, f"{field}.port")
+        else:
+            raise FieldError(
+                f"{field}.port",
+                f"must be a port number or a port name, got {_type_name(raw_port)} "
+                f"{_show(raw_port)}",
+            )
+    raw_end = entry.get("endPort")
+    end_port: int | None = None
+    if raw_end is not None:
+        end_field = f"{field}.endPort"
+        if not isinstance(raw_end, int) or isinstance(raw_end, bool):
+            raise FieldError(end_field, f"must be an integer, got {_type_name(raw_end)}")
+        if port is None:
+            raise FieldError(end_field, "may not be specified when `port` is not specified")
+        if isinstance(port, str):
+            raise FieldError(end_field, "may not be specified when `port` is a named port")
+        if raw_end < port:
+            raise FieldError(
+                end_field, f"must be greater than or equal to `port` ({port}), got {raw_end}"
+            )
+        end_port = _port_number(raw_end, end_field)
+    return PolicyPort(protocol=protocol, port=port, end_port=end_port)
+
+
+def _requirement(value: Any, field: str) -> LabelRequirement:
+    entry = _mapping(value, field)
+    operator = entry.get("operator")
+    if operator not in OPERATORS:
+        raise FieldError(
+            f"{field}.operator",
+            f"must be one of {', '.join(OPERATORS)}, got {_show(operator)}",
+        )
+    key = entry.get("key")
+    if not isinstance(key, str):
+        raise FieldError(f"{field}.key", f"must be a label key, got {_show(key)}")
+    problem = _qualified_name_problem(key)
+    if problem is not None:
+        raise FieldError(f"{field}.key", f"{problem}, got {_show(key)}")
+    values = [
+        _label_value(item, f"{field}.values[{index}]")
+        for index, item in enumerate(_list(entry.get("values"), f"{field}.values"))
+    ]
+    if operator in ("In", "NotIn") and not values:
+        raise FieldError(f"{field}.values", f"required when `operator` is {operator}")
+    if operator in ("Exists", "DoesNotExist") and values:
+        raise FieldError(f"{field}.values", f"may not be specified when `operator` is {operator}")
+    return LabelRequirement(key=key, operator=operator, values=frozenset(values))
+
+
+# -- scalars ------------------------------------------------------------------------------
+
+
+def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise FieldError("", f"must be an object, got {_type_name(obj)}")
+    return _mapping(obj.get("metadata"), "metadata")
+
+
+def _name(metadata: Mapping[str, Any], field: str, check: Callable[[str], str | None]) -> str:
+    value = metadata.get(field.rpartition(".")[2])
+    if value is None or value == "":
+        raise FieldError(field, "required")
+    if not isinstance(value, str):
+        raise FieldError(field, f"must be a string, got {_type_name(value)}")
+    problem = check(value)
+    if problem is not None:
+        raise FieldError(field, f"{problem}, got {_show(value)}")
+    return value
+
+
+def _port_number(value: Any, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FieldError(field, f"must be an integer, got {_type_name(value)} {_show(value)}")
+    if not 1 <= value <= 65535:
+        raise FieldError(field, f"must be between 1 and 65535, got {value}")
+    return value
+
+
+def _protocol(value: Any, field: str) -> PortProtocol:
+    if value is None:
+        return "TCP"
+    for protocol in PROTOCOLS:
+        if value == protocol:
+            return protocol
+    raise FieldError(field, f"must be one of TCP, UDP, SCTP, got {_show(value)}")
+
+
+def _label_value(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise FieldError(
+            field, f"must be a string, got {_type_name(value)} {_show(value)} (quote it in YAML)"
+        )
+    if len(value) > 63:
+        raise FieldError(field, f"must be no more than 63 characters, got {len(value)}")
+    if value and not _NAME_PART.fullmatch(value):
+        raise FieldError(field, f"{_LABEL_CHARS}, got {_show(value)}")
+    return value
+
+
+def _cidr(value: Any, field: str) -> IPNetwork:
+    if not isinstance(value, str):
+        raise FieldError(field, f"must be a CIDR string, got {_type_name(value)}")
+    address, slash, prefix = value.partition("/")
+    problem = f"must be a valid CIDR such as 10.0.0.0/16 or 2001:db8::/64, got {_show(value)}"
+    if not slash or not _DIGITS.fullmatch(prefix) or "%" in address:
+        raise FieldError(field, problem)
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise FieldError(field, problem) from None
+
+
+def _ip_address(value: str, field: str) -> IPAddress:
+    try:
+        if "%" in value:
+            raise ValueError(value)
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise FieldError(field, f"must be a valid IP address, got {_show(value)}") from None
+
+
+def _string(value: Any, field: str) -> str:
+    """An optional string field; absent or null is ""."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise FieldError(field, f"must be a string, got {_type_name(value)}")
+    return value
+
+
+def _boolean(value: Any, field: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise FieldError(field, f"must be a boolean, got {_type_name(value)} {_show(value)}")
+    return value
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+    """A struct-typed field: absent or null is the empty struct, as Go decodes it."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise FieldError(field, f"must be an object, got {_type_name(value)}")
+    return value
+
+
+def _mapping_or_empty(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    """A list-typed field: absent or null is the empty list."""
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise FieldError(field, f"must be a list, got {_type_name(value)}")
+    return list(value)
+
+
+def _items(value: Any, field: str) -> Iterator[tuple[int, Any]]:
+    return enumerate(_list(value, field))
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- name syntax (apimachinery pkg/util/validation) -----------------------------------------
+
+_DIGITS = re.compile(r"[0-9]+")
+_NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_PORT_NAME_CHARS = re.compile(r"[-a-z0-9]+")
+_LABEL_CHARS = (
+    "must be empty or consist of alphanumeric characters, '-', '_' or '.', "
+    "and must start and end with an alphanumeric character"
+)
+
+
+def _dns_label_problem(value: str) -> str | None:
+    if len(value) > 63:
+        return "must be no more than 63 characters"
+    if not _DNS_LABEL.fullmatch(value):
+        return (
+            "must be a DNS-1123 label: lowercase alphanumeric characters or '-', "
+            "starting and ending with an alphanumeric character"
+        )
+    return None
+
+
+def _dns_subdomain_problem(value: str) -> str | None:
+    if len(value) > 253:
+        return "must be no more than 253 characters"
+    if not _DNS_SUBDOMAIN.fullmatch(value):
+        return (
+            "must be a DNS-1123 subdomain: lowercase alphanumeric characters, '-' or '.', "
+            "starting and ending with an alphanumeric character"
+        )
+    return None
+
+
+def _qualified_name_problem(value: str) -> str | None:
+    """IsQualifiedName: ``[prefix/]name``, prefix a DNS subdomain, name up to 63 characters."""
+    parts = value.split("/")
+    if len(parts) > 2:
+        return "must be a name with an optional DNS subdomain prefix, e.g. 'example.com/name'"
+    name = parts[-1]
+    if len(parts) == 2:
+        if not parts[0]:
+            return "prefix part must be non-empty"
+        problem = _dns_subdomain_problem(parts[0])
+        if problem is not None:
+            return f"prefix part {problem}"
+    if not name:
+        return "name part must be non-empty"
+    if len(name) > 63:
+        return "name part must be no more than 63 characters"
+    if not _NAME_PART.fullmatch(name):
+        return (
+            "name part must consist of alphanumeric characters, '-', '_' or '.', "
+            "and must start and end with an alphanumeric character"
+        )
+    return None
+
+
+def _port_name_problem(value: str) -> str | None:
+    """IsValidPortName (IANA_SVC_NAME, RFC 6335 section 5.1)."""
+    if not 1 <= len(value) <= 15:
+        return "must be 1 to 15 characters long"
+    if not _PORT_NAME_CHARS.fullmatch(value):
+        return "must contain only lowercase letters, digits and '-'"
+    if not any("a" <= char <= "z" for char in value):
+        return "must contain at least one letter (a-z)"
+    if "--" in value:
+        return "must not contain consecutive hyphens"
+    if value.startswith("-") or value.endswith("-"):
+        return "must not begin or end with a hyphen"
+    return None

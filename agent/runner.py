@@ -1,0 +1,220 @@
+"""The daemon's main loop: source → state cache → compiler → tables → firewall and queue.
+
+One thread per source and per queue worker; this loop is the only writer of tables and firewall.
+
+- Readiness gate: nothing is enforced from a partial view. The runner waits until the source has
+  listed every kind once, then compiles, binds the queue, and only then fills the address sets
+  that send traffic to the queue.
+- Coalescing: a burst of changes (a ``kubectl apply`` of many objects, a relist) marks the state
+  dirty many times but is compiled once: after a change the runner waits ``settle`` seconds for
+  more, and never compiles more often than that.
+- Publishing: new tables are published to the queue workers by swapping one reference before the
+  address sets change, so a packet that newly reaches the queue always meets tables that know why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.sources import Source
+from agent.state import ClusterState, StateView
+from enforcement.compiler import compile_tables
+from enforcement.firewall import Firewall, FirewallConfig
+from enforcement.flows import FlowTable
+from enforcement.model import ClusterSnapshot
+from enforcement.queue import QueueWorker, TablesHolder, Tracer
+from enforcement.tables import AllowTables
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    node_name: str
+    firewall: FirewallConfig = field(default_factory=FirewallConfig)
+    max_flows: int = 262144
+    queue_max_len: int = 4096
+    settle: float = 0.01
+    """Seconds to wait after a change for more changes before compiling."""
+    status_file: Path | None = None
+    """Where to write the agent's status (JSON) after every sync; the lab waits on it."""
+    cleanup_on_exit: bool | None = None
+    """Remove rules on a clean exit. None: remove when fail-open, keep when fail-closed."""
+
+    @property
+    def removes_rules_on_exit(self) -> bool:
+        if self.cleanup_on_exit is not None:
+            return self.cleanup_on_exit
+        return self.firewall.fail_open
+
+
+@dataclass(slots=True)
+class AgentStatus:
+    ready: bool = False
+    generation: int = 0
+    source_version: str | None = None
+    pods: int = 0
+    local_pods: int = 0
+    isolated_addresses: int = 0
+    policies: int = 0
+    last_sync_seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "generation": self.generation,
+            "source_version": self.source_version,
+            "pods": self.pods,
+            "local_pods": self.local_pods,
+            "isolated_addresses": self.isolated_addresses,
+            "policies": self.policies,
+            "last_sync_seconds": self.last_sync_seconds,
+            "errors": self.errors,
+            "pid": os.getpid(),
+        }
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        source: Source,
+        *,
+        firewall: Firewall | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.firewall = firewall or Firewall(config.firewall)
+        self.tracer = tracer
+        self.status = AgentStatus()
+        self._dirty = threading.Event()
+        self.state = ClusterState(on_change=self._dirty.set)
+        self.tables = TablesHolder(compile_tables(ClusterSnapshot(), config.node_name, 0))
+        self.workers: list[QueueWorker] = []
+        self.ready = threading.Event()
+        """Set once enforcement is active (for readiness probes)."""
+
+    def run(self, stop: threading.Event) -> None:
+        """Enforce until ``stop`` is set. Raises only for set-up failures (no rules, no queue)."""
+        threads = [
+            threading.Thread(
+                target=self.source.run, args=(self.state, stop), name="source", daemon=True
+            )
+        ]
+        threads[0].start()
+        log.info("waiting for the first full list of namespaces, pods and policies")
+        while not self.state.ready:
+            if stop.wait(0.02):
+                return
+        try:
+            self._start_enforcing(stop, threads)
+            self._sync_loop(stop)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=5)
+            if self.config.removes_rules_on_exit:
+                log.info("removing the agent's rules (clean exit)")
+                self.firewall.remove()
+            else:
+                log.info("leaving the queue rules in place: fail-closed until the agent returns")
+            self.ready.clear()
+            self.status.ready = False
+            self._write_status()
+
+    def _start_enforcing(self, stop: threading.Event, threads: list[threading.Thread]) -> None:
+        view = self.state.view()
+        tables = self._compile(view)
+        self.tables.current = tables
+        self.firewall.install()
+        config = self.config.firewall
+        for offset in range(config.queue_count):
+            worker = QueueWorker(
+                config.queue_num + offset,
+                self.tables,
+                FlowTable(max_flows=self.config.max_flows),
+                fail_open=config.fail_open,
+                max_len=self.config.queue_max_len,
+                tracer=self.tracer,
+            )
+            thread = threading.Thread(
+                target=worker.serve, args=(stop,), name=f"queue-{worker.queue_num}", daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+            self.workers.append(worker)
+        for worker in self.workers:
+            if not worker.bound.wait(10):
+                raise RuntimeError(f"could not bind NFQUEUE {worker.queue_num}")
+        self._publish(view, tables)
+        self.ready.set()
+        log.info("enforcing on node %s", self.config.node_name)
+
+    def _sync_loop(self, stop: threading.Event) -> None:
+        applied = self.state.revision
+        while not stop.is_set():
+            if not self._dirty.wait(0.5):
+                continue
+            # Let a burst of changes land before compiling it once.
+            time.sleep(self.config.settle)
+            self._dirty.clear()
+            view = self.state.view()
+            if view.revision == applied:
+                continue
+            tables = self._compile(view)
+            self.tables.current = tables
+            self._publish(view, tables)
+            applied = view.revision
+
+    def _compile(self, view: StateView) -> AllowTables:
+        generation = self.tables.current.generation + 1
+        return compile_tables(view.snapshot, self.config.node_name, generation)
+
+    def _publish(self, view: StateView, tables: AllowTables) -> None:
+        started = time.perf_counter()
+        isolated = tables.isolated_local_addresses()
+        self.firewall.sync(isolated)
+        status = self.status
+        status.ready = True
+        status.generation = tables.generation
+        status.source_version = view.source_version
+        status.pods = len(view.snapshot.pods)
+        status.local_pods = len(tables.local_addresses())
+        status.isolated_addresses = len(isolated)
+        status.policies = len(view.snapshot.policies)
+        status.last_sync_seconds = time.perf_counter() - started
+        status.errors = [error.message for error in self.state.errors()]
+        for message in status.errors:
+            log.warning("%s", message)
+        self._write_status()
+        log.info(
+            "in force: generation %d, source version %s, %d isolated addresses",
+            tables.generation,
+            view.source_version,
+            len(isolated),
+        )
+
+    def _write_status(self) -> None:
+        path = self.config.status_file
+        if path is None:
+            return
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.status.as_dict()))
+        os.replace(temporary, path)
+
+
+def run_until_signalled(agent: Agent, install_handlers: Callable[[threading.Event], None]) -> None:
+    """Run ``agent`` until a handler installed by ``install_handlers`` sets the stop event."""
+    stop = threading.Event()
+    install_handlers(stop)
+    agent.run(stop)

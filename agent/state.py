@@ -1,0 +1,176 @@
+"""The state cache: what the agent currently believes the cluster holds.
+
+Sources (the lab's object store, the Kubernetes API) feed Kubernetes objects in as plain dicts;
+they are converted to our own records here, at the edge, once. The cache hands out immutable
+``ClusterSnapshot`` values to the compiler and tells a listener that something changed; it never
+compiles anything itself (watch handlers only mark state dirty, see STYLE.md habit 7).
+
+Bad input loses nothing: a Pod or Namespace that cannot be converted is left out with an error
+recorded, and a NetworkPolicy that cannot be converted is replaced by its fail-closed stand-in
+(``agent.convert.fail_closed_policy``), so a malformed policy can only ever close traffic.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agent.convert import (
+    ConversionError,
+    fail_closed_policy,
+    namespace_from_k8s,
+    pod_from_k8s,
+    policy_from_k8s,
+)
+from enforcement.model import ClusterSnapshot, Namespace, NetworkPolicy, Pod
+
+Kind = Literal["Namespace", "Pod", "NetworkPolicy"]
+KINDS: tuple[Kind, ...] = ("Namespace", "Pod", "NetworkPolicy")
+
+ObjectKey = tuple[str, str]
+"""(namespace, name); namespace is "" for Namespaces."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectError:
+    """An object the cache could not take as it is, and what it did instead."""
+
+    kind: Kind
+    key: ObjectKey
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateView:
+    """One consistent reading of the cache."""
+
+    revision: int
+    """The cache's own change counter at the time of reading."""
+    snapshot: ClusterSnapshot
+    source_version: str | None
+    """What the source said this state corresponds to (the lab store's revision), if anything."""
+
+
+def object_key(obj: Mapping[str, Any]) -> ObjectKey:
+    metadata = obj.get("metadata") or {}
+    return (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+
+
+class ClusterState:
+    """Thread-safe. Sources call ``replace``/``upsert``/``delete``; the runner calls ``view``."""
+
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._namespaces: dict[ObjectKey, Namespace] = {}
+        self._pods: dict[ObjectKey, Pod] = {}
+        self._policies: dict[ObjectKey, NetworkPolicy] = {}
+        self._errors: dict[tuple[Kind, ObjectKey], ObjectError] = {}
+        self._synced: set[Kind] = set()
+        self._revision = 0
+        self._source_version: str | None = None
+        self._on_change = on_change
+
+    # -- writers (sources) -------------------------------------------------------------------
+
+    def replace(self, kind: Kind, objects: Iterable[Mapping[str, Any]]) -> None:
+        """Set the full list of ``kind`` (a list, or a relist after 410 Gone or a reconnect).
+
+        Whatever is not in ``objects`` is gone: this is how a deletion that happened while the
+        source was disconnected is never forgotten.
+        """
+        with self._lock:
+            self._replace_locked(kind, objects)
+            self._changed()
+
+    def replace_all(
+        self, objects: Mapping[Kind, Iterable[Mapping[str, Any]]], source_version: str | None
+    ) -> None:
+        """Replace every kind at once (one change), noting which source version this is."""
+        with self._lock:
+            for kind in KINDS:
+                self._replace_locked(kind, objects.get(kind, ()))
+            self._source_version = source_version
+            self._changed()
+
+    def upsert(self, kind: Kind, obj: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._put(kind, obj)
+            self._changed()
+
+    def delete(self, kind: Kind, obj: Mapping[str, Any]) -> None:
+        key = object_key(obj)
+        with self._lock:
+            self._table(kind).pop(key, None)
+            self._errors.pop((kind, key), None)
+            self._changed()
+
+    # -- readers ------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True once every kind has been listed in full: the readiness gate of enforcement."""
+        with self._lock:
+            return self._synced.issuperset(KINDS)
+
+    @property
+    def revision(self) -> int:
+        """Bumped on every change; lets a runner tell whether a snapshot is current."""
+        with self._lock:
+            return self._revision
+
+    def errors(self) -> list[ObjectError]:
+        with self._lock:
+            return list(self._errors.values())
+
+    def view(self) -> StateView:
+        """The current revision and an immutable snapshot of it, taken atomically."""
+        with self._lock:
+            snapshot = ClusterSnapshot(
+                namespaces=tuple(self._namespaces.values()),
+                pods=tuple(self._pods.values()),
+                policies=tuple(self._policies.values()),
+            )
+            return StateView(self._revision, snapshot, self._source_version)
+
+    # -- internals (lock held) ------------------------------------------------------------
+
+    def _replace_locked(self, kind: Kind, objects: Iterable[Mapping[str, Any]]) -> None:
+        self._table(kind).clear()
+        for key in [k for k in self._errors if k[0] == kind]:
+            del self._errors[key]
+        for obj in objects:
+            self._put(kind, obj)
+        self._synced.add(kind)
+
+    def _table(self, kind: Kind) -> dict[ObjectKey, Any]:
+        if kind == "Namespace":
+            return self._namespaces
+        if kind == "Pod":
+            return self._pods
+        return self._policies
+
+    def _put(self, kind: Kind, obj: Mapping[str, Any]) -> None:
+        key = object_key(obj)
+        self._errors.pop((kind, key), None)
+        try:
+            if kind == "Namespace":
+                self._namespaces[key] = namespace_from_k8s(obj)
+            elif kind == "Pod":
+                self._pods[key] = pod_from_k8s(obj)
+            else:
+                self._policies[key] = policy_from_k8s(obj)
+        except ConversionError as error:
+            if kind == "NetworkPolicy":
+                self._policies[key] = fail_closed_policy(obj)
+                what = "enforced fail-closed (isolates what it selects, allows nothing)"
+            else:
+                self._table(kind).pop(key, None)
+                what = "left out"
+            self._errors[(kind, key)] = ObjectError(kind, key, f"{error}; {what}")
+
+    def _changed(self) -> None:
+        self._revision += 1
+        if self._on_change is not None:
+            self._on_change()

@@ -1,0 +1,216 @@
+"""Stage: the firewall. Which packets the kernel hands to the agent, installed atomically.
+
+The agent owns a few chains of its own (``NETPOL-AGENT-*``) and two ipsets of addresses; it never
+edits anyone else's rules except for one jump per built-in chain. Everything is written with
+``iptables-restore --noflush`` (one atomic transaction per family) and ``ipset restore`` with a
+swap (RFC-free but kernel-atomic: ``ipset swap`` exchanges two sets in one netlink call), so a
+packet never sees a half-written rule set.
+
+What goes to userspace (the queue): every packet from or to a *local pod that some policy
+isolates*. Traffic of pods that no policy selects never leaves the kernel. Three hooks see pod
+traffic on a node:
+
+- FORWARD: pod to pod (same node and across nodes) and pod to anything beyond the node;
+- INPUT: pod to the node itself (the pod's egress applies, and replies to node-opened flows);
+- OUTPUT: the node to a pod (always allowed, but the agent must see it to track its replies).
+
+Before queueing, hint bits are OR-ed into the packet mark, which NFQUEUE hands to userspace with
+the packet (``nfqnl_msg_packet_hdr`` + NFQA_MARK):
+
+- ``MARK_HOST`` on OUTPUT traffic: the node itself sent it.
+- ``MARK_KERNEL_REPLY`` when conntrack classifies the packet as ``--ctdir REPLY``: the kernel has
+  confirmed the connection's first packet earlier (so that packet was accepted by every hook).
+
+Fail-open or fail-closed: with ``--queue-bypass`` the kernel accepts queued packets while no
+program listens on the queue (xt_NFQUEUE), otherwise it drops them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+MARK_HOST = 0x0010_0000
+MARK_KERNEL_REPLY = 0x0020_0000
+MARK_ACCEPTED = 0x0040_0000
+"""Fast path: a connection the agent accepted (saved to the connmark)."""
+MARK_MASK = MARK_HOST | MARK_KERNEL_REPLY | MARK_ACCEPTED
+"""All bits the agent uses. Chosen clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00."""
+
+Family = Literal[4, 6]
+FAMILIES: tuple[Family, ...] = (4, 6)
+
+Runner = Callable[[Sequence[str], str | None], str]
+"""Runs a command with optional standard input and returns its standard output; raises on error."""
+
+
+class FirewallError(RuntimeError):
+    """An iptables or ipset command failed; the message carries the command and its stderr."""
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallConfig:
+    queue_num: int = 1000
+    """NFQUEUE number. kindnet and kube-network-policies default to 100; we stay clear of it."""
+    queue_count: int = 1
+    """With more than one, ``--queue-balance queue_num:queue_num+queue_count-1``."""
+    fail_open: bool = False
+    """Accept (True) or drop (False) what would be queued while no agent listens."""
+    chain_prefix: str = "NETPOL-AGENT"
+    set_prefix: str = "npa"
+    iptables: str = "iptables"
+    ip6tables: str = "ip6tables"
+
+    def chain(self, hook: str) -> str:
+        return f"{self.chain_prefix}-{hook}"
+
+    def isolated_set(self, family: Family) -> str:
+        return f"{self.set_prefix}-isolated-v{family}"
+
+    def restore_command(self, family: Family) -> str:
+        return f"{self.iptables if family == 4 else self.ip6tables}-restore"
+
+    def command(self, family: Family) -> str:
+        return self.iptables if family == 4 else self.ip6tables
+
+
+HOOKS = ("FORWARD", "INPUT", "OUTPUT")
+
+
+def render_rules(config: FirewallConfig, family: Family) -> str:
+    """The ``iptables-restore --noflush`` payload that (re)writes the agent's chains.
+
+    Declaring a chain with ``:NAME - [0:0]`` in a --noflush restore flushes just that chain, so the
+    whole content is replaced in the same transaction; built-in chains are only appended to by
+    ``render_jumps``.
+    """
+    isolated = config.isolated_set(family)
+    queue = config.chain("QUEUE")
+    if config.queue_count > 1:
+        last = config.queue_num + config.queue_count - 1
+        target = f"NFQUEUE --queue-balance {config.queue_num}:{last}"
+    else:
+        target = f"NFQUEUE --queue-num {config.queue_num}"
+    if config.fail_open:
+        target += " --queue-bypass"
+    lines = ["*filter"]
+    lines += [f":{config.chain(hook)} - [0:0]" for hook in HOOKS]
+    lines.append(f":{queue} - [0:0]")
+    forward, input_, output = (config.chain(hook) for hook in HOOKS)
+    lines += [
+        f"-A {forward} -m set --match-set {isolated} src -j {queue}",
+        f"-A {forward} -m set --match-set {isolated} dst -j {queue}",
+        f"-A {input_} -m set --match-set {isolated} src -j {queue}",
+        f"-A {output} -m set --match-set {isolated} dst -j MARK --or-mark 0x{MARK_HOST:x}",
+        f"-A {output} -m set --match-set {isolated} dst -j {queue}",
+        f"-A {queue} -m conntrack --ctdir REPLY -j MARK --or-mark 0x{MARK_KERNEL_REPLY:x}",
+        f"-A {queue} -j {target}",
+        "COMMIT",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_jumps(config: FirewallConfig, present: Iterable[str]) -> str:
+    """Insert at the top of each built-in chain the jump that is not already ``present``."""
+    missing = [hook for hook in HOOKS if hook not in set(present)]
+    if not missing:
+        return ""
+    lines = ["*filter"]
+    lines += [f"-I {hook} 1 -j {config.chain(hook)}" for hook in missing]
+    lines += ["COMMIT", ""]
+    return "\n".join(lines)
+
+
+def render_set(config: FirewallConfig, family: Family, addresses: Iterable[bytes]) -> str:
+    """The ``ipset restore`` payload that atomically replaces the isolated set's members."""
+    name = config.isolated_set(family)
+    staging = f"{name}-new"
+    ipset_family = "inet" if family == 4 else "inet6"
+    create = f"hash:ip family {ipset_family} hashsize 1024 maxelem 1048576"
+    lines = [
+        f"create {name} {create} -exist",
+        f"create {staging} {create} -exist",
+        f"flush {staging}",
+    ]
+    width = 4 if family == 4 else 16
+    members = sorted(address for address in addresses if len(address) == width)
+    lines += [f"add {staging} {ipaddress.ip_address(address)}" for address in members]
+    lines += [f"swap {staging} {name}", f"destroy {staging}", ""]
+    return "\n".join(lines)
+
+
+def subprocess_runner(argv: Sequence[str], stdin: str | None) -> str:
+    result = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise FirewallError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
+
+
+class Firewall:
+    """Installs, syncs and removes the agent's rules in the current network namespace.
+
+    Not thread-safe: one runner thread owns it.
+    """
+
+    def __init__(self, config: FirewallConfig, run: Runner = subprocess_runner) -> None:
+        self.config = config
+        self._run = run
+        self._members: dict[Family, frozenset[bytes] | None] = {4: None, 6: None}
+
+    def install(self) -> None:
+        """Create the sets (empty if new), the chains and the jumps; idempotent."""
+        for family in FAMILIES:
+            name = self.config.isolated_set(family)
+            ipset_family = "inet" if family == 4 else "inet6"
+            self._run(
+                ["ipset", "restore"],
+                f"create {name} hash:ip family {ipset_family} hashsize 1024 maxelem 1048576"
+                " -exist\n",
+            )
+            self._run([self.config.restore_command(family), "--noflush"], render_rules(self.config, family))
+            jumps = render_jumps(self.config, self._present_jumps(family))
+            if jumps:
+                self._run([self.config.restore_command(family), "--noflush"], jumps)
+
+    def sync(self, isolated: frozenset[bytes]) -> bool:
+        """Make the isolated sets hold exactly ``isolated``; returns whether anything changed."""
+        changed = False
+        for family in FAMILIES:
+            width = 4 if family == 4 else 16
+            members = frozenset(address for address in isolated if len(address) == width)
+            if self._members[family] == members:
+                continue
+            self._run(["ipset", "restore"], render_set(self.config, family, members))
+            self._members[family] = members
+            changed = True
+        return changed
+
+    def remove(self) -> None:
+        """Remove the jumps, the chains and the sets; tolerant of parts already gone."""
+        for family in FAMILIES:
+            command = self.config.command(family)
+            for hook in self._present_jumps(family):
+                self._try([command, "-D", hook, "-j", self.config.chain(hook)])
+            for chain in (*(self.config.chain(hook) for hook in HOOKS), self.config.chain("QUEUE")):
+                self._try([command, "-F", chain])
+                self._try([command, "-X", chain])
+            self._try(["ipset", "destroy", self.config.isolated_set(family)])
+            self._members[family] = None
+
+    def _present_jumps(self, family: Family) -> list[str]:
+        listing = self._run([self.config.command(family), "-S"], None)
+        present = []
+        for hook in HOOKS:
+            if f"-A {hook} -j {self.config.chain(hook)}" in listing:
+                present.append(hook)
+        return present
+
+    def _try(self, argv: Sequence[str]) -> None:
+        try:
+            self._run(argv, None)
+        except FirewallError:
+            pass

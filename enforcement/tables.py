@@ -1,0 +1,434 @@
+"""Stage 2 of the pipeline: the compiled allow tables (the lookup side).
+
+    ClusterSnapshot (model.py) --compiler.py--> AllowTables (this module) --> decision
+
+Everything here is immutable once built and is published by swapping one reference, so the
+packet path reads it without locks. Nothing is memoised at lookup time: every structure is
+filled in by the compiler, which keeps the tables plain values that any thread may read.
+
+Deciding a packet costs a fixed number of dict lookups and bisections, whatever the number of
+pods and policies:
+
+1. the *ipcache* (packed address -> :class:`Endpoint`) finds the pod behind each address;
+2. each local pod that is isolated for a direction points at one :class:`PolicyTable` for that
+   direction, shared by every pod selected by the same policies (interned by the compiler);
+3. a table answers "may this peer use this protocol and port?" with at most five lookups, each
+   yielding a :class:`PortMatch`: rules with no peers (any address), the peer's address in a
+   disjoint interval map built from ipBlocks, the peer's identity, the peer's namespace, and
+   rules that select every pod.
+
+Named ports are resolved by the compiler wherever the destination's identity is known (every
+ingress table, and egress entries keyed by a peer identity); the remaining ones (egress entries
+for ipBlocks, namespaces and all pods) are resolved at lookup against the destination endpoint's
+named ports, through :attr:`Endpoint.port_names`. A named port never matches a destination that
+is not a pod.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from enforcement.model import Direction
+from enforcement.verdict import Reason
+
+PortNames = Mapping[tuple[int, int], frozenset[str]]
+"""Of one pod: (protocol number, port number) -> the container port names with that number."""
+
+NO_PORT_NAMES: PortNames = MappingProxyType({})
+
+MAX_PORT = 65535
+
+
+class PortMatch:
+    """The protocols and ports one or more rules allow towards one peer: an immutable value.
+
+    Either everything (``all_traffic``: a rule without ``ports``, which also admits ICMP and
+    packets without ports), or per protocol sorted disjoint inclusive port ranges plus named
+    ports not resolved yet. Equal matches compare and hash equal so the compiler can intern and
+    memoise unions.
+    """
+
+    __slots__ = ("_hash", "_key", "all_traffic", "named", "ranges")
+
+    all_traffic: bool
+    """Every protocol and port, and packets without ports (ICMP, non-first fragments)."""
+    ranges: Mapping[int, tuple[tuple[int, ...], tuple[int, ...]]]
+    """Protocol number -> (range starts, range ends), sorted, disjoint, not adjacent."""
+    named: Mapping[int, frozenset[str]]
+    """Protocol number -> named ports still to be resolved against the destination pod."""
+
+    def __init__(
+        self,
+        all_traffic: bool = False,
+        ranges: Iterable[tuple[int, int, int]] = (),
+        named: Iterable[tuple[int, str]] = (),
+    ) -> None:
+        """``ranges`` are (protocol, first port, last port) triples, in any order, overlapping
+        or not; empty ranges (last < first) are dropped. ``named`` are (protocol, name) pairs."""
+        self.all_traffic = all_traffic
+        by_protocol: dict[int, list[tuple[int, int]]] = {}
+        names: dict[int, set[str]] = {}
+        if not all_traffic:
+            # Everything is allowed anyway: keep one canonical form so equal matches are equal.
+            for protocol, first, last in ranges:
+                if first <= last:
+                    by_protocol.setdefault(protocol, []).append((max(first, 0), last))
+            for protocol, name in named:
+                names.setdefault(protocol, set()).add(name)
+        merged: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        for protocol in sorted(by_protocol):
+            starts: list[int] = []
+            ends: list[int] = []
+            for first, last in sorted(by_protocol[protocol]):
+                if ends and first <= ends[-1] + 1:
+                    ends[-1] = max(ends[-1], last)
+                else:
+                    starts.append(first)
+                    ends.append(last)
+            merged[protocol] = (tuple(starts), tuple(ends))
+        self.ranges = MappingProxyType(merged)
+        self.named = MappingProxyType({p: frozenset(names[p]) for p in sorted(names)})
+        self._key = (
+            all_traffic,
+            tuple((p, tuple(zip(s, e, strict=True))) for p, (s, e) in merged.items()),
+            tuple((p, tuple(sorted(n))) for p, n in self.named.items()),
+        )
+        self._hash = hash(self._key)
+
+    def allows(self, protocol: int, port: int | None, port_names: PortNames | None) -> bool:
+        """Whether a packet with this protocol and destination port matches.
+
+        ``port`` is None for packets without ports, which only rules without ``ports`` admit.
+        ``port_names`` are the destination pod's named ports, None if the destination is no pod.
+        """
+        if self.all_traffic:
+            return True
+        if port is None:
+            return False
+        bounds = self.ranges.get(protocol)
+        if bounds is not None:
+            starts, ends = bounds
+            index = bisect_right(starts, port) - 1
+            if index >= 0 and port <= ends[index]:
+                return True
+        if port_names:
+            wanted = self.named.get(protocol)
+            if wanted:
+                names = port_names.get((protocol, port))
+                if names and not wanted.isdisjoint(names):
+                    return True
+        return False
+
+    @property
+    def is_empty(self) -> bool:
+        """Matches no packet at all (a rule whose named ports exist on no destination)."""
+        return not self.all_traffic and not self.ranges and not self.named
+
+    def union(self, other: PortMatch) -> PortMatch:
+        if self.all_traffic or other is self:
+            return self
+        if other.all_traffic:
+            return other
+        return PortMatch(
+            False,
+            [*self._range_triples(), *other._range_triples()],
+            [*self._named_pairs(), *other._named_pairs()],
+        )
+
+    def resolve(self, numbers: Mapping[tuple[int, str], int]) -> PortMatch:
+        """This match with named ports replaced by their numbers on one destination pod.
+
+        ``numbers`` maps (protocol, name) to the pod's port; names it lacks match nothing there.
+        """
+        if not self.named:
+            return self
+        resolved = [
+            (protocol, numbers[(protocol, name)], numbers[(protocol, name)])
+            for protocol, name in self._named_pairs()
+            if (protocol, name) in numbers
+        ]
+        return PortMatch(False, [*self._range_triples(), *resolved])
+
+    def _range_triples(self) -> list[tuple[int, int, int]]:
+        return [
+            (protocol, first, last)
+            for protocol, (starts, ends) in self.ranges.items()
+            for first, last in zip(starts, ends, strict=True)
+        ]
+
+    def _named_pairs(self) -> list[tuple[int, str]]:
+        return [(protocol, name) for protocol, names in self.named.items() for name in names]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PortMatch):
+            return NotImplemented
+        return self._hash == other._hash and self._key == other._key
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        if self.all_traffic:
+            return "PortMatch(all)"
+        parts = [
+            f"{protocol}:{first}" + (f"-{last}" if last != first else "")
+            for protocol, first, last in self._range_triples()
+        ]
+        parts += [f"{protocol}:{name!r}" for protocol, name in self._named_pairs()]
+        return f"PortMatch({', '.join(parts) or 'nothing'})"
+
+
+ALL_TRAFFIC = PortMatch(all_traffic=True)
+"""The match of a rule without ``ports``."""
+
+
+class AddressMap:
+    """Integer addresses of one family -> PortMatch, as sorted disjoint inclusive intervals."""
+
+    __slots__ = ("_ends", "_matches", "_starts")
+
+    def __init__(self, segments: Iterable[tuple[int, int, PortMatch]]) -> None:
+        """``segments`` must be sorted and disjoint (the compiler merges overlapping ipBlocks)."""
+        starts: list[int] = []
+        ends: list[int] = []
+        matches: list[PortMatch] = []
+        for first, last, match in segments:
+            if starts and first <= ends[-1]:
+                raise ValueError("address segments must be sorted and disjoint")
+            starts.append(first)
+            ends.append(last)
+            matches.append(match)
+        self._starts = tuple(starts)
+        self._ends = tuple(ends)
+        self._matches = tuple(matches)
+
+    def lookup(self, address: int) -> PortMatch | None:
+        index = bisect_right(self._starts, address) - 1
+        if index >= 0 and address <= self._ends[index]:
+            return self._matches[index]
+        return None
+
+    def segments(self) -> list[tuple[int, int, PortMatch]]:
+        return list(zip(self._starts, self._ends, self._matches, strict=True))
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PolicyTable:
+    """What one direction of the pods selected by one set of policies allows, by peer.
+
+    Shared (interned) by every local pod with the same selecting policies (and, for ingress,
+    the same named ports). A peer is allowed when any of the five parts matches it; an empty
+    table (only rules that allow nothing, or no rules) isolates without allowing anything.
+    """
+
+    direction: Direction
+    policies: tuple[str, ...]
+    """Keys ("ns/name") of the policies this table unites, in snapshot order; for humans."""
+    any_peer: PortMatch | None = None
+    """Rules without peers: every address, pods and non-pods alike."""
+    v4: AddressMap | None = None
+    """ipBlocks on IPv4 addresses (pod addresses included), cidr minus excepts, merged."""
+    v6: AddressMap | None = None
+    identities: Mapping[int, PortMatch] = field(default_factory=lambda: MappingProxyType({}))
+    """Peer identity number -> match, from peers with a non-empty pod selector."""
+    namespaces: Mapping[str, PortMatch] = field(default_factory=lambda: MappingProxyType({}))
+    """Peer namespace -> match, from peers that select every pod of some namespaces."""
+    all_pods: PortMatch | None = None
+    """Peers that select every pod of every namespace (``namespaceSelector: {}`` alone)."""
+
+    def allows(
+        self,
+        peer: Endpoint | None,
+        address: bytes,
+        protocol: int,
+        port: int | None,
+        port_names: PortNames | None,
+    ) -> bool:
+        """Whether the rules allow this peer (the endpoint at ``address``, None if no pod).
+
+        ``port_names`` are the destination's named ports (None if the destination is no pod).
+        """
+        match = self.any_peer
+        if match is not None and match.allows(protocol, port, port_names):
+            return True
+        addresses = self.v4 if len(address) == 4 else self.v6
+        if addresses is not None:
+            match = addresses.lookup(int.from_bytes(address, "big"))
+            if match is not None and match.allows(protocol, port, port_names):
+                return True
+        if peer is None:
+            return False
+        match = self.identities.get(peer.identity)
+        if match is not None and match.allows(protocol, port, port_names):
+            return True
+        match = self.namespaces.get(peer.namespace)
+        if match is not None and match.allows(protocol, port, port_names):
+            return True
+        match = self.all_pods
+        return match is not None and match.allows(protocol, port, port_names)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Endpoint:
+    """A pod that owns an address, as the packet path sees it (pods of every node)."""
+
+    namespace: str
+    name: str
+    key: str
+    """"namespace/name"."""
+    node_name: str | None
+    local: bool
+    """Runs on the node these tables were compiled for; only local pods are enforced here."""
+    identity: int
+    """Number of the pod's identity: same namespace, labels and named ports, same number."""
+    port_names: PortNames = field(default_factory=lambda: NO_PORT_NAMES)
+    """(protocol, port) -> container port names, to resolve named ports at lookup."""
+    ingress_table: PolicyTable | None = None
+    """Set only for a local pod isolated for ingress."""
+    egress_table: PolicyTable | None = None
+    """Set only for a local pod isolated for egress."""
+
+    @property
+    def ingress_isolated(self) -> bool:
+        """Some policy selects this local pod for ingress (always False for remote pods)."""
+        return self.ingress_table is not None
+
+    @property
+    def egress_isolated(self) -> bool:
+        """Some policy selects this local pod for egress (always False for remote pods)."""
+        return self.egress_table is not None
+
+
+class AllowTables:
+    """The compiled decision tables of one node, for one generation of the cluster state.
+
+    Immutable after construction; build them with :func:`enforcement.compiler.compile_tables`.
+    """
+
+    __slots__ = (
+        "_generation",
+        "_identity_count",
+        "_ipcache",
+        "_isolated_local",
+        "_local",
+        "_local_pod_count",
+        "_node_name",
+        "_pod_count",
+        "_policy_count",
+        "_table_count",
+    )
+
+    def __init__(
+        self,
+        *,
+        generation: int,
+        node_name: str,
+        ipcache: Mapping[bytes, Endpoint],
+        pod_count: int,
+        identity_count: int,
+        table_count: int,
+        policy_count: int,
+    ) -> None:
+        self._generation = generation
+        self._node_name = node_name
+        self._ipcache = dict(ipcache)
+        self._local = frozenset(a for a, e in self._ipcache.items() if e.local)
+        self._isolated_local = frozenset(
+            a
+            for a, e in self._ipcache.items()
+            if e.ingress_table is not None or e.egress_table is not None
+        )
+        self._pod_count = pod_count
+        self._local_pod_count = len({e.key for e in self._ipcache.values() if e.local})
+        self._identity_count = identity_count
+        self._table_count = table_count
+        self._policy_count = policy_count
+
+    @property
+    def generation(self) -> int:
+        """Counter of the cluster state these tables were compiled from (given by the caller)."""
+        return self._generation
+
+    @property
+    def node_name(self) -> str:
+        """The node whose pods these tables enforce."""
+        return self._node_name
+
+    def evaluate(self, src: bytes, dst: bytes, protocol: int, dst_port: int | None) -> Reason:
+        """Decide a new flow from packed ``src`` to packed ``dst`` (4 or 16 bytes).
+
+        NOT_ISOLATED when neither a local isolated source (egress) nor a local isolated
+        destination (ingress) is involved; otherwise the source's egress is checked first
+        (DENIED_EGRESS), then the destination's ingress (DENIED_INGRESS), else ALLOWED.
+        ``dst_port`` is None for packets without ports (ICMP, non-first fragments).
+        """
+        source = self._ipcache.get(src)
+        destination = self._ipcache.get(dst)
+        egress = source.egress_table if source is not None else None
+        ingress = destination.ingress_table if destination is not None else None
+        if egress is None and ingress is None:
+            return Reason.NOT_ISOLATED
+        port_names = destination.port_names if destination is not None else None
+        if egress is not None and not egress.allows(
+            destination, dst, protocol, dst_port, port_names
+        ):
+            return Reason.DENIED_EGRESS
+        if ingress is not None and not ingress.allows(source, src, protocol, dst_port, port_names):
+            return Reason.DENIED_INGRESS
+        return Reason.ALLOWED
+
+    def endpoint(self, address: bytes) -> Endpoint | None:
+        """The pod (of any node) that owns this packed address, or None."""
+        return self._ipcache.get(address)
+
+    def local_addresses(self) -> frozenset[bytes]:
+        """Packed addresses of this node's pods (hostNetwork pods excluded)."""
+        return self._local
+
+    def isolated_local_addresses(self) -> frozenset[bytes]:
+        """Packed addresses of this node's pods isolated in at least one direction."""
+        return self._isolated_local
+
+    @property
+    def pod_count(self) -> int:
+        """Pods with an address that are peers (every node, hostNetwork pods excluded)."""
+        return self._pod_count
+
+    @property
+    def local_pod_count(self) -> int:
+        """Of those, the pods running on this node."""
+        return self._local_pod_count
+
+    @property
+    def address_count(self) -> int:
+        """Entries of the ipcache (a dual-stack pod has two)."""
+        return len(self._ipcache)
+
+    @property
+    def identity_count(self) -> int:
+        """Distinct (namespace, labels, named ports) among the pods counted by pod_count."""
+        return self._identity_count
+
+    @property
+    def table_count(self) -> int:
+        """Distinct PolicyTables (both directions) after interning."""
+        return self._table_count
+
+    @property
+    def policy_count(self) -> int:
+        """NetworkPolicies in the snapshot (all namespaces)."""
+        return self._policy_count
+
+    def __repr__(self) -> str:
+        return (
+            f"AllowTables(node={self._node_name!r}, generation={self._generation}, "
+            f"pods={self._pod_count}, local={self._local_pod_count}, "
+            f"identities={self._identity_count}, tables={self._table_count}, "
+            f"policies={self._policy_count})"
+        )

@@ -1,0 +1,72 @@
+"""The answer of the decision stage: an action and the reason for it.
+
+Verdicts are preallocated singletons (one per reason) so the packet path never allocates one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Action(Enum):
+    ACCEPT = "accept"
+    DROP = "drop"
+
+
+class Reason(Enum):
+    """Why a packet got its verdict. The value is the label used in logs and metrics."""
+
+    # accepts
+    FLOW = "flow"
+    """The packet belongs to a connection that was allowed (either direction)."""
+    RELATED = "related"
+    """An ICMP error about a tracked connection (RFC 792 / RFC 4443 error messages)."""
+    ALLOWED = "allowed"
+    """A new connection that every isolated endpoint's policy allows."""
+    NOT_ISOLATED = "not-isolated"
+    """Neither endpoint is isolated in the direction that matters: nothing to enforce."""
+    HOST = "host"
+    """Traffic from the pod's own node, which NetworkPolicy always allows (kubelet probes)."""
+    NEIGHBOR_DISCOVERY = "neighbor-discovery"
+    """IPv6 neighbour/router discovery (RFC 4861), which the network needs to work at all."""
+    FAIL_OPEN = "fail-open"
+    """The agent could not decide (an internal error) and runs fail-open."""
+    # drops
+    DENIED_EGRESS = "denied-egress"
+    """The source is isolated for egress and no rule allows this destination and port."""
+    DENIED_INGRESS = "denied-ingress"
+    """The destination is isolated for ingress and no rule allows this source and port."""
+    REVOKED = "revoked"
+    """A tracked connection that a policy change no longer allows."""
+    INVALID = "invalid"
+    """A packet that fits no state of its connection (conntrack's INVALID)."""
+    MALFORMED = "malformed"
+    """The packet could not be parsed; never let through what cannot be judged."""
+    FAIL_CLOSED = "fail-closed"
+    """The agent could not decide (an internal error) and runs fail-closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    reason: Reason
+
+    @property
+    def accepted(self) -> bool:
+        return self.action is Action.ACCEPT
+
+
+_DROPS = {
+    Reason.DENIED_EGRESS,
+    Reason.DENIED_INGRESS,
+    Reason.REVOKED,
+    Reason.INVALID,
+    Reason.MALFORMED,
+    Reason.FAIL_CLOSED,
+}
+
+VERDICTS: dict[Reason, Verdict] = {
+    reason: Verdict(Action.DROP if reason in _DROPS else Action.ACCEPT, reason) for reason in Reason
+}
+"""The one Verdict object of each reason."""

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything netpol-agent needs on a Debian/Ubuntu machine, as root, idempotently:
+# the kernel-facing tools from apt and a virtualenv at .venv/ with the package installed in it.
+# It never touches the machine's network configuration; it only installs packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  iptables iproute2 ipset conntrack       # the dataplane: rules, namespaces, address sets, flows
+  libnetfilter-queue-dev libnfnetlink-dev # headers netfilterqueue compiles against
+  gcc python3-dev python3-venv            # building netfilterqueue's C extension
+  iperf3 wrk procps                       # load generators for `netpol-agent bench`
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: these packages are missing and installing them needs root: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi

@@ -1,0 +1,1119 @@
+"""Tests for agent/convert.py: Kubernetes dicts in, validated model records out."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from agent.convert import (
+    ConversionError,
+    fail_closed_policy,
+    namespace_from_k8s,
+    object_label,
+    pod_from_k8s,
+    policy_from_k8s,
+)
+from enforcement.model import SELECT_ALL, ContainerPort, Direction, Labels, Rule
+from tests.builders import expr, make_namespace, peer, port, rule, selector
+
+INGRESS = frozenset({Direction.INGRESS})
+EGRESS = frozenset({Direction.EGRESS})
+BOTH = frozenset(Direction)
+
+
+def k8s_policy(spec: Any, name: str = "allow-db", ns: str | None = "default") -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if ns is not None:
+        metadata["namespace"] = ns
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": spec,
+    }
+
+
+def ingress_ports(*ports: Any) -> dict[str, Any]:
+    return {"podSelector": {}, "ingress": [{"ports": list(ports)}]}
+
+
+def ingress_from(*peers: Any) -> dict[str, Any]:
+    return {"podSelector": {}, "ingress": [{"from": list(peers)}]}
+
+
+def egress_to(*peers: Any) -> dict[str, Any]:
+    return {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": list(peers)}]}
+
+
+def pod_selector(value: Any) -> dict[str, Any]:
+    return {"podSelector": value}
+
+
+def k8s_pod(
+    spec: Any = None, status: Any = None, labels: Any = None, name: str = "web"
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "prod"},
+        "spec": spec if spec is not None else {"containers": [{"name": "c", "image": "x"}]},
+    }
+    if labels is not None:
+        obj["metadata"]["labels"] = labels
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def addresses(*texts: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    return tuple(ipaddress.ip_address(text) for text in texts)
+
+
+# -- ConversionError ----------------------------------------------------------------------
+
+
+def test_error_message_names_kind_object_field_and_reason() -> None:
+    with pytest.raises(ConversionError) as caught:
+        policy_from_k8s(k8s_policy(ingress_ports({"port": 70000})))
+    error = caught.value
+    assert str(error) == (
+        "NetworkPolicy default/allow-db: spec.ingress[0].ports[0].port: "
+        "must be between 1 and 65535, got 70000"
+    )
+    assert (error.kind, error.object_name, error.field) == (
+        "NetworkPolicy",
+        "default/allow-db",
+        "spec.ingress[0].ports[0].port",
+    )
+    assert error.reason == "must be between 1 and 65535, got 70000"
+    assert isinstance(error, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("obj", "label"),
+    [
+        pytest.param(k8s_policy({}), "NetworkPolicy default/allow-db", id="namespaced"),
+        pytest.param(
+            {"kind": "Namespace", "metadata": {"name": "prod"}}, "Namespace prod", id="cluster"
+        ),
+        pytest.param({"metadata": {"name": "x"}}, "object x", id="no-kind"),
+        pytest.param({"kind": "Pod", "metadata": "junk"}, "Pod ?", id="junk-metadata"),
+    ],
+)
+def test_object_label(obj: dict[str, Any], label: str) -> None:
+    assert object_label(obj) == label
+
+
+# -- NetworkPolicy: conversion ------------------------------------------------------------
+
+
+def test_policy_converts_every_part() -> None:
+    spec = {
+        "podSelector": {
+            "matchLabels": {"app": "db"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                {"key": "example.com/legacy", "operator": "DoesNotExist"},
+            ],
+        },
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [
+            {
+                "from": [
+                    {"podSelector": {"matchLabels": {"app": "web"}}},
+                    {
+                        "namespaceSelector": {"matchLabels": {"team": "a"}},
+                        "podSelector": {},
+                    },
+                    {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.1.0/24"]}},
+                ],
+                "ports": [
+                    {"port": 5432},
+                    {"protocol": "UDP", "port": "dns"},
+                    {"protocol": "SCTP", "port": 1000, "endPort": 2000},
+                    {"protocol": "TCP"},
+                ],
+            }
+        ],
+        "egress": [{"to": [{"ipBlock": {"cidr": "2001:db8::/64"}}]}],
+    }
+    policy = policy_from_k8s(k8s_policy(spec))
+    assert (policy.namespace, policy.name, policy.key) == (
+        "default",
+        "allow-db",
+        "default/allow-db",
+    )
+    assert policy.pod_selector == selector(
+        expr("tier", "In", "a", "b"), expr("example.com/legacy", "DoesNotExist"), app="db"
+    )
+    assert policy.policy_types == BOTH
+    assert policy.ingress == (
+        rule(
+            peer(pods=selector(app="web")),
+            peer(pods=selector(), namespaces=selector(team="a")),
+            peer(cidr="10.0.0.0/16", excepts=["10.0.1.0/24"]),
+            ports=[port(5432), port("dns", "UDP"), port(1000, "SCTP", end=2000), port()],
+        ),
+    )
+    assert policy.egress == (rule(peer(cidr="2001:db8::/64")),)
+
+
+@pytest.mark.parametrize(
+    ("spec", "types"),
+    [
+        pytest.param({"podSelector": {}}, INGRESS, id="nothing-ingress-only"),
+        pytest.param({"podSelector": {}, "ingress": [{}]}, INGRESS, id="ingress-rules"),
+        pytest.param({"podSelector": {}, "egress": [{}]}, BOTH, id="egress-rules-add-egress"),
+        pytest.param(
+            {"podSelector": {}, "ingress": [{}], "egress": [{"ports": [{"port": 53}]}]},
+            BOTH,
+            id="both-rules",
+        ),
+        # SetDefaults_NetworkPolicy: len(Egress) != 0, so an empty egress list adds nothing.
+        pytest.param({"podSelector": {}, "egress": []}, INGRESS, id="empty-egress-list"),
+        pytest.param({"podSelector": {}, "egress": None}, INGRESS, id="null-egress"),
+        pytest.param({"podSelector": {}, "policyTypes": []}, INGRESS, id="empty-types-default"),
+        pytest.param(
+            {"podSelector": {}, "policyTypes": [], "egress": [{}]}, BOTH, id="empty-types-egress"
+        ),
+        pytest.param({"podSelector": {}, "policyTypes": ["Egress"]}, EGRESS, id="egress-only"),
+        pytest.param(
+            {"podSelector": {}, "policyTypes": ["Ingress"], "egress": [{}]},
+            INGRESS,
+            id="explicit-wins-over-egress-rules",
+        ),
+        pytest.param(
+            {"podSelector": {}, "policyTypes": ["Egress", "Ingress"]}, BOTH, id="explicit-both"
+        ),
+        # ValidateNetworkPolicySpec checks the count and the values, not duplicates.
+        pytest.param(
+            {"podSelector": {}, "policyTypes": ["Egress", "Egress"]}, EGRESS, id="duplicate"
+        ),
+    ],
+)
+def test_policy_types_defaulting(spec: dict[str, Any], types: frozenset[Direction]) -> None:
+    assert policy_from_k8s(k8s_policy(spec)).policy_types == types
+
+
+@pytest.mark.parametrize(
+    ("spec", "ingress"),
+    [
+        pytest.param({"podSelector": {}}, (), id="no-ingress-section"),
+        pytest.param({"podSelector": {}, "ingress": []}, (), id="empty-ingress"),
+        pytest.param({"podSelector": {}, "ingress": [{}]}, (Rule(),), id="allow-all-rule"),
+        pytest.param({"podSelector": {}, "ingress": [None]}, (Rule(),), id="null-rule-is-empty"),
+        pytest.param(
+            {"podSelector": {}, "ingress": [{"from": [], "ports": []}]},
+            (Rule(),),
+            id="empty-from-and-ports",
+        ),
+        pytest.param(
+            {"podSelector": {}, "ingress": [{"from": None, "ports": None}]},
+            (Rule(),),
+            id="null-from-and-ports",
+        ),
+        pytest.param(
+            {"podSelector": {}, "ingress": [{"ports": [None]}]},
+            (rule(ports=[port()]),),
+            id="null-port-is-all-tcp",
+        ),
+        pytest.param(
+            {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]},
+            (rule(peer(namespaces=SELECT_ALL)),),
+            id="all-namespaces",
+        ),
+        pytest.param(
+            {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}, "nodeSelector": {}}]}]},
+            (rule(peer(pods=SELECT_ALL)),),
+            id="unknown-field-ignored",
+        ),
+        pytest.param(
+            {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.1/24"}}]}]},
+            (rule(peer(cidr="10.0.0.0/24")),),
+            id="cidr-host-bits-normalised",
+        ),
+        pytest.param(
+            {
+                "podSelector": {},
+                "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": []}}]}],
+            },
+            (rule(peer(cidr="10.0.0.0/8")),),
+            id="empty-except",
+        ),
+        pytest.param(
+            {
+                "podSelector": {},
+                "ingress": [
+                    {"from": [{"ipBlock": {"cidr": "fd00::/8", "except": ["fd00::1/128"]}}]}
+                ],
+            },
+            (rule(peer(cidr="fd00::/8", excepts=["fd00::1/128"])),),
+            id="ipv6-except",
+        ),
+        pytest.param(
+            {"podSelector": {}, "ingress": [{"ports": [{"port": 1, "endPort": 1}]}]},
+            (rule(ports=[port(1, end=1)]),),
+            id="endport-equal",
+        ),
+        pytest.param(
+            {"podSelector": {}, "ingress": [{"ports": [{"port": "a-1"}]}]},
+            (rule(ports=[port("a-1")]),),
+            id="port-name-with-digit-and-hyphen",
+        ),
+    ],
+)
+def test_policy_rules(spec: dict[str, Any], ingress: tuple[Rule, ...]) -> None:
+    assert policy_from_k8s(k8s_policy(spec)).ingress == ingress
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param({}, id="spec-without-pod-selector"),
+        pytest.param({"podSelector": None}, id="null-pod-selector"),
+        pytest.param(None, id="no-spec"),
+        pytest.param({"podSelector": {"matchLabels": {}, "matchExpressions": []}}, id="empty"),
+    ],
+)
+def test_omitted_pod_selector_selects_all(spec: Any) -> None:
+    # The Go type is a value: the API server decodes a missing selector as {} (k8s #131354).
+    policy = policy_from_k8s(k8s_policy(spec))
+    assert policy.pod_selector == SELECT_ALL
+    assert policy.policy_types == INGRESS
+
+
+# -- NetworkPolicy: validation ------------------------------------------------------------
+
+BAD_POLICIES = [
+    # metadata
+    pytest.param(
+        {"metadata": {"namespace": "default"}, "spec": {}},
+        "metadata.name",
+        "required",
+        id="name-missing",
+    ),
+    pytest.param(
+        {"metadata": {"name": "allow-db"}, "spec": {}},
+        "metadata.namespace",
+        "required",
+        id="namespace-missing",
+    ),
+    pytest.param(
+        k8s_policy({}, name="Allow_DB"),
+        "metadata.name",
+        "must be a DNS-1123 subdomain: lowercase alphanumeric characters, '-' or '.', "
+        'starting and ending with an alphanumeric character, got "Allow_DB"',
+        id="name-invalid",
+    ),
+    pytest.param(
+        {"metadata": "allow-db", "spec": {}},
+        "metadata",
+        "must be an object, got string",
+        id="metadata-not-mapping",
+    ),
+    pytest.param(k8s_policy([]), "spec", "must be an object, got list", id="spec-not-mapping"),
+    # podSelector and label selectors
+    pytest.param(
+        k8s_policy(pod_selector("app=db")),
+        "spec.podSelector",
+        "must be an object, got string",
+        id="selector-not-mapping",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchLabels": ["app"]})),
+        "spec.podSelector.matchLabels",
+        "must be an object, got list",
+        id="match-labels-not-mapping",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchLabels": {"bad key!": "x"}})),
+        "spec.podSelector.matchLabels[bad key!]",
+        "invalid key: name part must consist of alphanumeric characters, '-', '_' or '.', "
+        "and must start and end with an alphanumeric character",
+        id="match-labels-key-chars",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchLabels": {"Example.COM/app": "x"}})),
+        "spec.podSelector.matchLabels[Example.COM/app]",
+        "invalid key: prefix part must be a DNS-1123 subdomain",
+        id="match-labels-key-prefix",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchLabels": {"/app": "x"}})),
+        "spec.podSelector.matchLabels[/app]",
+        "invalid key: prefix part must be non-empty",
+        id="match-labels-key-empty-prefix",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchLabels": {"a/b/c": "x"}})),
+        "spec.podSelector.matchLabels[a/b/c]",
+        "invalid key: must be a name with an optional DNS subdomain prefix",
+        id="match-labels-key-two-slashes",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchLabels": {"k" * 64: "x"}})),
+        f"spec.podSelector.matchLabels[{'k' * 64}]",
+        "invalid key: name part must be no more than 63 characters",
+        id="match-labels-key-too-long",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchLabels": {"app": "-web"}})),
+        "spec.podSelector.matchLabels[app]",
+        "must be empty or consist of alphanumeric characters, '-', '_' or '.', and must start "
+        'and end with an alphanumeric character, got "-web"',
+        id="match-labels-value-chars",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchLabels": {"app": "v" * 64}})),
+        "spec.podSelector.matchLabels[app]",
+        "must be no more than 63 characters, got 64",
+        id="match-labels-value-too-long",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchLabels": {"version": 1}})),
+        "spec.podSelector.matchLabels[version]",
+        "must be a string, got integer 1 (quote it in YAML)",
+        id="match-labels-value-not-string",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchExpressions": {"key": "app"}})),
+        "spec.podSelector.matchExpressions",
+        "must be a list, got object",
+        id="match-expressions-not-list",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchExpressions": [{"key": "app", "operator": "In"}]})),
+        "spec.podSelector.matchExpressions[0].values",
+        "required when `operator` is In",
+        id="in-without-values",
+    ),
+    pytest.param(
+        k8s_policy(
+            pod_selector({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": []}]})
+        ),
+        "spec.podSelector.matchExpressions[0].values",
+        "required when `operator` is NotIn",
+        id="notin-empty-values",
+    ),
+    pytest.param(
+        k8s_policy(
+            pod_selector(
+                {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}
+            )
+        ),
+        "spec.podSelector.matchExpressions[0].values",
+        "may not be specified when `operator` is Exists",
+        id="exists-with-values",
+    ),
+    pytest.param(
+        k8s_policy(
+            pod_selector(
+                {"matchExpressions": [{"key": "a", "operator": "DoesNotExist", "values": ["x"]}]}
+            )
+        ),
+        "spec.podSelector.matchExpressions[0].values",
+        "may not be specified when `operator` is DoesNotExist",
+        id="doesnotexist-with-values",
+    ),
+    pytest.param(
+        k8s_policy(
+            pod_selector(
+                {"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["x"]}]}
+            )
+        ),
+        "spec.podSelector.matchExpressions[0].operator",
+        'must be one of In, NotIn, Exists, DoesNotExist, got "Equals"',
+        id="unknown-operator",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchExpressions": [{"key": "a", "operator": "in"}]})),
+        "spec.podSelector.matchExpressions[0].operator",
+        'must be one of In, NotIn, Exists, DoesNotExist, got "in"',
+        id="operator-case",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchExpressions": [{"key": "a b", "operator": "Exists"}]})),
+        "spec.podSelector.matchExpressions[0].key",
+        "name part must consist of",
+        id="expression-key-invalid",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchExpressions": [{"operator": "Exists"}]})),
+        "spec.podSelector.matchExpressions[0].key",
+        "must be a label key, got null",
+        id="expression-key-missing",
+    ),
+    pytest.param(
+        k8s_policy(
+            pod_selector({"matchExpressions": [{"key": "a", "operator": "In", "values": ["x y"]}]})
+        ),
+        "spec.podSelector.matchExpressions[0].values[0]",
+        'and end with an alphanumeric character, got "x y"',
+        id="expression-value-invalid",
+    ),
+    pytest.param(
+        k8s_policy(
+            pod_selector({"matchExpressions": [{"key": "a", "operator": "In", "values": "x"}]})
+        ),
+        "spec.podSelector.matchExpressions[0].values",
+        "must be a list, got string",
+        id="expression-values-not-list",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"namespaceSelector": {"matchLabels": {"team": "a b"}}})),
+        "spec.ingress[0].from[0].namespaceSelector.matchLabels[team]",
+        "must be empty or consist of",
+        id="peer-namespace-selector-invalid",
+    ),
+    pytest.param(
+        k8s_policy(egress_to({"podSelector": {"matchExpressions": [{"key": "a"}]}})),
+        "spec.egress[0].to[0].podSelector.matchExpressions[0].operator",
+        "got null",
+        id="peer-pod-selector-invalid",
+    ),
+    # policyTypes
+    pytest.param(
+        k8s_policy({"podSelector": {}, "policyTypes": ["ingress"]}),
+        "spec.policyTypes[0]",
+        'must be "Ingress" or "Egress", got "ingress"',
+        id="policy-type-case",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "policyTypes": ["Ingress", "Both"]}),
+        "spec.policyTypes[1]",
+        'must be "Ingress" or "Egress", got "Both"',
+        id="policy-type-unknown",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "policyTypes": ["Ingress", "Egress", "Ingress"]}),
+        "spec.policyTypes",
+        "may not specify more than two policyTypes, got 3",
+        id="policy-types-three",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "policyTypes": "Ingress"}),
+        "spec.policyTypes",
+        "must be a list, got string",
+        id="policy-types-not-list",
+    ),
+    # rule shapes
+    pytest.param(
+        k8s_policy({"podSelector": {}, "ingress": {"from": []}}),
+        "spec.ingress",
+        "must be a list, got object",
+        id="ingress-not-list",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "egress": ["all"]}),
+        "spec.egress[0]",
+        "must be an object, got string",
+        id="egress-rule-not-mapping",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "ingress": [{"from": {"podSelector": {}}}]}),
+        "spec.ingress[0].from",
+        "must be a list, got object",
+        id="from-not-list",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "ingress": [{}, {"ports": 80}]}),
+        "spec.ingress[1].ports",
+        "must be a list, got integer",
+        id="ports-not-list",
+    ),
+    # ports
+    pytest.param(
+        k8s_policy(ingress_ports({"protocol": "tcp", "port": 80})),
+        "spec.ingress[0].ports[0].protocol",
+        'must be one of TCP, UDP, SCTP, got "tcp"',
+        id="protocol-case",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"protocol": "ICMP"})),
+        "spec.ingress[0].ports[0].protocol",
+        'must be one of TCP, UDP, SCTP, got "ICMP"',
+        id="protocol-icmp",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": 0})),
+        "spec.ingress[0].ports[0].port",
+        "must be between 1 and 65535, got 0",
+        id="port-zero",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": 80}, {"port": 70000})),
+        "spec.ingress[0].ports[1].port",
+        "must be between 1 and 65535, got 70000",
+        id="port-too-big",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": -1})),
+        "spec.ingress[0].ports[0].port",
+        "must be between 1 and 65535, got -1",
+        id="port-negative",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": "80"})),
+        "spec.ingress[0].ports[0].port",
+        'a named port must contain at least one letter (a-z), got "80" '
+        "(a number must not be quoted)",
+        id="port-numeric-string",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": "a" * 16})),
+        "spec.ingress[0].ports[0].port",
+        "a named port must be 1 to 15 characters long",
+        id="port-name-too-long",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": ""})),
+        "spec.ingress[0].ports[0].port",
+        "a named port must be 1 to 15 characters long",
+        id="port-name-empty",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": "HTTP"})),
+        "spec.ingress[0].ports[0].port",
+        "a named port must contain only lowercase letters, digits and '-'",
+        id="port-name-uppercase",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": "web_http"})),
+        "spec.ingress[0].ports[0].port",
+        "a named port must contain only lowercase letters, digits and '-'",
+        id="port-name-underscore",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": "web--http"})),
+        "spec.ingress[0].ports[0].port",
+        "a named port must not contain consecutive hyphens",
+        id="port-name-double-hyphen",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": "http-"})),
+        "spec.ingress[0].ports[0].port",
+        "a named port must not begin or end with a hyphen",
+        id="port-name-trailing-hyphen",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": True})),
+        "spec.ingress[0].ports[0].port",
+        "must be a port number or a port name, got boolean true",
+        id="port-boolean",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": 80.5})),
+        "spec.ingress[0].ports[0].port",
+        "must be a port number or a port name, got number 80.5",
+        id="port-float",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"endPort": 90})),
+        "spec.ingress[0].ports[0].endPort",
+        "may not be specified when `port` is not specified",
+        id="endport-without-port",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": "http", "endPort": 90})),
+        "spec.ingress[0].ports[0].endPort",
+        "may not be specified when `port` is a named port",
+        id="endport-with-named-port",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": 2000, "endPort": 1000})),
+        "spec.ingress[0].ports[0].endPort",
+        "must be greater than or equal to `port` (2000), got 1000",
+        id="endport-below-port",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": 2000, "endPort": 70000})),
+        "spec.ingress[0].ports[0].endPort",
+        "must be between 1 and 65535, got 70000",
+        id="endport-too-big",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"port": 2000, "endPort": "3000"})),
+        "spec.ingress[0].ports[0].endPort",
+        "must be an integer, got string",
+        id="endport-string",
+    ),
+    # peers
+    pytest.param(
+        k8s_policy(ingress_from({})),
+        "spec.ingress[0].from[0]",
+        "must specify a peer: podSelector, namespaceSelector or ipBlock",
+        id="peer-empty",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from(None)),
+        "spec.ingress[0].from[0]",
+        "must specify a peer",
+        id="peer-null",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"podselector": {}})),
+        "spec.ingress[0].from[0]",
+        "must specify a peer: podSelector, namespaceSelector or ipBlock "
+        "(unknown fields: podselector)",
+        id="peer-misspelt",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"podSelector": {}}, "web")),
+        "spec.ingress[0].from[1]",
+        "must be an object, got string",
+        id="peer-not-mapping",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}})),
+        "spec.ingress[0].from[0]",
+        "may not specify both ipBlock and another peer",
+        id="ipblock-and-pod-selector",
+    ),
+    pytest.param(
+        k8s_policy(egress_to({"ipBlock": {"cidr": "10.0.0.0/8"}, "namespaceSelector": {}})),
+        "spec.egress[0].to[0]",
+        "may not specify both ipBlock and another peer",
+        id="ipblock-and-namespace-selector",
+    ),
+    # ipBlock
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {}})),
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "required",
+        id="cidr-missing",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": ""}})),
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "required",
+        id="cidr-empty",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "10.0.0.0/33"}})),
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        'must be a valid CIDR such as 10.0.0.0/16 or 2001:db8::/64, got "10.0.0.0/33"',
+        id="cidr-prefix-too-long",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "10.0.0.1"}})),
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        'must be a valid CIDR such as 10.0.0.0/16 or 2001:db8::/64, got "10.0.0.1"',
+        id="cidr-without-prefix",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "10.0.0.0/255.0.0.0"}})),
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "must be a valid CIDR",
+        id="cidr-netmask-form",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "010.0.0.0/8"}})),
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "must be a valid CIDR",
+        id="cidr-leading-zero",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "fe80::/10%eth0"}})),
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "must be a valid CIDR",
+        id="cidr-zone",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": 10}})),
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "must be a CIDR string, got integer",
+        id="cidr-not-string",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "10.0.0.0/16", "except": "10.0.1.0/24"}})),
+        "spec.ingress[0].from[0].ipBlock.except",
+        "must be a list, got string",
+        id="except-not-list",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.1.0/b"]}})),
+        "spec.ingress[0].from[0].ipBlock.except[0]",
+        "must be a valid CIDR",
+        id="except-invalid",
+    ),
+    pytest.param(
+        k8s_policy(
+            egress_to(
+                {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.1.0/24", "10.1.0.0/24"]}}
+            )
+        ),
+        "spec.egress[0].to[0].ipBlock.except[1]",
+        "must be a strict subset of cidr 10.0.0.0/16, got 10.1.0.0/24",
+        id="except-outside",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.0/16"]}})),
+        "spec.ingress[0].from[0].ipBlock.except[0]",
+        "must be a strict subset of cidr 10.0.0.0/16, got 10.0.0.0/16",
+        id="except-equal",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.0.0/8"]}})),
+        "spec.ingress[0].from[0].ipBlock.except[0]",
+        "must be a strict subset of cidr 10.0.0.0/16, got 10.0.0.0/8",
+        id="except-wider",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "10.0.0.0/16", "except": ["fd00::/64"]}})),
+        "spec.ingress[0].from[0].ipBlock.except[0]",
+        'must be in the same IP family as cidr 10.0.0.0/16, got "fd00::/64"',
+        id="except-other-family",
+    ),
+]
+
+
+@pytest.mark.parametrize(("obj", "field", "reason"), BAD_POLICIES)
+def test_policy_validation(obj: dict[str, Any], field: str, reason: str) -> None:
+    with pytest.raises(ConversionError) as caught:
+        policy_from_k8s(obj)
+    assert caught.value.kind == "NetworkPolicy"
+    assert caught.value.field == field
+    assert reason in caught.value.reason
+    assert str(caught.value).endswith(f": {field}: {caught.value.reason}")
+
+
+# -- fail_closed_policy -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("obj", "field", "reason"), BAD_POLICIES)
+def test_fail_closed_never_allows_anything(obj: dict[str, Any], field: str, reason: str) -> None:
+    stand_in = fail_closed_policy(obj)
+    assert stand_in.ingress == ()
+    assert stand_in.egress == ()
+    assert stand_in.policy_types  # isolates at least one direction
+
+
+@pytest.mark.parametrize(
+    ("spec", "pod_selector", "types"),
+    [
+        pytest.param(
+            {
+                "podSelector": {"matchExpressions": [{"key": "app", "operator": "Equals"}]},
+                "ingress": [{}],
+            },
+            SELECT_ALL,
+            INGRESS,
+            id="broken-selector-selects-all",
+        ),
+        pytest.param(
+            {
+                "podSelector": {"matchLabels": {"app": "db"}},
+                "ingress": [{"ports": [{"port": 70000}]}],
+            },
+            selector(app="db"),
+            INGRESS,
+            id="broken-ports-keep-selector",
+        ),
+        pytest.param(
+            {
+                "podSelector": {"matchLabels": {"app": "db"}},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{}]}],
+            },
+            selector(app="db"),
+            EGRESS,
+            id="declared-egress-only",
+        ),
+        pytest.param(
+            {"podSelector": {"matchLabels": {"app": "db"}}, "egress": [{"to": [{}]}]},
+            selector(app="db"),
+            BOTH,
+            id="defaulted-types-with-egress-rules",
+        ),
+        pytest.param(
+            {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["ingres"]},
+            selector(app="db"),
+            BOTH,
+            id="unreadable-types-both",
+        ),
+        pytest.param(
+            {"podSelector": {}, "egress": "everything"},
+            SELECT_ALL,
+            BOTH,
+            id="unreadable-egress-both",
+        ),
+        pytest.param("junk", SELECT_ALL, BOTH, id="spec-not-mapping"),
+    ],
+)
+def test_fail_closed_policy(spec: Any, pod_selector: Any, types: frozenset[Direction]) -> None:
+    obj = k8s_policy(spec)
+    with pytest.raises(ConversionError):
+        policy_from_k8s(obj)
+    stand_in = fail_closed_policy(obj)
+    assert (stand_in.namespace, stand_in.name) == ("default", "allow-db")
+    assert stand_in.pod_selector == pod_selector
+    assert stand_in.policy_types == types
+    assert stand_in.ingress == stand_in.egress == ()
+
+
+def test_fail_closed_policy_survives_garbage() -> None:
+    stand_in = fail_closed_policy({"metadata": ["x"], "spec": 3})
+    assert (stand_in.namespace, stand_in.name) == ("", "")
+    assert stand_in.pod_selector == SELECT_ALL
+    assert stand_in.policy_types == BOTH
+
+
+# -- Namespace ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        pytest.param(
+            {"metadata": {"name": "prod", "labels": {"team": "a"}}},
+            make_namespace("prod", team="a"),
+            id="labels-plus-name-label",
+        ),
+        pytest.param({"metadata": {"name": "prod"}}, make_namespace("prod"), id="no-labels"),
+        pytest.param(
+            {"metadata": {"name": "prod", "labels": {"kubernetes.io/metadata.name": "other"}}},
+            make_namespace("prod"),
+            id="name-label-overridden",
+        ),
+    ],
+)
+def test_namespace(obj: dict[str, Any], expected: Any) -> None:
+    namespace = namespace_from_k8s(obj)
+    assert namespace == expected
+    assert namespace.labels["kubernetes.io/metadata.name"] == "prod"
+
+
+@pytest.mark.parametrize(
+    ("obj", "field", "reason"),
+    [
+        pytest.param({"metadata": {}}, "metadata.name", "required", id="no-name"),
+        pytest.param(
+            {"metadata": {"name": "prod.eu"}},
+            "metadata.name",
+            "must be a DNS-1123 label",
+            id="name-not-label",
+        ),
+        pytest.param(
+            {"metadata": {"name": "prod", "labels": {"team": True}}},
+            "metadata.labels[team]",
+            "must be a string, got boolean true",
+            id="label-not-string",
+        ),
+        pytest.param(
+            {"metadata": {"name": "prod", "labels": "team=a"}},
+            "metadata.labels",
+            "must be an object, got string",
+            id="labels-not-mapping",
+        ),
+    ],
+)
+def test_namespace_validation(obj: dict[str, Any], field: str, reason: str) -> None:
+    with pytest.raises(ConversionError) as caught:
+        namespace_from_k8s(obj)
+    assert caught.value.kind == "Namespace"
+    assert caught.value.field == field
+    assert reason in caught.value.reason
+
+
+# -- Pod ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "ips"),
+    [
+        pytest.param(None, (), id="no-status"),
+        pytest.param({}, (), id="empty-status"),
+        pytest.param({"phase": "Pending"}, (), id="pending"),
+        pytest.param({"podIP": "10.0.0.5"}, addresses("10.0.0.5"), id="podip-fallback"),
+        pytest.param({"podIP": "", "podIPs": []}, (), id="empty-podip"),
+        pytest.param(
+            {"podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}]},
+            addresses("10.0.0.5", "fd00::5"),
+            id="dual-stack",
+        ),
+        pytest.param(
+            {"podIPs": [{"ip": "fd00::5"}, {"ip": "10.0.0.5"}]},
+            addresses("fd00::5", "10.0.0.5"),
+            id="ipv6-primary",
+        ),
+        pytest.param(
+            {"podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.5"}]},
+            addresses("10.0.0.5"),
+            id="podips-preferred",
+        ),
+        pytest.param(
+            {"phase": "Running", "podIP": "10.0.0.5"}, addresses("10.0.0.5"), id="running"
+        ),
+        pytest.param({"phase": "Succeeded", "podIP": "10.0.0.5"}, (), id="succeeded-no-ip"),
+        pytest.param({"phase": "Failed", "podIPs": [{"ip": "10.0.0.5"}]}, (), id="failed-no-ip"),
+    ],
+)
+def test_pod_ips(status: Any, ips: tuple[Any, ...]) -> None:
+    assert pod_from_k8s(k8s_pod(status=status)).ips == ips
+
+
+def test_pod_record() -> None:
+    spec = {
+        "nodeName": "node-2",
+        "hostNetwork": True,
+        "initContainers": [
+            {"name": "setup", "ports": [{"containerPort": 9999, "name": "setup"}]},
+            {
+                "name": "proxy",
+                "restartPolicy": "Always",
+                "ports": [{"containerPort": 15001, "name": "proxy"}],
+            },
+        ],
+        "containers": [
+            {
+                "name": "app",
+                "ports": [
+                    {"containerPort": 8080, "name": "http"},
+                    {"containerPort": 53, "protocol": "UDP", "name": "dns"},
+                    {"containerPort": 9090, "hostPort": 9090},
+                ],
+            },
+            {"name": "metrics", "ports": [{"containerPort": 9100, "protocol": "SCTP"}]},
+            {"name": "no-ports"},
+        ],
+    }
+    pod = pod_from_k8s(k8s_pod(spec, labels={"app": "web"}, status={"podIP": "10.0.0.5"}))
+    assert (pod.namespace, pod.name, pod.key) == ("prod", "web", "prod/web")
+    assert pod.labels == Labels({"app": "web"})
+    assert pod.node_name == "node-2"
+    assert pod.host_network is True
+    assert pod.ports == (
+        ContainerPort(8080, "TCP", "http"),
+        ContainerPort(53, "UDP", "dns"),
+        ContainerPort(9090),
+        ContainerPort(9100, "SCTP"),
+        ContainerPort(15001, "TCP", "proxy"),
+    )
+    assert pod.named_port("proxy", "TCP") == 15001  # sidecar ports count
+    assert pod.named_port("setup", "TCP") is None  # plain init containers do not
+
+
+def test_pod_defaults() -> None:
+    pod = pod_from_k8s(k8s_pod())
+    assert pod.ports == ()
+    assert pod.node_name is None
+    assert pod.host_network is False
+    assert pod.labels == Labels()
+
+
+@pytest.mark.parametrize(
+    ("obj", "field", "reason"),
+    [
+        pytest.param(
+            {"metadata": {"name": "web"}}, "metadata.namespace", "required", id="no-namespace"
+        ),
+        pytest.param(
+            k8s_pod(name="Web"), "metadata.name", "must be a DNS-1123 subdomain", id="bad-name"
+        ),
+        pytest.param(
+            k8s_pod(labels={"app": ["web"]}),
+            "metadata.labels[app]",
+            "must be a string, got list",
+            id="label-not-string",
+        ),
+        pytest.param(
+            k8s_pod(status={"podIPs": [{"ip": "10.0.0.5"}, {"ip": "10.0.0.6"}]}),
+            "status.podIPs[1].ip",
+            "at most one address per IP family, already have 10.0.0.5, got 10.0.0.6",
+            id="two-ipv4",
+        ),
+        pytest.param(
+            k8s_pod(status={"podIPs": [{"ip": "10.0.0.256"}]}),
+            "status.podIPs[0].ip",
+            'must be a valid IP address, got "10.0.0.256"',
+            id="bad-ip",
+        ),
+        pytest.param(
+            k8s_pod(status={"podIPs": [{}]}),
+            "status.podIPs[0].ip",
+            "must be an IP address, got null",
+            id="podips-entry-without-ip",
+        ),
+        pytest.param(
+            k8s_pod(status={"podIPs": "10.0.0.5"}),
+            "status.podIPs",
+            "must be a list, got string",
+            id="podips-not-list",
+        ),
+        pytest.param(
+            k8s_pod(status={"podIP": 167772165}),
+            "status.podIP",
+            "must be an IP address, got 167772165",
+            id="podip-not-string",
+        ),
+        pytest.param(
+            k8s_pod({"containers": {"name": "app"}}),
+            "spec.containers",
+            "must be a list, got object",
+            id="containers-not-list",
+        ),
+        pytest.param(
+            k8s_pod({"containers": [{"ports": [{"name": "http"}]}]}),
+            "spec.containers[0].ports[0].containerPort",
+            "required",
+            id="container-port-missing",
+        ),
+        pytest.param(
+            k8s_pod({"containers": [{"ports": [{"containerPort": 0}]}]}),
+            "spec.containers[0].ports[0].containerPort",
+            "must be between 1 and 65535, got 0",
+            id="container-port-zero",
+        ),
+        pytest.param(
+            k8s_pod({"containers": [{"ports": [{"containerPort": "8080"}]}]}),
+            "spec.containers[0].ports[0].containerPort",
+            'must be an integer, got string "8080"',
+            id="container-port-string",
+        ),
+        pytest.param(
+            k8s_pod({"containers": [{}, {"ports": [{"containerPort": 80, "protocol": "HTTP"}]}]}),
+            "spec.containers[1].ports[0].protocol",
+            'must be one of TCP, UDP, SCTP, got "HTTP"',
+            id="container-protocol",
+        ),
+        pytest.param(
+            k8s_pod({"containers": [{"ports": [{"containerPort": 80, "name": "Web"}]}]}),
+            "spec.containers[0].ports[0].name",
+            "must contain only lowercase letters, digits and '-', got \"Web\"",
+            id="container-port-name",
+        ),
+        pytest.param(
+            k8s_pod(
+                {
+                    "containers": [],
+                    "initContainers": [
+                        {"restartPolicy": "Always", "ports": [{"containerPort": 99999}]}
+                    ],
+                }
+            ),
+            "spec.initContainers[0].ports[0].containerPort",
+            "must be between 1 and 65535, got 99999",
+            id="sidecar-port",
+        ),
+        pytest.param(
+            k8s_pod({"containers": [], "hostNetwork": "yes"}),
+            "spec.hostNetwork",
+            'must be a boolean, got string "yes"',
+            id="host-network-not-bool",
+        ),
+        pytest.param(
+            k8s_pod({"containers": [], "nodeName": 7}),
+            "spec.nodeName",
+            "must be a string, got integer",
+            id="node-name-not-string",
+        ),
+    ],
+)
+def test_pod_validation(obj: dict[str, Any], field: str, reason: str) -> None:
+    with pytest.raises(ConversionError) as caught:
+        pod_from_k8s(obj)
+    assert caught.value.kind == "Pod"
+    assert caught.value.field == field
+    assert reason in caught.value.reason

@@ -1,0 +1,159 @@
+"""Tiny builders for the model records (enforcement/model.py), shared by the whole test suite.
+
+They default what the API server defaults (the namespace name label, policyTypes) so a test
+reads like the YAML it stands for::
+
+    cluster(
+        make_namespace("prod", team="a"),
+        make_pod("prod", "web", "10.0.0.1", labels={"app": "web"}, ports=[("http", 8080)]),
+        make_policy("prod", "web-in", selector(app="web"), ingress=[rule(peer(pods=selector()))]),
+    )
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from enforcement.model import (
+    SELECT_ALL,
+    ClusterSnapshot,
+    ContainerPort,
+    Direction,
+    IPBlock,
+    LabelRequirement,
+    Labels,
+    LabelSelector,
+    Namespace,
+    NetworkPolicy,
+    Peer,
+    Pod,
+    PolicyPort,
+    PortProtocol,
+    Rule,
+    SelectorOperator,
+)
+
+METADATA_NAME = "kubernetes.io/metadata.name"
+
+PortSpec = ContainerPort | tuple[str, int] | tuple[str, int, PortProtocol]
+"""A container port: a ContainerPort, or (name, number) for TCP, or (name, number, protocol)."""
+
+
+def ip(text: str) -> bytes:
+    """The packed form of an address, as it appears in an IP header."""
+    return ipaddress.ip_address(text).packed
+
+
+def make_namespace(name: str, **labels: str) -> Namespace:
+    """A namespace with ``kubernetes.io/metadata.name`` set, as the API server does."""
+    return Namespace(name, Labels({**labels, METADATA_NAME: name}))
+
+
+def make_pod(
+    ns: str,
+    name: str,
+    ip: str | None,
+    labels: Mapping[str, str] | None = None,
+    ports: Iterable[PortSpec] = (),
+    node: str | None = "node-1",
+    ipv6: str | None = None,
+    host_network: bool = False,
+) -> Pod:
+    """A pod; ``ip`` None (and no ``ipv6``) is a pod that has no address yet."""
+    addresses = tuple(ipaddress.ip_address(a) for a in (ip, ipv6) if a is not None)
+    container_ports = tuple(_container_port(spec) for spec in ports)
+    return Pod(
+        namespace=ns,
+        name=name,
+        labels=Labels(labels or {}),
+        ips=addresses,
+        ports=container_ports,
+        node_name=node,
+        host_network=host_network,
+    )
+
+
+def _container_port(spec: PortSpec) -> ContainerPort:
+    if isinstance(spec, ContainerPort):
+        return spec
+    if len(spec) == 2:
+        return ContainerPort(port=spec[1], name=spec[0])
+    return ContainerPort(port=spec[1], protocol=spec[2], name=spec[0])
+
+
+def make_policy(
+    ns: str,
+    name: str,
+    selector: LabelSelector = SELECT_ALL,
+    ingress: Iterable[Rule] | None = None,
+    egress: Iterable[Rule] | None = None,
+    types: Iterable[str | Direction] | None = None,
+) -> NetworkPolicy:
+    """A policy. ``types`` None defaults like the API: Ingress, plus Egress if ``egress`` is
+    given (even empty). ``ingress``/``egress`` None mean the section is absent (no rules)."""
+    if types is None:
+        directions = {Direction.INGRESS}
+        if egress is not None:
+            directions.add(Direction.EGRESS)
+    else:
+        directions = {t if isinstance(t, Direction) else Direction(t) for t in types}
+    return NetworkPolicy(
+        namespace=ns,
+        name=name,
+        pod_selector=selector,
+        policy_types=frozenset(directions),
+        ingress=tuple(ingress or ()),
+        egress=tuple(egress or ()),
+    )
+
+
+def expr(key: str, operator: SelectorOperator, *values: str) -> LabelRequirement:
+    """One matchExpressions entry: ``expr("tier", "In", "web", "api")``."""
+    return LabelRequirement(key, operator, frozenset(values))
+
+
+def selector(
+    *expressions: LabelRequirement,
+    labels: Mapping[str, str] | None = None,
+    **match_labels: str,
+) -> LabelSelector:
+    """``selector(app="web")``; ``selector()`` selects everything; keys that are not Python
+    names go in ``labels={...}``; matchExpressions are positional (see :func:`expr`)."""
+    pairs = {**(labels or {}), **match_labels}
+    return LabelSelector(tuple(sorted(pairs.items())), tuple(expressions))
+
+
+def peer(
+    pods: LabelSelector | None = None,
+    namespaces: LabelSelector | None = None,
+    cidr: str | None = None,
+    excepts: Iterable[str] = (),
+) -> Peer:
+    """A from/to entry: pod and/or namespace selectors, or an ipBlock (``cidr``/``excepts``)."""
+    if cidr is not None:
+        block = IPBlock(ipaddress.ip_network(cidr), tuple(ipaddress.ip_network(e) for e in excepts))
+        return Peer(ip_block=block)
+    return Peer(pod_selector=pods, namespace_selector=namespaces)
+
+
+def rule(*peers: Peer, ports: Iterable[PolicyPort] = ()) -> Rule:
+    """A rule; no peers means every peer, no ports means every port and protocol."""
+    return Rule(peers=tuple(peers), ports=tuple(ports))
+
+
+def port(
+    number: int | str | None = None, protocol: PortProtocol = "TCP", end: int | None = None
+) -> PolicyPort:
+    """``port(80)``, ``port("http")``, ``port(53, "UDP")``, ``port(1000, end=2000)``,
+    ``port(protocol="SCTP")`` (every SCTP port)."""
+    return PolicyPort(protocol=protocol, port=number, end_port=end)
+
+
+def cluster(*objects: Namespace | Pod | NetworkPolicy) -> ClusterSnapshot:
+    """A snapshot of the given objects, in the given order."""
+    return ClusterSnapshot(
+        namespaces=tuple(o for o in objects if isinstance(o, Namespace)),
+        pods=tuple(o for o in objects if isinstance(o, Pod)),
+        policies=tuple(o for o in objects if isinstance(o, NetworkPolicy)),
+    )

@@ -1,0 +1,229 @@
+"""The decision stage: policy plus flow state, without any kernel (sans-I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from enforcement.compiler import compile_tables
+from enforcement.decide import decide
+from enforcement.flows import FlowTable
+from enforcement.model import (
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    ClusterSnapshot,
+    NetworkPolicy,
+)
+from enforcement.packets import PacketInfo
+from enforcement.tables import AllowTables
+from enforcement.verdict import Reason
+from tests.builders import cluster, ip, make_namespace, make_pod, make_policy, peer, port, rule
+from tests.builders import selector as sel
+
+A, B, NODE = "10.244.1.2", "10.244.1.3", "172.18.0.2"
+SYN, SYN_ACK, ACK, RST = 0x02, 0x12, 0x10, 0x04
+
+
+def snapshot(*policies: NetworkPolicy) -> ClusterSnapshot:
+    return cluster(
+        make_namespace("x"),
+        make_pod("x", "a", A, labels={"pod": "a"}, ports=[("serve-80", 80)]),
+        make_pod("x", "b", B, labels={"pod": "b"}, ports=[("serve-80", 80)]),
+        *policies,
+    )
+
+
+def tables(*policies: NetworkPolicy, generation: int = 1) -> AllowTables:
+    return compile_tables(snapshot(*policies), "node-1", generation)
+
+
+def tcp(src: str, sport: int, dst: str, dport: int, flags: int = SYN) -> PacketInfo:
+    return PacketInfo(4, ip(src), ip(dst), IPPROTO_TCP, sport, dport, tcp_flags=flags)
+
+
+def udp(src: str, sport: int, dst: str, dport: int) -> PacketInfo:
+    return PacketInfo(4, ip(src), ip(dst), IPPROTO_UDP, sport, dport)
+
+
+def echo(src: str, dst: str, ident: int = 7, reply: bool = False) -> PacketInfo:
+    return PacketInfo(
+        4, ip(src), ip(dst), IPPROTO_ICMP, icmp_type=0 if reply else 8, icmp_code=0, icmp_id=ident
+    )
+
+
+DENY_INGRESS_A = make_policy("x", "deny-in-a", sel(pod="a"), types=["Ingress"])
+DENY_INGRESS_B = make_policy("x", "deny-in-b", sel(pod="b"), types=["Ingress"])
+DENY_EGRESS_B = make_policy("x", "deny-out-b", sel(pod="b"), egress=[], types=["Egress"])
+DENY_EGRESS_A = make_policy("x", "deny-out-a", sel(pod="a"), egress=[], types=["Egress"])
+B_FROM_A_TCP80 = make_policy(
+    "x", "b-from-a", sel(pod="b"), ingress=[rule(peer(pods=sel(pod="a")), ports=[port(80)])]
+)
+B_FROM_A_ANY = make_policy("x", "b-from-a-any", sel(pod="b"), ingress=[rule(peer(pods=sel(pod="a")))])
+
+
+def run(packets: list[tuple[PacketInfo, dict[str, bool]]], table: AllowTables) -> list[Reason]:
+    flows = FlowTable()
+    return [decide(p, table, flows, 1.0 + i, **hints).reason for i, (p, hints) in enumerate(packets)]
+
+
+NONE: dict[str, bool] = {}
+
+
+@pytest.mark.parametrize(
+    ("policies", "packets", "expected"),
+    [
+        pytest.param(
+            (),
+            [(tcp(A, 40000, B, 80), NONE), (tcp(B, 80, A, 40000, SYN_ACK), NONE)],
+            [Reason.NOT_ISOLATED, Reason.FLOW],
+            id="no-policy-everything-passes-and-is-tracked",
+        ),
+        pytest.param(
+            (DENY_INGRESS_B,),
+            [(tcp(A, 40000, B, 80), NONE)],
+            [Reason.DENIED_INGRESS],
+            id="ingress-isolated-destination-drops-new-connection",
+        ),
+        pytest.param(
+            (DENY_INGRESS_A,),
+            [(tcp(A, 40000, B, 80), NONE), (tcp(B, 80, A, 40000, SYN_ACK), NONE)],
+            [Reason.NOT_ISOLATED, Reason.FLOW],
+            id="reply-to-ingress-isolated-client-passes",
+        ),
+        pytest.param(
+            (DENY_EGRESS_B,),
+            [(tcp(A, 40000, B, 80), NONE), (tcp(B, 80, A, 40000, SYN_ACK), NONE)],
+            [Reason.NOT_ISOLATED, Reason.FLOW],
+            id="egress-only-policy-lets-replies-of-allowed-connections-back",
+        ),
+        pytest.param(
+            (DENY_EGRESS_B,),
+            [(tcp(B, 40000, A, 80), NONE)],
+            [Reason.DENIED_EGRESS],
+            id="egress-isolated-source-cannot-open",
+        ),
+        pytest.param(
+            (DENY_INGRESS_A,),
+            [(udp(B, 5353, A, 9999), NONE), (udp(A, 9999, B, 5353), NONE), (udp(B, 5353, A, 9999), NONE)],
+            [Reason.DENIED_INGRESS, Reason.NOT_ISOLATED, Reason.FLOW],
+            id="udp-reply-only-after-the-allowed-request",
+        ),
+        pytest.param(
+            (DENY_INGRESS_A,),
+            [(tcp(B, 80, A, 40000, SYN_ACK), NONE)],
+            [Reason.DENIED_INGRESS],
+            id="a-reply-to-a-connection-never-made-is-judged-as-new-and-dropped",
+        ),
+        pytest.param(
+            (B_FROM_A_TCP80,),
+            [(tcp(A, 40000, B, 80), NONE), (tcp(A, 40000, B, 81), NONE), (udp(A, 4, B, 80), NONE)],
+            [Reason.ALLOWED, Reason.DENIED_INGRESS, Reason.DENIED_INGRESS],
+            id="port-and-protocol-matter",
+        ),
+        pytest.param(
+            (B_FROM_A_TCP80,),
+            [(echo(A, B), NONE)],
+            [Reason.DENIED_INGRESS],
+            id="icmp-never-matches-a-rule-with-ports",
+        ),
+        pytest.param(
+            (B_FROM_A_ANY, DENY_EGRESS_A),
+            [(echo(B, A), NONE), (echo(A, B, reply=True), NONE), (echo(A, B), NONE)],
+            [Reason.NOT_ISOLATED, Reason.FLOW, Reason.DENIED_EGRESS],
+            id="icmp-echo-reply-is-tracked-but-a-new-echo-is-not",
+        ),
+        pytest.param(
+            (DENY_INGRESS_A,),
+            [(tcp(NODE, 50000, A, 80), {"from_host": True}), (tcp(A, 80, NODE, 50000, SYN_ACK), NONE)],
+            [Reason.HOST, Reason.FLOW],
+            id="node-to-own-pod-always-allowed-with-replies",
+        ),
+        pytest.param(
+            (DENY_INGRESS_A,),
+            # A (ingress-isolated) had opened A:40000 -> B:80 before the agent knew of it.
+            [(tcp(B, 80, A, 40000, ACK), {"kernel_reply": True})],
+            [Reason.FLOW],
+            id="kernel-confirmed-reply-of-an-allowed-direction-is-picked-up",
+        ),
+        pytest.param(
+            (DENY_EGRESS_A, DENY_INGRESS_A),
+            [(tcp(B, 80, A, 40000, ACK), {"kernel_reply": True})],
+            [Reason.DENIED_EGRESS],
+            id="kernel-reply-hint-still-needs-the-original-direction-allowed",
+        ),
+    ],
+)
+def test_decide_sequences(
+    policies: tuple[NetworkPolicy, ...],
+    packets: list[tuple[PacketInfo, dict[str, bool]]],
+    expected: list[Reason],
+) -> None:
+    assert run(packets, tables(*policies)) == expected
+
+
+def test_policy_change_revokes_an_established_flow_on_its_next_packet() -> None:
+    flows = FlowTable()
+    before = tables(generation=1)
+    after = tables(DENY_INGRESS_B, generation=2)
+    assert decide(tcp(A, 40000, B, 80), before, flows, 1.0).reason is Reason.NOT_ISOLATED
+    assert decide(tcp(B, 80, A, 40000, SYN_ACK), before, flows, 1.1).reason is Reason.FLOW
+    assert decide(tcp(A, 40000, B, 80, ACK), after, flows, 1.2).reason is Reason.REVOKED
+    assert len(flows) == 0
+    # Nothing of it survives: the reply direction is now a new, unsolicited packet.
+    assert decide(tcp(B, 80, A, 40000, ACK), after, flows, 1.3).reason is Reason.NOT_ISOLATED
+
+
+def test_policy_change_keeps_flows_it_still_allows() -> None:
+    flows = FlowTable()
+    assert decide(tcp(A, 40000, B, 80), tables(generation=1), flows, 1.0).accepted
+    later = tables(B_FROM_A_TCP80, generation=2)
+    assert decide(tcp(B, 80, A, 40000, SYN_ACK), later, flows, 1.1).reason is Reason.FLOW
+
+
+def test_host_flows_survive_policy_changes() -> None:
+    flows = FlowTable()
+    decide(tcp(NODE, 50000, A, 80), tables(generation=1), flows, 1.0, from_host=True)
+    later = tables(DENY_INGRESS_A, DENY_EGRESS_A, generation=2)
+    assert decide(tcp(A, 80, NODE, 50000, SYN_ACK), later, flows, 1.1).reason is Reason.FLOW
+
+
+def test_icmp_error_about_a_tracked_flow_is_related() -> None:
+    flows = FlowTable()
+    table = tables(DENY_INGRESS_A)
+    request = udp(A, 9999, B, 5353)
+    assert decide(request, table, flows, 1.0).accepted
+    unreachable = PacketInfo(
+        4, ip(B), ip(A), IPPROTO_ICMP, icmp_type=3, icmp_code=3, embedded=request
+    )
+    assert decide(unreachable, table, flows, 1.1).reason is Reason.RELATED
+
+
+def test_icmp_error_about_nothing_tracked_is_judged_as_new_traffic() -> None:
+    flows = FlowTable()
+    quoted = udp(A, 9999, B, 5353)
+    unreachable = PacketInfo(
+        4, ip(B), ip(A), IPPROTO_ICMP, icmp_type=3, icmp_code=3, embedded=quoted
+    )
+    assert decide(unreachable, tables(DENY_INGRESS_A), flows, 1.0).reason is Reason.DENIED_INGRESS
+
+
+def test_neighbor_discovery_always_passes() -> None:
+    solicitation = PacketInfo(
+        6, ip("fe80::1"), ip("ff02::1:ff00:2"), IPPROTO_ICMPV6, icmp_type=135, icmp_code=0
+    )
+    assert decide(solicitation, tables(DENY_INGRESS_A), FlowTable(), 1.0).reason is (
+        Reason.NEIGHBOR_DISCOVERY
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        pytest.param(B_FROM_A_TCP80, Reason.DENIED_INGRESS, id="port-rule-cannot-match-a-fragment"),
+        pytest.param(B_FROM_A_ANY, Reason.ALLOWED, id="all-ports-rule-matches-a-fragment"),
+    ],
+)
+def test_non_first_fragments_have_no_ports(policy: NetworkPolicy, expected: Reason) -> None:
+    fragment = PacketInfo(4, ip(A), ip(B), IPPROTO_TCP, fragment=True)
+    assert decide(fragment, tables(policy), FlowTable(), 1.0).reason is expected

@@ -1,0 +1,112 @@
+"""The firewall stage: rule rendering (pure) and installing it in a real network namespace."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from enforcement.firewall import (
+    MARK_HOST,
+    MARK_KERNEL_REPLY,
+    Family,
+    Firewall,
+    FirewallConfig,
+    render_jumps,
+    render_rules,
+    render_set,
+    Runner,
+    subprocess_runner,
+)
+from tests.builders import ip
+
+
+@pytest.mark.parametrize(
+    ("config", "family", "expected_target"),
+    [
+        pytest.param(FirewallConfig(), 4, "-j NFQUEUE --queue-num 1000\n", id="fail-closed"),
+        pytest.param(
+            FirewallConfig(fail_open=True),
+            4,
+            "-j NFQUEUE --queue-num 1000 --queue-bypass\n",
+            id="fail-open-bypasses-without-a-listener",
+        ),
+        pytest.param(
+            FirewallConfig(queue_num=7, queue_count=3),
+            6,
+            "-j NFQUEUE --queue-balance 7:9\n",
+            id="balanced-queues",
+        ),
+    ],
+)
+def test_rules_queue_to_the_configured_target(
+    config: FirewallConfig, family: Family, expected_target: str
+) -> None:
+    rules = render_rules(config, family)
+    assert rules.startswith("*filter\n") and rules.endswith("COMMIT\n")
+    assert expected_target in rules
+    assert f"--match-set {config.isolated_set(family)} src" in rules
+
+
+def test_rules_mark_host_traffic_and_kernel_replies() -> None:
+    rules = render_rules(FirewallConfig(), 4)
+    assert f"-A NETPOL-AGENT-OUTPUT -m set --match-set npa-isolated-v4 dst -j MARK --or-mark 0x{MARK_HOST:x}" in rules
+    assert f"--ctdir REPLY -j MARK --or-mark 0x{MARK_KERNEL_REPLY:x}" in rules
+
+
+def test_jumps_only_for_missing_hooks() -> None:
+    config = FirewallConfig()
+    assert render_jumps(config, ["FORWARD", "INPUT", "OUTPUT"]) == ""
+    assert render_jumps(config, ["FORWARD"]) == (
+        "*filter\n-I INPUT 1 -j NETPOL-AGENT-INPUT\n-I OUTPUT 1 -j NETPOL-AGENT-OUTPUT\nCOMMIT\n"
+    )
+
+
+def test_set_payload_swaps_atomically_and_keeps_one_family() -> None:
+    payload = render_set(FirewallConfig(), 4, {ip("10.0.0.2"), ip("fd00::2"), ip("10.0.0.1")})
+    lines = payload.splitlines()
+    assert lines[2:5] == ["flush npa-isolated-v4-new", "add npa-isolated-v4-new 10.0.0.1",
+                          "add npa-isolated-v4-new 10.0.0.2"]
+    assert lines[-2:] == ["swap npa-isolated-v4-new npa-isolated-v4", "destroy npa-isolated-v4-new"]
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    name = f"npt-fw-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def in_namespace(name: str) -> Runner:
+    def run(argv: Sequence[str], stdin: str | None) -> str:
+        return subprocess_runner(["ip", "netns", "exec", name, *argv], stdin)
+
+    return run
+
+
+@pytest.mark.root
+def test_install_sync_remove_in_a_namespace(namespace: str) -> None:
+    run = in_namespace(namespace)
+    firewall = Firewall(FirewallConfig(), run=run)
+    firewall.install()
+    firewall.install()  # idempotent: no duplicate jumps
+    saved = run(["iptables-save"], None)
+    assert saved.count("-A FORWARD -j NETPOL-AGENT-FORWARD") == 1
+    assert "-j NFQUEUE --queue-num 1000" in saved
+    assert "-A NETPOL-AGENT-QUEUE" in run(["ip6tables-save"], None)
+
+    assert firewall.sync(frozenset({ip("10.244.1.2"), ip("fd00:10:244:1::2")}))
+    assert not firewall.sync(frozenset({ip("10.244.1.2"), ip("fd00:10:244:1::2")}))
+    members = run(["ipset", "list", "npa-isolated-v4"], None)
+    assert "10.244.1.2" in members
+    assert "fd00:10:244:1::2" in run(["ipset", "list", "npa-isolated-v6"], None)
+
+    firewall.remove()
+    assert "NETPOL" not in run(["iptables-save"], None)
+    assert "NETPOL" not in run(["ip6tables-save"], None)
+    assert "npa-" not in run(["ipset", "list", "-n"], None)
