@@ -105,7 +105,10 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     run.add_argument("--node-name", required=True, help="this node's name (spec.nodeName)")
     run.add_argument("--status-file", type=Path, help="write status JSON here after each sync")
     run.add_argument(
-        "--queue-num", type=int, default=1000, help="NFQUEUE number (default 1000; kindnet uses 100)"
+        "--queue-num",
+        type=int,
+        default=1000,
+        help="NFQUEUE number (default 1000; kindnet uses 100)",
     )
     mode = run.add_mutually_exclusive_group()
     mode.add_argument(
@@ -284,7 +287,11 @@ def _print_pod_table(pods: list[dict[str, Any]]) -> None:
         rows.append((pod["namespace"], pod["name"], ",".join(pod["ips"]), labels))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            + "  "
+            + row[3]
+        )
 
 
 if __name__ == "__main__":

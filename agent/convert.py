@@ -199,7 +199,7 @@ def labels_from_k8s(value: Any, field: str) -> Labels:
     labels: dict[str, str] = {}
     for key, label_value in _mapping(value, field).items():
         if not isinstance(key, str):
-            raise FieldError(field, f"keys must be strings, got {_type_name(key)} {_show(key)}")
+            raise FieldError(field, f"keys must be strings, got {_describe(key)}")
         key_field = f"{field}[{key}]"
         problem = _qualified_name_problem(key)
         if problem is not None:
@@ -419,8 +419,7 @@ def _policy_port(value: Any, field: str) -> PolicyPort:
         else:
             raise FieldError(
                 f"{field}.port",
-                f"must be a port number or a port name, got {_type_name(raw_port)} "
-                f"{_show(raw_port)}",
+                f"must be a port number or a port name, got {_describe(raw_port)}",
             )
     raw_end = entry.get("endPort")
     end_port: int | None = None
@@ -488,7 +487,7 @@ def _name(metadata: Mapping[str, Any], field: str, check: Callable[[str], str | 
 
 def _port_number(value: Any, field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise FieldError(field, f"must be an integer, got {_type_name(value)} {_show(value)}")
+        raise FieldError(field, f"must be an integer, got {_describe(value)}")
     if not 1 <= value <= 65535:
         raise FieldError(field, f"must be between 1 and 65535, got {value}")
     return value
@@ -505,9 +504,7 @@ def _protocol(value: Any, field: str) -> PortProtocol:
 
 def _label_value(value: Any, field: str) -> str:
     if not isinstance(value, str):
-        raise FieldError(
-            field, f"must be a string, got {_type_name(value)} {_show(value)} (quote it in YAML)"
-        )
+        raise FieldError(field, f"must be a string, got {_describe(value)} (quote it in YAML)")
     if len(value) > 63:
         raise FieldError(field, f"must be no more than 63 characters, got {len(value)}")
     if value and not _NAME_PART.fullmatch(value):
@@ -550,7 +547,7 @@ def _boolean(value: Any, field: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise FieldError(field, f"must be a boolean, got {_type_name(value)} {_show(value)}")
+        raise FieldError(field, f"must be a boolean, got {_describe(value)}")
     return value
 
 
@@ -596,6 +593,13 @@ def _type_name(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "list"
     return type(value).__name__
+
+
+def _describe(value: Any) -> str:
+    """``integer 1``, ``string "x"``, ``null``, ``list``: a wrong value, for messages."""
+    if value is None or isinstance(value, Mapping | list | tuple):
+        return _type_name(value)
+    return f"{_type_name(value)} {_show(value)}"
 
 
 def _show(value: Any) -> str:

@@ -337,7 +337,7 @@ class _Compiler:
             for rule in policy.rules(direction):
                 match = self._port_match(rule.ports)
                 if direction is Direction.INGRESS:
-                    match = self._resolve(match, subject)
+                    pass
                 if match.is_empty:
                     continue  # only named ports, none of which the destination has
                 if not rule.peers:

@@ -1,5 +1,6 @@
-"""Stage: the decision. ``decide(packet, tables, flows, now)`` is a plain function: no socket, no
-clock, no lock. The queue loop (``enforcement/queue.py``) is the only caller that touches the kernel.
+"""Stage: the decision. ``decide(packet, tables, flows, now)`` is a plain function: no socket,
+no clock, no lock. The queue loop (``enforcement/queue.py``), its caller, is what touches the
+kernel.
 
 Order of questions, cheapest and most common first:
 
@@ -81,7 +82,9 @@ def decide(
         reason = tables.evaluate(original.src, original.dst, protocol, original.dst_port)
         if reason in ACCEPTING:
             flow = flows.create(original, now, tables.generation)
-            flows.advance(flow, FlowDirection.REPLY, packet, now)
+            if not flows.advance(flow, FlowDirection.REPLY, packet, now):
+                flows.remove(flow)
+                return VERDICTS[Reason.INVALID]
             return VERDICTS[Reason.FLOW]
         return VERDICTS[reason]
 
@@ -144,4 +147,3 @@ def _reversed(packet: PacketInfo) -> PacketInfo:
         dst_port=packet.src_port,
         tcp_flags=flags,
     )
-

@@ -27,6 +27,7 @@ program listens on the queue (xt_NFQUEUE), otherwise it drops them.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
@@ -146,7 +147,9 @@ def render_set(config: FirewallConfig, family: Family, addresses: Iterable[bytes
 def subprocess_runner(argv: Sequence[str], stdin: str | None) -> str:
     result = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise FirewallError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+        raise FirewallError(
+            f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}"
+        )
     return result.stdout
 
 
@@ -171,7 +174,10 @@ class Firewall:
                 f"create {name} hash:ip family {ipset_family} hashsize 1024 maxelem 1048576"
                 " -exist\n",
             )
-            self._run([self.config.restore_command(family), "--noflush"], render_rules(self.config, family))
+            self._run(
+                [self.config.restore_command(family), "--noflush"],
+                render_rules(self.config, family),
+            )
             jumps = render_jumps(self.config, self._present_jumps(family))
             if jumps:
                 self._run([self.config.restore_command(family), "--noflush"], jumps)
@@ -210,7 +216,5 @@ class Firewall:
         return present
 
     def _try(self, argv: Sequence[str]) -> None:
-        try:
+        with contextlib.suppress(FirewallError):
             self._run(argv, None)
-        except FirewallError:
-            pass

@@ -190,20 +190,8 @@ class FlowState(Enum):
     of reply traffic needs (each address pair of a multi-homed association is its own flow)."""
 
 
-_TCP_STATES = frozenset(
-    {
-        FlowState.SYN_SENT,
-        FlowState.SYN_RECV,
-        FlowState.ESTABLISHED,
-        FlowState.FIN_WAIT,
-        FlowState.CLOSE_WAIT,
-        FlowState.LAST_ACK,
-        FlowState.TIME_WAIT,
-        FlowState.CLOSE,
-    }
-)
-_ASSURED_STATES = frozenset({FlowState.ESTABLISHED, FlowState.REPLIED})
-_REUSABLE_STATES = frozenset({FlowState.TIME_WAIT, FlowState.CLOSE})
+# On the common per-packet path states are compared by identity: hashing an Enum runs Python code,
+# so sets of states and dicts keyed by FlowState are only used off that path.
 _SYN_ACCEPTING_STATES = frozenset(
     {FlowState.ESTABLISHED, FlowState.FIN_WAIT, FlowState.CLOSE_WAIT, FlowState.LAST_ACK}
 )
@@ -272,9 +260,12 @@ class FlowTimeouts:
 DEFAULT_TIMEOUTS = FlowTimeouts()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Flow:
-    """One tracked connection. Owned by its FlowTable; read freely, mutate only ``generation``."""
+    """One tracked connection. Owned by its FlowTable; read freely, mutate only ``generation``.
+
+    Compared and hashed by identity: a flow is a live, mutable entity, not a value.
+    """
 
     key: FlowKey
     """The key of the ORIGINAL direction: that of the packet that created the flow."""
@@ -308,7 +299,10 @@ class Flow:
     @property
     def assured(self) -> bool:
         """Conntrack's ASSURED: an established, two-way connection, the last kind to evict."""
-        return self.state in _ASSURED_STATES and self.packets[1] > 0
+        if self.packets[1] == 0:
+            return False
+        state = self.state
+        return state is FlowState.ESTABLISHED or state is FlowState.REPLIED
 
 
 def _echo_fits(protocol: int, icmp_type: int | None, direction: FlowDirection) -> bool:
@@ -488,7 +482,8 @@ class FlowTable:
         reconnecting, and policy must judge that direction on its own. ICMP errors are never a
         flow's own packets: see ``related``.
         """
-        if _is_icmp_error(packet):
+        protocol = packet.protocol
+        if protocol in (_ICMP, _ICMPV6) and _is_icmp_error(packet):
             return None
         key = _own_key(packet)
         if key is None:
@@ -503,8 +498,8 @@ class FlowTable:
         direction = FlowDirection.ORIGINAL if key == flow.key else FlowDirection.REPLY
         state = flow.state
         if (
-            state in _REUSABLE_STATES
-            and packet.protocol == _TCP
+            protocol == _TCP
+            and (state is FlowState.TIME_WAIT or state is FlowState.CLOSE)
             and (packet.tcp_flags & _TCP_CORE) == TCP_SYN
         ):
             self._discard(flow)
@@ -527,13 +522,14 @@ class FlowTable:
             return False
         was_assured = flow.assured
         state = flow.state
-        if state in _TCP_STATES:
+        if key[0] == _TCP:
             if not _tcp_transition(flow, direction, packet.tcp_flags):
                 return False
         elif state is FlowState.UNREPLIED:
             if direction is FlowDirection.REPLY:
-                # Linux 2.6+ also calls this a stream; newer kernels grant the stream timeout only
-                # if the flow is still active 2 s after the first reply. We don't split hairs.
+                # Traffic both ways: conntrack calls it a stream and gives it the stream timeout.
+                # (Newer kernels wait until the flow is still active 2 s after the first reply,
+                # so that a lone DNS exchange keeps the short timeout; we don't.)
                 flow.state = FlowState.REPLIED
         elif state is FlowState.ECHO and not _echo_fits(key[0], packet.icmp_type, direction):
             # Repeated requests and replies are fine while the flow lives (ping sends a series
@@ -541,10 +537,24 @@ class FlowTable:
             # one is not a packet of this flow.
             return False
         # REPLIED and GENERIC: anything goes in both directions.
-        i = direction.value
-        flow.packets[i] += 1
+        packets = flow.packets
+        if direction is FlowDirection.ORIGINAL:
+            i = 0
+            first_reply = False
+        else:
+            i = 1
+            first_reply = packets[1] == 0
+        packets[i] += 1
         flow.bytes[i] += packet.length
         flow.last_seen = now
+        if flow.state is state and not first_reply:
+            # The common case: same state, so same timeout and same assured-ness. Just move the
+            # flow to the young end of its bucket and of its LRU.
+            timeout = flow.timeout
+            flow.expires = now + timeout
+            self._buckets[timeout].move_to_end(key)
+            (self._assured if was_assured else self._unassured).move_to_end(key)
+            return True
         self._refresh(flow, now)
         assured = flow.assured
         if assured is was_assured:
@@ -681,7 +691,7 @@ class FlowTable:
 
     def _timeout_of(self, flow: Flow) -> float:
         timeout = self._state_timeouts[flow.state]
-        if flow.packets[1] == 0 and timeout > self._unack and flow.state in _TCP_STATES:
+        if flow.packets[1] == 0 and timeout > self._unack and flow.key[0] == _TCP:
             # Linux caps the timeout of a TCP connection that has seen no reply at
             # nf_conntrack_tcp_timeout_unacknowledged.
             return self._unack

@@ -181,7 +181,7 @@ class Lab:
         self.messages: list[str] = []
         """Notes for the person running the command (ignored kinds and the like)."""
 
-    # -- paths and persistence -----------------------------------------------------------------
+    # -- paths and persistence -------------------------------------------------------------------
 
     @property
     def store_path(self) -> Path:
@@ -218,7 +218,7 @@ class Lab:
     def _write_objects(self, revision: int, objects: dict[ObjectId, dict[str, Any]]) -> None:
         _write_json(self.store_path, {"revision": revision, "objects": list(objects.values())})
 
-    # -- commands -----------------------------------------------------------------------------------
+    # -- commands --------------------------------------------------------------------------------
 
     def up(
         self,
@@ -320,6 +320,8 @@ class Lab:
             for external in sorted(record.externals.values(), key=lambda ext: ext.name):
                 v4 = next((a for a in external.addresses if ":" not in a), None)
                 v6 = next((a for a in external.addresses if ":" in a), None)
+                if (v4 if family == 4 else v6) is None:
+                    continue  # no address of this family: nothing to probe
                 endpoints.append(
                     ProbeEndpoint(
                         key=f"external/{external.name}",
@@ -344,13 +346,17 @@ class Lab:
                 topology.remove_all(f"npa-{self.name}-")
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def record(self) -> LabRecord:
+        """The lab's record: nodes, pods with their namespaces and addresses, processes."""
+        return self._load()
+
     def agent_logs(self) -> dict[str, str]:
         return {
             path.stem.removeprefix("agent-"): path.read_text(errors="replace")
             for path in sorted(self.dir.glob("agent-*.log"))
         }
 
-    # -- internals ------------------------------------------------------------------------------------
+    # -- internals -------------------------------------------------------------------------------
 
     def _load_manifests(self, files: Sequence[str]) -> list[Manifest]:
         if not files:
@@ -377,7 +383,7 @@ class Lab:
                     self._merge(updated, obj)
             except LabError as error:
                 raise LabError(f"refused, nothing changed: {manifest.source}: {error}") from error
-        for identity, obj in updated.items():
+        for identity in updated:
             if identity[0] not in ("Namespace", EXTERNAL_KIND):
                 namespace = identity[1]
                 if ("Namespace", "", namespace) not in updated:
@@ -473,7 +479,7 @@ class Lab:
         updated: dict[ObjectId, dict[str, Any]],
         previous: dict[ObjectId, dict[str, Any]],
     ) -> None:
-        """Make ``updated`` the lab's state, in the order that keeps enforcement ahead of traffic."""
+        """Make ``updated`` the lab's state in the order that keeps enforcement ahead of traffic."""
         new_pods = [
             obj
             for identity, obj in updated.items()
@@ -530,13 +536,13 @@ class Lab:
             )
             self._save(record)
         for identity in gone_pods:
-            pod = record.pods.get(f"{identity[1]}/{identity[2]}")
-            if pod is not None:
-                self._destroy_pod(record, pod)
+            gone_pod = record.pods.get(f"{identity[1]}/{identity[2]}")
+            if gone_pod is not None:
+                self._destroy_pod(record, gone_pod)
         for identity in gone_externals:
-            external = record.externals.get(identity[2])
-            if external is not None:
-                self._destroy_external(record, external)
+            gone_external = record.externals.get(identity[2])
+            if gone_external is not None:
+                self._destroy_external(record, gone_external)
         self._save(record)
 
     def _create_pod(self, record: LabRecord, obj: dict[str, Any]) -> LabPod:
@@ -639,12 +645,11 @@ class Lab:
             "--queue-num", str(record.queue_num),
             "--fail-open" if record.fail_open else "--fail-closed",
         ]  # fmt: skip
-        log = open(self.dir / f"agent-{node.name}.log", "ab")
-        process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        log.close()
+        with open(self.dir / f"agent-{node.name}.log", "ab") as log:
+            process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
         return process.pid
 
     def _start_responder(self, netns: str, ports: list[list[Any]], what: str) -> int | None:

@@ -302,9 +302,10 @@ def _leaf_attach_plan(
                 f"addr add {GATEWAY_V6}/64 dev {node_veth} nodad",
             ),
         ),
-        # The gateway address answers ARP for itself anyway; proxy_arp additionally makes the
-        # node answer ARP for any address it routes out of another interface, as Calico relies
-        # on, so a leaf that ARPs for a peer directly still reaches the node.
+        # Holding 169.254.1.1 already makes the node answer the leaf's ARP for its gateway.
+        # proxy_arp is what Calico uses instead (the kernel answers ARP for any target it routes
+        # out of a *different* interface); it is kept as in the recipe verified in REFERENCE.md
+        # §2, and it also answers a leaf that ARPs for another target if its routes change.
         Sysctls(node.netns, ((f"net.ipv4.conf.{node_veth}.proxy_arp", "1"),)),
         IpBatch(netns, tuple(leaf_commands)),
     ]
@@ -351,7 +352,7 @@ def attach_pod(node: NodeSpec, pod: PodAttachment, link_up: bool = True) -> None
         apply(attach_pod_plan(node, pod, link_up))
     except BaseException:
         with suppress(Exception):
-            detach_pod(pod, node=node)
+            _detach_leaf(None, pod.netns, pod.node_veth)  # only what this call created
         raise
 
 
@@ -361,11 +362,10 @@ def activate_pod(node: NodeSpec, pod: PodAttachment) -> None:
 
 
 def detach_pod(pod: PodAttachment, *, node: NodeSpec | None = None) -> None:
-    """Remove the pod: stop the processes left in it and delete its namespace.
+    """Remove the pod: stop the processes left in it, delete its veth and its namespace.
 
-    Deleting the namespace destroys ``eth0``, which destroys the veth pair and so the node's
-    routes to the pod. With ``node`` the node-side veth is deleted explicitly first, which cuts
-    the pod off even if something (an open socket, a bind mount) keeps the namespace alive.
+    The node's routes to the pod go with the veth. With ``node`` it also checks that the
+    node-side veth is really gone (so a pod re-created under the same key can be wired at once).
     """
     _detach_leaf(node, pod.netns, pod.node_veth)
 
@@ -383,21 +383,29 @@ def attach_external(node: NodeSpec, ext: ExternalAttachment) -> None:
         apply(attach_external_plan(node, ext))
     except BaseException:
         with suppress(Exception):
-            detach_external(node, ext)
+            _detach_leaf(None, ext.netns, ext.node_veth)  # only what this call created
         raise
 
 
 def detach_external(node: NodeSpec, ext: ExternalAttachment) -> None:
-    """Remove an external host (processes, veth, namespace)."""
+    """Remove an external host (processes, veth, namespace); see :func:`detach_pod`."""
     _detach_leaf(node, ext.netns, ext.node_veth)
 
 
 def _detach_leaf(node: NodeSpec | None, netns: str, node_veth: str) -> None:
-    # Delete the veth explicitly when the node is known: a namespace that something still holds
-    # (a socket, a process) outlives "ip netns del", and with it the veth and the node's routes.
+    # Delete the leaf's eth0 from inside the leaf: removing one end of a veth removes the pair
+    # synchronously, whereas "ip netns del" only drops a reference and the kernel tears the
+    # namespace down later (or never, while a socket or process still holds it). Going through
+    # the leaf's own namespace also guarantees it can only ever hit this leaf's veth, never a
+    # node-side veth of the same name that belongs to someone else.
+    if _netns.netns_exists(netns):
+        _netns.kill_pids_in(netns)
+        _netns.run(["ip", "-n", netns, "link", "del", LEAF_IFNAME], check=False)
+        _netns.ip_batch([f"netns del {netns}"], None)
     if node is not None and _netns.netns_exists(node.netns):
-        _netns.run(["ip", "-n", node.netns, "link", "del", node_veth], check=False)
-    _remove_netns(netns)
+        probe = ["ip", "-n", node.netns, "link", "show", "dev", node_veth]
+        if _netns.run(probe, check=False).returncode == 0:
+            raise _netns.CommandError(probe, 0, f"{node_veth} is still there after detaching")
 
 
 def _remove_netns(name: str) -> None:

@@ -14,5 +14,5 @@ from agent.state import ClusterState
 
 class Source(Protocol):
     def run(self, state: ClusterState, stop: threading.Event) -> None:
-        """Feed ``state`` until ``stop`` is set. Must not raise for bad input or lost connections."""
+        """Feed ``state`` until ``stop`` is set; never raise for bad input or lost connections."""
         ...

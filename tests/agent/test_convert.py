@@ -902,6 +902,12 @@ def test_namespace(obj: dict[str, Any], expected: Any) -> None:
             id="label-not-string",
         ),
         pytest.param(
+            {"metadata": {"name": "prod", "labels": {"team": None}}},
+            "metadata.labels[team]",
+            "must be a string, got null (quote it in YAML)",
+            id="label-null",
+        ),
+        pytest.param(
             {"metadata": {"name": "prod", "labels": "team=a"}},
             "metadata.labels",
             "must be an object, got string",

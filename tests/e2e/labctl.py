@@ -109,9 +109,7 @@ def lab_session(prefix: str, workdir: Path) -> Iterator[LabDriver]:
         raise
     finally:
         lab.down()
-        leftovers = [
-            line for line in _netns_list() if line.startswith(f"npa-{lab.name}-")
-        ]
+        leftovers = [line for line in _netns_list() if line.startswith(f"npa-{lab.name}-")]
         assert not leftovers, f"lab {lab.name} left network namespaces behind: {leftovers}"
 
 

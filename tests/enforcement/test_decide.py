@@ -59,12 +59,16 @@ DENY_EGRESS_A = make_policy("x", "deny-out-a", sel(pod="a"), egress=[], types=["
 B_FROM_A_TCP80 = make_policy(
     "x", "b-from-a", sel(pod="b"), ingress=[rule(peer(pods=sel(pod="a")), ports=[port(80)])]
 )
-B_FROM_A_ANY = make_policy("x", "b-from-a-any", sel(pod="b"), ingress=[rule(peer(pods=sel(pod="a")))])
+B_FROM_A_ANY = make_policy(
+    "x", "b-from-a-any", sel(pod="b"), ingress=[rule(peer(pods=sel(pod="a")))]
+)
 
 
 def run(packets: list[tuple[PacketInfo, dict[str, bool]]], table: AllowTables) -> list[Reason]:
     flows = FlowTable()
-    return [decide(p, table, flows, 1.0 + i, **hints).reason for i, (p, hints) in enumerate(packets)]
+    return [
+        decide(p, table, flows, 1.0 + i, **hints).reason for i, (p, hints) in enumerate(packets)
+    ]
 
 
 NONE: dict[str, bool] = {}
@@ -105,7 +109,11 @@ NONE: dict[str, bool] = {}
         ),
         pytest.param(
             (DENY_INGRESS_A,),
-            [(udp(B, 5353, A, 9999), NONE), (udp(A, 9999, B, 5353), NONE), (udp(B, 5353, A, 9999), NONE)],
+            [
+                (udp(B, 5353, A, 9999), NONE),
+                (udp(A, 9999, B, 5353), NONE),
+                (udp(B, 5353, A, 9999), NONE),
+            ],
             [Reason.DENIED_INGRESS, Reason.NOT_ISOLATED, Reason.FLOW],
             id="udp-reply-only-after-the-allowed-request",
         ),
@@ -135,7 +143,10 @@ NONE: dict[str, bool] = {}
         ),
         pytest.param(
             (DENY_INGRESS_A,),
-            [(tcp(NODE, 50000, A, 80), {"from_host": True}), (tcp(A, 80, NODE, 50000, SYN_ACK), NONE)],
+            [
+                (tcp(NODE, 50000, A, 80), {"from_host": True}),
+                (tcp(A, 80, NODE, 50000, SYN_ACK), NONE),
+            ],
             [Reason.HOST, Reason.FLOW],
             id="node-to-own-pod-always-allowed-with-replies",
         ),

@@ -14,10 +14,10 @@ from enforcement.firewall import (
     Family,
     Firewall,
     FirewallConfig,
+    Runner,
     render_jumps,
     render_rules,
     render_set,
-    Runner,
     subprocess_runner,
 )
 from tests.builders import ip
@@ -52,7 +52,8 @@ def test_rules_queue_to_the_configured_target(
 
 def test_rules_mark_host_traffic_and_kernel_replies() -> None:
     rules = render_rules(FirewallConfig(), 4)
-    assert f"-A NETPOL-AGENT-OUTPUT -m set --match-set npa-isolated-v4 dst -j MARK --or-mark 0x{MARK_HOST:x}" in rules
+    host_rule = "-A NETPOL-AGENT-OUTPUT -m set --match-set npa-isolated-v4 dst -j MARK"
+    assert f"{host_rule} --or-mark 0x{MARK_HOST:x}" in rules
     assert f"--ctdir REPLY -j MARK --or-mark 0x{MARK_KERNEL_REPLY:x}" in rules
 
 
@@ -67,8 +68,11 @@ def test_jumps_only_for_missing_hooks() -> None:
 def test_set_payload_swaps_atomically_and_keeps_one_family() -> None:
     payload = render_set(FirewallConfig(), 4, {ip("10.0.0.2"), ip("fd00::2"), ip("10.0.0.1")})
     lines = payload.splitlines()
-    assert lines[2:5] == ["flush npa-isolated-v4-new", "add npa-isolated-v4-new 10.0.0.1",
-                          "add npa-isolated-v4-new 10.0.0.2"]
+    assert lines[2:5] == [
+        "flush npa-isolated-v4-new",
+        "add npa-isolated-v4-new 10.0.0.1",
+        "add npa-isolated-v4-new 10.0.0.2",
+    ]
     assert lines[-2:] == ["swap npa-isolated-v4-new npa-isolated-v4", "destroy npa-isolated-v4-new"]
 
 

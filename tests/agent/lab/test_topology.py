@@ -7,6 +7,7 @@ under a random ``npt-`` prefix and always remove them, also when they fail.
 from __future__ import annotations
 
 import secrets
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -353,15 +354,15 @@ def test_pods_reach_each_other_the_node_and_externals_through_the_node(
     lab: LabNet, family: int
 ) -> None:
     a, b, _ = lab.pods
-    pick = (lambda p: p.ipv4) if family == 4 else (lambda p: p.ipv6)
+    a_ip, b_ip = (str(a.ipv4), str(b.ipv4)) if family == 4 else (str(a.ipv6), str(b.ipv6))
     node_ip = lab.node.node_ip_v4 if family == 4 else lab.node.node_ip_v6
     external_ip = next(x for x in lab.external.addresses if (":" in x) == (family == 6))
-    assert ping(a.netns, str(pick(b)))
-    assert ping(b.netns, str(pick(a)))
+    assert ping(a.netns, b_ip)
+    assert ping(b.netns, a_ip)
     assert ping(a.netns, str(node_ip))
-    assert ping(lab.node.netns, str(pick(a)))
+    assert ping(lab.node.netns, a_ip)
     assert ping(a.netns, external_ip)
-    assert ping(lab.external.netns, str(pick(b)))
+    assert ping(lab.external.netns, b_ip)
 
 
 @pytest.mark.root
@@ -384,19 +385,24 @@ def test_forwarded_packets_cross_the_node(lab: LabNet) -> None:
 def test_entered_switches_only_the_calling_thread_and_always_returns(lab: LabNet) -> None:
     pod = lab.pods[0]
     home = netns.thread_netns_id()
-    seen_by_other_thread: list[int] = []
-    with netns.entered(pod.netns):
-        assert netns.thread_netns_id() != home
-        other = threading.Thread(
-            target=lambda: seen_by_other_thread.append(netns.thread_netns_id())
-        )
-        other.start()
-        other.join()
-        import socket
+    # A thread that exists before the switch stays where it is (setns acts on the caller only);
+    # one created inside would inherit the caller's namespace, as clone() copies it.
+    look, seen = threading.Event(), list[int]()
 
+    def report_where_i_am() -> None:
+        look.wait(5)
+        seen.append(netns.thread_netns_id())
+
+    bystander = threading.Thread(target=report_where_i_am)
+    bystander.start()
+    with netns.entered(pod.netns):
+        inside = netns.thread_netns_id()
+        look.set()
+        bystander.join()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    assert inside != home
+    assert seen == [home]
     assert netns.thread_netns_id() == home
-    assert seen_by_other_thread == [home]
     try:
         # Created inside, used outside: the socket still lives in the pod.
         sock.connect((str(lab.pods[1].ipv4), 9))
