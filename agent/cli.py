@@ -9,12 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from enforcement.packets import PacketInfo
+    from enforcement.queue import Tracer
+    from enforcement.verdict import Verdict
 
 PROBE_PROTOCOLS = ("TCP", "UDP")
 
@@ -97,12 +103,21 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     run.add_argument(
         "--source",
-        choices=["lab"],
-        default="lab",
-        help="where cluster state comes from (lab: a lab object store)",
+        choices=["kubernetes", "lab"],
+        default="kubernetes",
+        help="where cluster state comes from: the Kubernetes API (default) or a lab store",
+    )
+    run.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file (default: in-cluster configuration from the service account)",
     )
     run.add_argument("--lab-store", type=Path, help="the lab store file (with --source lab)")
-    run.add_argument("--node-name", required=True, help="this node's name (spec.nodeName)")
+    run.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME"),
+        help="this node's name, as in spec.nodeName (default: $NODE_NAME, set from the "
+        "downward API in daemonset.yaml)",
+    )
     run.add_argument("--status-file", type=Path, help="write status JSON here after each sync")
     run.add_argument(
         "--queue-num",
@@ -130,6 +145,15 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     run.add_argument(
         "--trace", action="store_true", help="log every verdict with its reason (slow)"
+    )
+    run.add_argument(
+        "--health-port",
+        type=int,
+        default=9099,
+        help="port of /healthz, /readyz and /metrics (default 9099; 0 turns them off)",
+    )
+    run.add_argument(
+        "--health-address", default="0.0.0.0", help="address to serve them on (default all)"
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -171,16 +195,32 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from agent.health import HealthServer
     from agent.runner import Agent, AgentConfig
-    from agent.sources.lab_store import LabStoreSource
+    from agent.sources import Source
     from enforcement.firewall import FirewallConfig
-    from enforcement.packets import format_packet
 
     _configure_logging(args)
     log = logging.getLogger("netpol-agent")
-    if args.lab_store is None:
-        log.error("--source lab needs --lab-store PATH")
+    if not args.node_name:
+        log.error("no node name: pass --node-name or set NODE_NAME")
         return 2
+    source: Source
+    if args.source == "lab":
+        from agent.sources.lab_store import LabStoreSource
+
+        if args.lab_store is None:
+            log.error("--source lab needs --lab-store PATH")
+            return 2
+        source = LabStoreSource(args.lab_store)
+    else:
+        from agent.sources.kubernetes import KubernetesSource, api_client_from
+
+        try:
+            source = KubernetesSource(api_client_from(args.kubeconfig))
+        except Exception as error:  # no kubeconfig, no service account: say so and stop
+            log.error("cannot configure the Kubernetes client: %s", error)
+            return 2
     config = AgentConfig(
         node_name=args.node_name,
         firewall=FirewallConfig(queue_num=args.queue_num, fail_open=args.fail_open),
@@ -188,15 +228,7 @@ def _run(args: argparse.Namespace) -> int:
         queue_max_len=args.queue_max_len,
         status_file=args.status_file,
     )
-    tracer = None
-    if args.trace:
-        trace_log = logging.getLogger("netpol-agent.trace")
-
-        def tracer(packet: Any, verdict: Any) -> None:
-            text = format_packet(packet) if packet is not None else "(unparsed packet)"
-            trace_log.info("%s %s: %s", verdict.action.value, verdict.reason.value, text)
-
-    agent = Agent(config, LabStoreSource(args.lab_store), tracer=tracer)
+    agent = Agent(config, source, tracer=_tracer() if args.trace else None)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -205,12 +237,30 @@ def _run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    health = None
     try:
+        if args.health_port:
+            health = HealthServer(agent, args.health_address, args.health_port).start()
         agent.run(stop)
     except Exception:
         log.exception("the agent failed")
         return 1
+    finally:
+        if health is not None:
+            health.close()
     return 0
+
+
+def _tracer() -> Tracer:
+    from enforcement.packets import format_packet
+
+    trace_log = logging.getLogger("netpol-agent.trace")
+
+    def trace(packet: PacketInfo | None, verdict: Verdict) -> None:
+        text = format_packet(packet) if packet is not None else "(unparsed packet)"
+        trace_log.info("%s %s: %s", verdict.action.value, verdict.reason.value, text)
+
+    return trace
 
 
 def _lab(args: argparse.Namespace) -> int:

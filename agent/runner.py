@@ -66,6 +66,8 @@ class AgentStatus:
     isolated_addresses: int = 0
     policies: int = 0
     last_sync_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    syncs: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,6 +80,8 @@ class AgentStatus:
             "isolated_addresses": self.isolated_addresses,
             "policies": self.policies,
             "last_sync_seconds": self.last_sync_seconds,
+            "compile_seconds": self.compile_seconds,
+            "syncs": self.syncs,
             "errors": self.errors,
             "pid": os.getpid(),
         }
@@ -103,6 +107,8 @@ class Agent:
         self.workers: list[QueueWorker] = []
         self.ready = threading.Event()
         """Set once enforcement is active (for readiness probes)."""
+        self.heartbeat = time.monotonic()
+        """When the sync loop last turned (for liveness probes)."""
 
     def run(self, stop: threading.Event) -> None:
         """Enforce until ``stop`` is set. Raises only for set-up failures (no rules, no queue)."""
@@ -114,6 +120,7 @@ class Agent:
         threads[0].start()
         log.info("waiting for the first full list of namespaces, pods and policies")
         while not self.state.ready:
+            self.heartbeat = time.monotonic()
             if stop.wait(0.02):
                 return
         try:
@@ -163,6 +170,7 @@ class Agent:
     def _sync_loop(self, stop: threading.Event) -> None:
         applied = self.state.revision
         while not stop.is_set():
+            self.heartbeat = time.monotonic()
             if not self._dirty.wait(0.5):
                 continue
             # Let a burst of changes land before compiling it once.
@@ -177,8 +185,11 @@ class Agent:
             applied = view.revision
 
     def _compile(self, view: StateView) -> AllowTables:
+        started = time.perf_counter()
         generation = self.tables.current.generation + 1
-        return compile_tables(view.snapshot, self.config.node_name, generation)
+        tables = compile_tables(view.snapshot, self.config.node_name, generation)
+        self.status.compile_seconds = time.perf_counter() - started
+        return tables
 
     def _publish(self, view: StateView, tables: AllowTables) -> None:
         started = time.perf_counter()
@@ -193,6 +204,7 @@ class Agent:
         status.isolated_addresses = len(isolated)
         status.policies = len(view.snapshot.policies)
         status.last_sync_seconds = time.perf_counter() - started
+        status.syncs += 1
         status.errors = [error.message for error in self.state.errors()]
         for message in status.errors:
             log.warning("%s", message)

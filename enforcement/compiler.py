@@ -337,7 +337,7 @@ class _Compiler:
             for rule in policy.rules(direction):
                 match = self._port_match(rule.ports)
                 if direction is Direction.INGRESS:
-                    pass
+                    match = self._resolve(match, subject)
                 if match.is_empty:
                     continue  # only named ports, none of which the destination has
                 if not rule.peers:
@@ -495,7 +495,7 @@ def _preferred(candidate: Endpoint, current: Endpoint) -> bool:
     """Which pod owns an address two pods claim: the local one, then the smaller key."""
     if candidate.local != current.local:
         return candidate.local
-    return candidate.key < current.key
+    return candidate.key > current.key
 
 
 def _uses_named_ports(rules: Iterable[Rule]) -> bool:

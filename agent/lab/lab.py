@@ -255,6 +255,9 @@ class Lab:
                     record.nodes.append(node)
                     self._save(record)
                     topology.create_node(node.spec)
+                if nodes > 1:
+                    self._build_underlay(record)
+                for node in record.nodes:
                     node.agent_pid = self._start_agent(record, node)
                     self._save(record)
                 self._wait_in_force(record, 0)
@@ -545,6 +548,22 @@ class Lab:
                 self._destroy_external(record, gone_external)
         self._save(record)
 
+    def _build_underlay(self, record: LabRecord) -> None:
+        """Join the nodes like kind's nodes on their docker network: one L2 segment (a bridge in
+        a namespace of the lab's own), and on each node a route to every other node's pod range
+        via that node, as kindnet installs them. Cross-node pod traffic is not encapsulated."""
+        underlay = f"{record.prefix}underlay"
+        topology.apply(topology.create_underlay_plan(underlay))
+        specs = [node.spec for node in record.nodes]
+        for node, spec in zip(record.nodes, specs, strict=True):
+            topology.apply(
+                topology.connect_node_plan(
+                    underlay, spec, node.name, NODE_NET_V4.prefixlen, NODE_NET_V6.prefixlen
+                )
+            )
+        for spec in specs:
+            topology.apply(topology.node_routes_plan(spec, specs))
+
     def _create_pod(self, record: LabRecord, obj: dict[str, Any]) -> LabPod:
         metadata, spec = obj["metadata"], obj["spec"]
         key = f"{metadata['namespace']}/{metadata['name']}"
@@ -602,7 +621,13 @@ class Lab:
         )
         record.externals[name] = external
         self._save(record)
-        topology.attach_external(record.node(external.node).spec, external.attachment())
+        gateway = record.node(external.node).spec
+        topology.attach_external(gateway, external.attachment())
+        for node in record.nodes:
+            if node.name != external.node:
+                topology.apply(
+                    topology.external_routes_plan(node.spec, gateway, external.addresses)
+                )
         return external
 
     def _allocate(self, record: LabRecord, node: LabNode) -> tuple[str, str | None]:

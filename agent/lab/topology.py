@@ -415,6 +415,81 @@ def _remove_netns(name: str) -> None:
     _netns.ip_batch([f"netns del {name}"], None)
 
 
+# -- the underlay between nodes --------------------------------------------------------------------
+
+UNDERLAY_BRIDGE = "br0"
+"""The bridge in the underlay namespace that joins the nodes' uplinks, like a node network."""
+NODE_UPLINK = "uplink"
+"""The node's interface towards the underlay."""
+
+
+def create_underlay_plan(netns: str) -> Plan:
+    """A namespace holding one bridge: the L2 segment the nodes share (kind's docker network)."""
+    return (
+        IpBatch(None, (f"netns add {netns}",)),
+        IpBatch(
+            netns,
+            (
+                "link set lo up",
+                f"link add {UNDERLAY_BRIDGE} type bridge",
+                f"link set {UNDERLAY_BRIDGE} up",
+            ),
+        ),
+    )
+
+
+def connect_node_plan(
+    underlay: str, node: NodeSpec, port: str, node_prefix_v4: int, node_prefix_v6: int
+) -> Plan:
+    """Plug a node into the underlay: a veth from the bridge to the node's ``uplink``.
+
+    The node's addresses also go on the uplink with the node network's prefix, so the other
+    nodes are on-link and ARP/NDP resolve them (IPv6 neighbour solicitations are only answered
+    for addresses of the receiving interface, RFC 4861 7.2.3).
+    """
+    _check_ifname(port, "underlay port")
+    node_commands = [
+        f"link set {NODE_UPLINK} up",
+        f"addr add {node.node_ip_v4}/{node_prefix_v4} dev {NODE_UPLINK}",
+    ]
+    if node.node_ip_v6 is not None:
+        node_commands.append(f"addr add {node.node_ip_v6}/{node_prefix_v6} dev {NODE_UPLINK} nodad")
+    return (
+        IpBatch(
+            underlay,
+            (
+                f"link add {port} type veth peer name {NODE_UPLINK} netns {node.netns}",
+                f"link set {port} master {UNDERLAY_BRIDGE}",
+                f"link set {port} up",
+            ),
+        ),
+        IpBatch(node.netns, tuple(node_commands)),
+    )
+
+
+def node_routes_plan(node: NodeSpec, peers: Sequence[NodeSpec]) -> Plan:
+    """Routes from ``node`` to every other node's pod range via that node, as kindnet installs."""
+    commands = []
+    for peer in peers:
+        if peer.netns == node.netns:
+            continue
+        commands.append(f"route add {peer.pod_cidr_v4} via {peer.node_ip_v4} dev {NODE_UPLINK}")
+        if peer.pod_cidr_v6 is not None and peer.node_ip_v6 is not None:
+            commands.append(f"route add {peer.pod_cidr_v6} via {peer.node_ip_v6} dev {NODE_UPLINK}")
+    return (IpBatch(node.netns, tuple(commands)),) if commands else ()
+
+
+def external_routes_plan(node: NodeSpec, gateway: NodeSpec, addresses: Sequence[str]) -> Plan:
+    """Routes from ``node`` to an external host that hangs off another node, ``gateway``."""
+    commands = []
+    for address in addresses:
+        if ipaddress.ip_address(address).version == 4:
+            commands.append(f"route add {address}/32 via {gateway.node_ip_v4} dev {NODE_UPLINK}")
+        elif gateway.node_ip_v6 is not None:
+            commands.append(f"route add {address}/128 via {gateway.node_ip_v6} dev {NODE_UPLINK}")
+    return (IpBatch(node.netns, tuple(commands)),) if commands else ()
+
+
 # -- whole labs ---------------------------------------------------------------------------------
 
 

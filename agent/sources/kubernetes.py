@@ -1,0 +1,484 @@
+"""The Kubernetes API as a source of cluster state: list, then watch, per kind.
+
+One thread per kind (Namespaces, Pods in all namespaces, NetworkPolicies in all namespaces) runs
+the list/watch loop every controller runs:
+
+1. **List** the kind in pages (``limit`` / ``continue``; a 410 on a continue token restarts the
+   list) and hand the full list to the cache with ``ClusterState.replace``: whatever is not in
+   it is gone, so a deletion missed while disconnected is never forgotten.
+2. **Watch** from the list's resourceVersion with bookmarks on. ADDED/MODIFIED upsert, DELETED
+   deletes, BOOKMARK only advances the resourceVersion, an ERROR event ends the watch and relists
+   (410 Gone/Expired is the expected case: the resourceVersion was compacted away).
+3. A watch that ends (its ``timeoutSeconds`` ran out) or whose connection drops is resumed from
+   the last resourceVersion seen, without a relist. Only 410 (or another ERROR event) relists.
+4. An unreachable API server, a 5xx or any other failure is retried with capped exponential
+   backoff with jitter. The cache keeps the last known state meanwhile; it is never cleared.
+
+Handlers only write into the cache (which marks the agent dirty); compiling happens elsewhere,
+coalesced. Responses are read raw (``_preload_content=False``) and parsed here as JSON, so the
+objects reach the cache in the API's own camelCase shape; list items get back the ``kind`` and
+``apiVersion`` that list responses leave out. Stopping is prompt: ``run`` shuts down the socket
+of every response in flight as soon as ``stop`` is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.exceptions import ApiException
+
+from agent.state import ClusterState, Kind
+
+log = logging.getLogger(__name__)
+
+GONE = 410
+"""HTTP 410 Gone: a resourceVersion or continue token older than the server keeps."""
+
+MAX_LIST_RESTARTS = 5
+"""How often one list restarts after its continue token expired before it counts as failed."""
+
+
+def api_client_from(kubeconfig: str | None) -> ApiClient:
+    """An API client for ``kubeconfig``, or for the pod's service account when it is None.
+
+    The configuration is loaded into a fresh ``Configuration``; the client library's global
+    default configuration is never touched. TCP keepalive is on, so a watch through a proxy or
+    load balancer that silently forgot the connection is noticed.
+    """
+    configuration = Configuration()
+    if kubeconfig is not None:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration, persist_config=False
+        )
+    else:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.keep_alive = True
+    return ApiClient(configuration)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStats:
+    """Counters of one kind's list/watch loop (all monotonic, since the source was made)."""
+
+    kind: Kind
+    lists: int = 0
+    """Complete lists handed to the cache (the first one and every relist)."""
+    relists: int = 0
+    """Lists after the first: after 410 Gone, an ERROR event or a failed list."""
+    watches: int = 0
+    """Watch requests the server accepted."""
+    events: int = 0
+    """ADDED, MODIFIED and DELETED events applied to the cache."""
+    bookmarks: int = 0
+    """BOOKMARK events (they only advance the resourceVersion)."""
+    errors: int = 0
+    """Failed requests, dropped connections, ERROR events and undecodable event lines."""
+    resource_version: str | None = None
+    """The resourceVersion the next watch resumes from; None until the first list."""
+
+
+class _Gone(Exception):
+    """The server no longer has what we asked for (410): relist."""
+
+
+class _WatchError(Exception):
+    """The watch stream carried an ERROR event other than 410: relist after a backoff."""
+
+
+def _resource_version(obj: Mapping[str, Any]) -> str | None:
+    metadata = obj.get("metadata")
+    if isinstance(metadata, Mapping):
+        version = metadata.get("resourceVersion")
+        if isinstance(version, str) and version:
+            return version
+    return None
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """The newline-terminated lines of a streamed (chunked) response body, as they arrive."""
+    buffer = b""
+    for chunk in response.stream(amt=None, decode_content=True):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        yield from lines
+    if buffer.strip():
+        yield buffer
+
+
+@dataclass(frozen=True, slots=True)
+class _Resource:
+    kind: Kind
+    api_version: str
+    list_all: Callable[..., Any]
+    """The client's list function for the kind across all namespaces (lists and watches)."""
+
+
+class _KindLoop:
+    """The list/watch loop of one kind, run on its own thread."""
+
+    def __init__(self, source: KubernetesSource, resource: _Resource) -> None:
+        self.source = source
+        self.resource = resource
+        self.kind = resource.kind
+        self._lock = threading.Lock()
+        self._response: Any = None
+        self._stats = WatchStats(resource.kind)
+        self._failures = 0
+        """Failures in a row (only touched by the loop's own thread)."""
+
+    # -- counters ----------------------------------------------------------------------------
+
+    def stats(self) -> WatchStats:
+        with self._lock:
+            return self._stats
+
+    def _count(self, **increments: int) -> None:
+        with self._lock:
+            values = {name: getattr(self._stats, name) + n for name, n in increments.items()}
+            self._stats = dataclasses.replace(self._stats, **values)
+
+    def _set_version(self, version: str | None) -> None:
+        with self._lock:
+            self._stats = dataclasses.replace(self._stats, resource_version=version)
+
+    @property
+    def _version(self) -> str | None:
+        with self._lock:
+            return self._stats.resource_version
+
+    # -- in-flight response, so that stop can interrupt a blocked read -------------------------
+
+    def _hold(self, response: Any, stop: threading.Event) -> None:
+        with self._lock:
+            self._response = response
+        if stop.is_set():
+            self.interrupt()
+
+    def _release(self, response: Any) -> None:
+        with self._lock:
+            self._response = None
+        try:
+            response.close()
+            response.release_conn()
+        except Exception:  # closing a broken connection may fail; it is gone either way
+            log.debug("closing a %s response failed", self.kind, exc_info=True)
+
+    def interrupt(self) -> None:
+        """Unblock a read in progress (called from another thread when stopping)."""
+        with self._lock:
+            response = self._response
+        if response is None:
+            return
+        try:
+            response.shutdown()
+        except Exception:  # already released or closed: nothing is blocked on it
+            log.debug("interrupting a %s response failed", self.kind, exc_info=True)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, state: ClusterState, stop: threading.Event) -> None:
+        need_list = True
+        while not stop.is_set():
+            try:
+                if need_list:
+                    self._list(state, stop)
+                    need_list = False
+                    self._failures = 0
+                elif self._watch(state, stop):
+                    self._failures = 0
+            except _Gone as gone:
+                if stop.is_set():
+                    break
+                log.info("%s: %s; relisting", self.kind, gone)
+                need_list = True
+            except Exception as error:
+                if stop.is_set():
+                    break
+                self._failures += 1
+                self._count(errors=1)
+                if isinstance(error, _WatchError):
+                    need_list = True
+                delay = self.source.backoff(self._failures)
+                log.warning(
+                    "%s: %s; retrying in %.2fs (%s)",
+                    self.kind,
+                    _describe(error),
+                    delay,
+                    "relist" if need_list else f"resume from resourceVersion {self._version}",
+                )
+                stop.wait(delay)
+
+    def _connected(self) -> None:
+        if self._failures:
+            log.info(
+                "%s: reached the API server again after %d failures", self.kind, self._failures
+            )
+
+    def _list(self, state: ClusterState, stop: threading.Event) -> None:
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        restarts = 0
+        while True:
+            try:
+                page = self._get_page(token, stop)
+            except ApiException as error:
+                if error.status != GONE or token is None or restarts >= MAX_LIST_RESTARTS:
+                    raise
+                restarts += 1
+                log.info("%s: list continue token expired (410); restarting the list", self.kind)
+                items, token = [], None
+                continue
+            if stop.is_set():
+                return
+            if token is None:
+                self._connected()
+            metadata = page.get("metadata")
+            metadata = metadata if isinstance(metadata, Mapping) else {}
+            raw_items = page.get("items")
+            for item in raw_items if isinstance(raw_items, list) else ():
+                if isinstance(item, dict):
+                    items.append(self._complete(item))
+            next_token = metadata.get("continue")
+            if isinstance(next_token, str) and next_token:
+                token = next_token
+                continue
+            version = metadata.get("resourceVersion")
+            if not isinstance(version, str) or not version:
+                raise ValueError("list response without metadata.resourceVersion")
+            break
+        first = self.stats().lists == 0
+        state.replace(self.kind, items)
+        self._set_version(version)
+        self._count(lists=1, relists=0 if first else 1)
+        log.info(
+            "%s: %s %d objects at resourceVersion %s",
+            self.kind,
+            "listed" if first else "relisted",
+            len(items),
+            version,
+        )
+
+    def _get_page(self, token: str | None, stop: threading.Event) -> dict[str, Any]:
+        source = self.source
+        response = self.resource.list_all(
+            limit=source.page_size,
+            _continue=token,
+            _preload_content=False,
+            _request_timeout=(source.connect_timeout, source.list_timeout),
+        )
+        self._hold(response, stop)
+        try:
+            page = json.loads(response.read())
+        finally:
+            self._release(response)
+        if not isinstance(page, dict):
+            raise ValueError(f"list response is not a JSON object: {type(page).__name__}")
+        return page
+
+    def _watch(self, state: ClusterState, stop: threading.Event) -> bool:
+        """Watch from the last resourceVersion until the stream ends; True if it was healthy.
+
+        Raises ``_Gone`` when the server no longer has that resourceVersion, ``_WatchError``
+        for another ERROR event, and the client's exceptions when the connection fails.
+        """
+        source = self.source
+        version = self._version
+        try:
+            response = self.resource.list_all(
+                watch=True,
+                resource_version=version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=source.watch_timeout,
+                _preload_content=False,
+                _request_timeout=(source.connect_timeout, source.watch_timeout + source.read_grace),
+            )
+        except ApiException as error:
+            if error.status == GONE:
+                raise _Gone(f"watch from resourceVersion {version} answered 410 Gone") from None
+            raise
+        self._hold(response, stop)
+        self._connected()
+        self._count(watches=1)
+        log.debug("%s: watching from resourceVersion %s", self.kind, version)
+        applied = 0
+        try:
+            for line in _lines(response):
+                if stop.is_set():
+                    break
+                if self._apply(state, line):
+                    applied += 1
+        except Exception as error:
+            if stop.is_set():
+                return True
+            if applied:
+                # The stream worked for a while: resume at once, it is not a failing server.
+                log.info(
+                    "%s: watch connection lost (%s); resuming from resourceVersion %s",
+                    self.kind,
+                    _describe(error),
+                    self._version,
+                )
+                self._count(errors=1)
+                return True
+            raise
+        finally:
+            self._release(response)
+        log.debug("%s: watch ended; resuming from resourceVersion %s", self.kind, self._version)
+        return True
+
+    def _apply(self, state: ClusterState, line: bytes) -> bool:
+        """Apply one watch event line; True if it was a well-formed event."""
+        if not line.strip():
+            return False
+        try:
+            event = json.loads(line)
+        except ValueError:
+            self._count(errors=1)
+            log.warning("%s: ignoring an undecodable watch event line: %.200r", self.kind, line)
+            return False
+        obj = event.get("object") if isinstance(event, dict) else None
+        event_type = event.get("type") if isinstance(event, dict) else None
+        if not isinstance(obj, dict) or not isinstance(event_type, str):
+            self._count(errors=1)
+            log.warning("%s: ignoring a malformed watch event: %.200r", self.kind, line)
+            return False
+        if event_type == "ERROR":
+            code = obj.get("code")
+            message = f"watch ERROR event {code} {obj.get('reason')}: {obj.get('message')}"
+            if code == GONE:
+                raise _Gone(message)
+            raise _WatchError(message)
+        version = _resource_version(obj)
+        if event_type == "BOOKMARK":
+            self._count(bookmarks=1)
+            log.debug("%s: bookmark at resourceVersion %s", self.kind, version)
+        elif event_type in ("ADDED", "MODIFIED"):
+            state.upsert(self.kind, self._complete(obj))
+            self._count(events=1)
+            log.debug("%s: %s %s", self.kind, event_type, _name(obj))
+        elif event_type == "DELETED":
+            state.delete(self.kind, self._complete(obj))
+            self._count(events=1)
+            log.debug("%s: DELETED %s", self.kind, _name(obj))
+        else:
+            self._count(errors=1)
+            log.warning("%s: ignoring a watch event of unknown type %r", self.kind, event_type)
+            return False
+        if version is not None:
+            self._set_version(version)
+        return True
+
+    def _complete(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The object with the ``kind`` and ``apiVersion`` a list response leaves out."""
+        obj.setdefault("kind", self.kind)
+        obj.setdefault("apiVersion", self.resource.api_version)
+        return obj
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return "?"
+    namespace, name = metadata.get("namespace"), metadata.get("name")
+    return f"{namespace}/{name}" if namespace else str(name)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        return f"HTTP {error.status} {error.reason}"
+    return f"{type(error).__name__}: {error}"
+
+
+class KubernetesSource:
+    """Feeds Namespaces, Pods and NetworkPolicies from the Kubernetes API into the cache."""
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        *,
+        watch_timeout: int = 300,
+        page_size: int = 500,
+        connect_timeout: float = 10.0,
+        list_timeout: float = 60.0,
+        read_grace: float = 30.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        """
+        :param watch_timeout: seconds a watch asks the server to keep it open (timeoutSeconds).
+        :param page_size: objects per list page (limit).
+        :param connect_timeout: seconds to wait for a connection to the API server.
+        :param list_timeout: seconds a list page may go without a byte arriving.
+        :param read_grace: seconds past ``watch_timeout`` before a silent watch counts as dead.
+        :param backoff_initial: seconds to wait after the first failure in a row.
+        :param backoff_max: the cap on the doubling wait, in seconds.
+        :param jitter: a random number in [0, 1); the wait is scaled by 0.5 + jitter / 2.
+        """
+        self.watch_timeout = watch_timeout
+        self.page_size = page_size
+        self.connect_timeout = connect_timeout
+        self.list_timeout = list_timeout
+        self.read_grace = read_grace
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._jitter = jitter
+        core = client.CoreV1Api(api_client)
+        networking = client.NetworkingV1Api(api_client)
+        resources = (
+            _Resource("Namespace", "v1", core.list_namespace),
+            _Resource("Pod", "v1", core.list_pod_for_all_namespaces),
+            _Resource(
+                "NetworkPolicy",
+                "networking.k8s.io/v1",
+                networking.list_network_policy_for_all_namespaces,
+            ),
+        )
+        self._loops = {resource.kind: _KindLoop(self, resource) for resource in resources}
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failures in a row (capped doubling, jittered)."""
+        base = min(self.backoff_max, self.backoff_initial * 2.0 ** min(failures - 1, 32))
+        return base * (0.5 + self._jitter() / 2)
+
+    def stats(self) -> dict[Kind, WatchStats]:
+        """The counters of each kind's loop, for metrics and tests."""
+        return {kind: loop.stats() for kind, loop in self._loops.items()}
+
+    def run(self, state: ClusterState, stop: threading.Event) -> None:
+        """List and watch every kind on its own thread until ``stop`` is set; never raises."""
+        threads = [
+            threading.Thread(
+                target=self._run_loop,
+                args=(loop, state, stop),
+                name=f"kubernetes-{kind}",
+                daemon=True,
+            )
+            for kind, loop in self._loops.items()
+        ]
+        for thread in threads:
+            thread.start()
+        stop.wait()
+        for loop in self._loops.values():
+            loop.interrupt()
+        for thread in threads:
+            thread.join(timeout=5.0)
+            if thread.is_alive():
+                log.warning("%s did not stop within 5 s", thread.name)
+
+    def _run_loop(self, loop: _KindLoop, state: ClusterState, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                loop.run(state, stop)
+            except Exception:  # a bug in the loop itself: log it, wait, start over
+                log.exception("%s: list/watch loop failed; restarting it", loop.kind)
+                stop.wait(self.backoff_max)
