@@ -67,6 +67,12 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     up.add_argument("--queue-num", type=int, default=1000, help="NFQUEUE number (default 1000)")
     up.add_argument("--no-ipv6", action="store_true", help="IPv4 only (default: dual-stack)")
+    up.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="build the network only; run your own agent (or another enforcer) in the node "
+        "namespaces",
+    )
 
     for verb, text in (("apply", "create or replace objects"), ("delete", "delete objects")):
         parser = with_lab(verbs.add_parser(verb, help=f"{text}; returns when in force"))
@@ -228,6 +234,10 @@ def _run(args: argparse.Namespace) -> int:
         queue_max_len=args.queue_max_len,
         status_file=args.status_file,
     )
+    from agent.node_checks import bridged_traffic_problems
+
+    for problem in bridged_traffic_problems():
+        log.error("%s", problem)
     agent = Agent(config, source, tracer=_tracer() if args.trace else None)
     stop = threading.Event()
 
@@ -281,9 +291,11 @@ def _lab(args: argparse.Namespace) -> int:
                 fail_open=args.fail_open,
                 queue_num=args.queue_num,
                 ipv6=not args.no_ipv6,
+                agents=not args.no_agent,
             )
             _print_messages(lab.messages)
-            print(f"lab {args.lab} is up: {len(lab.pods())} pods, enforcement active")
+            state = "no agent running" if args.no_agent else "enforcement active"
+            print(f"lab {args.lab} is up: {len(lab.pods())} pods, {state}")
         elif args.verb == "apply":
             lab.apply(args.files)
             _print_messages(lab.messages)

@@ -30,16 +30,33 @@ rejected here too, with the field path the API would name. Where a choice had to
   and fails IANA_SVC_NAME validation because it has no letter.
 - A ``null`` entry in a list of structs (``ingress: [null]``) is the zero struct, as Go's JSON
   decoder makes it: a ``null`` ingress rule is ``{}`` and allows everything, as in the cluster.
-- Unknown fields are ignored (like the API server's pruning); a wrong type is an error naming
-  the field.
+- Unknown fields depend on where the object comes from. ``policy_from_k8s(obj, strict=True)``
+  rejects any unknown field anywhere in a NetworkPolicy (top level, ``metadata``, ``spec``,
+  rules, peers, ``ipBlock``, ports, label selectors and their requirements), as ``kubectl apply``
+  does by default (server-side field validation ``Strict``: "strict decoding error: unknown
+  field"), naming the field's path and, for the usual slips, what was probably meant (``to`` in
+  an ingress rule, ``podselector``, ``excepts``, labels written straight under a selector).
+  This is for files people write (``agent.manifests`` loads them strictly): there, an ignored
+  field is a rule that silently allows more than intended (``to:`` in an ingress rule leaves a
+  rule without peers, which allows every source). ``metadata``'s fields are the ObjectMeta ones;
+  only the names are checked there, not what ``ownerReferences`` or ``managedFields`` hold.
+  The default, ``strict=False``, ignores unknown fields, like the API server's pruning: it is for
+  objects read from the API server (``agent.state``), which has validated them already and may
+  be newer than we are, with fields we do not know yet.
+  Pods are lenient in both modes except for the entries of a container's ``ports``, which give
+  the named ports that policies refer to: ``pod_from_k8s(obj, strict=True)`` rejects unknown
+  fields there (in containers and sidecars, the ones whose ports we read). Namespaces always
+  ignore unknown fields. A wrong type is an error naming the field in every mode.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from enforcement.model import (

@@ -128,6 +128,8 @@ class LabRecord:
     fail_open: bool
     queue_num: int
     ipv6: bool
+    agents: bool = True
+    """False for a lab built with --no-agent: the network only, enforced by whatever you run."""
     nodes: list[LabNode] = field(default_factory=list)
     pods: dict[str, LabPod] = field(default_factory=dict)
     externals: dict[str, LabExternal] = field(default_factory=dict)
@@ -140,6 +142,7 @@ class LabRecord:
             fail_open=data["fail_open"],
             queue_num=data["queue_num"],
             ipv6=data["ipv6"],
+            agents=data.get("agents", True),
         )
         record.nodes = [LabNode(**node) for node in data["nodes"]]
         record.pods = {key: LabPod(**pod) for key, pod in data["pods"].items()}
@@ -228,8 +231,13 @@ class Lab:
         fail_open: bool = False,
         queue_num: int = 1000,
         ipv6: bool = True,
+        agents: bool = True,
     ) -> None:
-        """Build the lab, start an agent on every node, apply ``files``; return when in force."""
+        """Build the lab, start an agent on every node, apply ``files``; return when in force.
+
+        With ``agents=False`` only the network is built: nothing enforces until you run an agent
+        (or another enforcer) in the node namespaces yourself, and commands do not wait for one.
+        """
         if nodes < 1 or nodes > 16:
             raise LabError("--nodes must be between 1 and 16")
         manifests = self._load_manifests(files)
@@ -245,6 +253,7 @@ class Lab:
                 fail_open=fail_open,
                 queue_num=queue_num,
                 ipv6=ipv6,
+                agents=agents,
             )
             try:
                 self._write_objects(0, {})
@@ -257,7 +266,7 @@ class Lab:
                     topology.create_node(node.spec)
                 if nodes > 1:
                     self._build_underlay(record)
-                for node in record.nodes:
+                for node in record.nodes if agents else ():
                     node.agent_pid = self._start_agent(record, node)
                     self._save(record)
                 self._wait_in_force(record, 0)
@@ -698,7 +707,7 @@ class Lab:
     def _wait_in_force(self, record: LabRecord, revision: int) -> None:
         """Block until every node's agent reports store ``revision`` (or later) in force."""
         deadline = time.monotonic() + WAIT_SECONDS
-        pending = {node.name for node in record.nodes}
+        pending = {node.name for node in record.nodes} if record.agents else set()
         while pending:
             for node in record.nodes:
                 if node.name not in pending:
