@@ -11,14 +11,15 @@
 # registry is reachable and append it to both FROM lines (it could not be resolved where this
 # file was written).
 #
-# Debian packages are pinned to their bookworm versions. libc6-dev is pinned to bookworm's glibc
-# 2.36-9 series only: it must equal the base image's libc6 exactly, and that moves with Debian's
-# security updates.
+# Debian packages are pinned to their bookworm versions. libc6-dev is pinned to a version pattern,
+# bookworm's glibc series 2.36-9+deb12u*: it must equal the base image's libc6 exactly, and that
+# moves with Debian's security updates.
 
 FROM python:3.11.13-slim-bookworm AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
@@ -58,7 +59,8 @@ RUN apt-get update \
 # Bytecode is compiled at install time; the root filesystem is read-only at run time.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 
 # The wheels are bind-mounted from the build stage, so they never become a layer of this image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \

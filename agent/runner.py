@@ -46,6 +46,8 @@ class AgentConfig:
     """Seconds to wait after a change for more changes before compiling."""
     status_file: Path | None = None
     """Where to write the agent's status (JSON) after every sync; the lab waits on it."""
+    jump_check_interval: float = 5.0
+    """Seconds between checks that the agent's jumps are still first in their chains."""
     cleanup_on_exit: bool | None = None
     """Remove rules on a clean exit. None: remove when fail-open, keep when fail-closed."""
 
@@ -169,8 +171,13 @@ class Agent:
 
     def _sync_loop(self, stop: threading.Event) -> None:
         applied = self.state.revision
+        next_check = time.monotonic() + self.config.jump_check_interval
         while not stop.is_set():
             self.heartbeat = time.monotonic()
+            if self.heartbeat >= next_check:
+                next_check = self.heartbeat + self.config.jump_check_interval
+                for where in self.firewall.ensure_first():
+                    log.warning("another rule had been put above the agent's jump in %s", where)
             if not self._dirty.wait(0.5):
                 continue
             # Let a burst of changes land before compiling it once.

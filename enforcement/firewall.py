@@ -207,6 +207,28 @@ class Firewall:
             self._try(["ipset", "destroy", self.config.isolated_set(family)])
             self._members[family] = None
 
+    def ensure_first(self) -> list[str]:
+        """Put each jump back at the top of its built-in chain if something got above it.
+
+        Others (kube-proxy, a CNI) insert rules of their own at the top of FORWARD/INPUT/OUTPUT;
+        an ACCEPT of theirs above our jump would let traffic skip the agent. Returns the
+        "family/hook" names it repaired. Cheap when nothing moved: one listing per family.
+        """
+        repaired = []
+        for family in FAMILIES:
+            command = self.config.command(family)
+            listing = self._run([command, "-S"], None).splitlines()
+            for hook in HOOKS:
+                jump = f"-A {hook} -j {self.config.chain(hook)}"
+                rules = [line for line in listing if line.startswith(f"-A {hook} ")]
+                if rules and rules[0] == jump:
+                    continue
+                if jump in rules:
+                    self._run([command, "-D", hook, "-j", self.config.chain(hook)], None)
+                self._run([command, "-I", hook, "1", "-j", self.config.chain(hook)], None)
+                repaired.append(f"IPv{family}/{hook}")
+        return repaired
+
     def _present_jumps(self, family: Family) -> list[str]:
         listing = self._run([self.config.command(family), "-S"], None)
         present = []

@@ -114,3 +114,17 @@ def test_install_sync_remove_in_a_namespace(namespace: str) -> None:
     assert "NETPOL" not in run(["iptables-save"], None)
     assert "NETPOL" not in run(["ip6tables-save"], None)
     assert "npa-" not in run(["ipset", "list", "-n"], None)
+
+
+@pytest.mark.root
+def test_jumps_are_put_back_on_top(namespace: str) -> None:
+    run = in_namespace(namespace)
+    firewall = Firewall(FirewallConfig(), run=run)
+    firewall.install()
+    assert firewall.ensure_first() == []
+    run(["iptables", "-I", "FORWARD", "1", "-j", "ACCEPT"], None)
+    run(["ip6tables", "-I", "OUTPUT", "1", "-j", "ACCEPT"], None)
+    assert firewall.ensure_first() == ["IPv4/FORWARD", "IPv6/OUTPUT"]
+    forward = [line for line in run(["iptables", "-S", "FORWARD"], None).splitlines()]
+    assert forward[1:] == ["-A FORWARD -j NETPOL-AGENT-FORWARD", "-A FORWARD -j ACCEPT"]
+    assert firewall.ensure_first() == []
