@@ -23,11 +23,14 @@ of every response in flight as soon as ``stop`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import random
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +45,9 @@ log = logging.getLogger(__name__)
 
 GONE = 410
 """HTTP 410 Gone: a resourceVersion or continue token older than the server keeps."""
+
+STOP_GRACE = 2.0
+"""Seconds ``run`` waits for its threads after ``stop`` was set and their reads interrupted."""
 
 MAX_LIST_RESTARTS = 5
 """How often one list restarts after its continue token expired before it counts as failed."""
@@ -94,6 +100,10 @@ class _WatchError(Exception):
     """The watch stream carried an ERROR event other than 410: relist after a backoff."""
 
 
+class _Dropped(Exception):
+    """The watch connection broke before any event came through (already logged)."""
+
+
 def _resource_version(obj: Mapping[str, Any]) -> str | None:
     metadata = obj.get("metadata")
     if isinstance(metadata, Mapping):
@@ -133,7 +143,9 @@ class _KindLoop:
         self._response: Any = None
         self._stats = WatchStats(resource.kind)
         self._failures = 0
-        """Failures in a row (only touched by the loop's own thread)."""
+        """Failures in a row, for the backoff (only touched by the loop's own thread)."""
+        self._down = False
+        """Whether a failure happened since the server last answered (to log the recovery)."""
 
     # -- counters ----------------------------------------------------------------------------
 
@@ -163,25 +175,30 @@ class _KindLoop:
         if stop.is_set():
             self.interrupt()
 
-    def _release(self, response: Any) -> None:
+    def _release(self, response: Any, reuse: bool = False) -> None:
+        """Forget the response; hand its connection back for reuse, or close it."""
         with self._lock:
             self._response = None
         try:
-            response.close()
+            if not reuse:
+                response.close()
             response.release_conn()
         except Exception:  # closing a broken connection may fail; it is gone either way
             log.debug("closing a %s response failed", self.kind, exc_info=True)
 
     def interrupt(self) -> None:
         """Unblock a read in progress (called from another thread when stopping)."""
-        with self._lock:
+        with self._lock:  # held, so the connection cannot go back to the pool meanwhile
             response = self._response
-        if response is None:
-            return
-        try:
-            response.shutdown()
-        except Exception:  # already released or closed: nothing is blocked on it
-            log.debug("interrupting a %s response failed", self.kind, exc_info=True)
+            if response is None:
+                return
+            try:
+                response.shutdown()  # urllib3 >= 2.3
+            except Exception:
+                sock = getattr(getattr(response, "connection", None), "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -207,8 +224,10 @@ class _KindLoop:
                 self._count(errors=1)
                 if isinstance(error, _WatchError):
                     need_list = True
+                self._down = True
                 delay = self.source.backoff(self._failures)
-                log.warning(
+                log.log(
+                    logging.DEBUG if isinstance(error, _Dropped) else logging.WARNING,
                     "%s: %s; retrying in %.2fs (%s)",
                     self.kind,
                     _describe(error),
@@ -218,10 +237,9 @@ class _KindLoop:
                 stop.wait(delay)
 
     def _connected(self) -> None:
-        if self._failures:
-            log.info(
-                "%s: reached the API server again after %d failures", self.kind, self._failures
-            )
+        if self._down:
+            self._down = False
+            log.info("%s: reached the API server again", self.kind)
 
     def _list(self, state: ClusterState, stop: threading.Event) -> None:
         items: list[dict[str, Any]] = []
@@ -277,9 +295,12 @@ class _KindLoop:
         )
         self._hold(response, stop)
         try:
-            page = json.loads(response.read())
-        finally:
+            body = response.read()
+        except BaseException:
             self._release(response)
+            raise
+        self._release(response, reuse=True)
+        page = json.loads(body)
         if not isinstance(page, dict):
             raise ValueError(f"list response is not a JSON object: {type(page).__name__}")
         return page
@@ -316,20 +337,21 @@ class _KindLoop:
                     break
                 if self._apply(state, line):
                     applied += 1
+        except (_Gone, _WatchError):
+            raise
         except Exception as error:
             if stop.is_set():
                 return True
-            if applied:
-                # The stream worked for a while: resume at once, it is not a failing server.
-                log.info(
-                    "%s: watch connection lost (%s); resuming from resourceVersion %s",
-                    self.kind,
-                    _describe(error),
-                    self._version,
-                )
-                self._count(errors=1)
-                return True
-            raise
+            log.info(
+                "%s: watch connection lost (%s); resuming from resourceVersion %s",
+                self.kind,
+                _describe(error),
+                self._version,
+            )
+            if not applied:  # nothing came through: back off, the server may be failing
+                raise _Dropped(_describe(error)) from error
+            self._count(errors=1)  # the stream worked for a while: resume at once
+            return True
         finally:
             self._release(response)
         log.debug("%s: watch ended; resuming from resourceVersion %s", self.kind, self._version)
@@ -470,10 +492,13 @@ class KubernetesSource:
         stop.wait()
         for loop in self._loops.values():
             loop.interrupt()
+        deadline = time.monotonic() + STOP_GRACE
         for thread in threads:
-            thread.join(timeout=5.0)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                log.warning("%s did not stop within 5 s", thread.name)
+                # Blocked before a response arrived; it times out on its own and, seeing stop
+                # set, writes nothing more into the cache.
+                log.warning("%s did not stop within %.0f s", thread.name, STOP_GRACE)
 
     def _run_loop(self, loop: _KindLoop, state: ClusterState, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -117,7 +117,9 @@ class _Watcher:
     kind: Kind
     namespace: str | None
     connection: socket.socket
-    raw_lines: list[bytes] = field(default_factory=list)
+    allow_bookmarks: bool
+    raw_lines: list[tuple[int, bytes]] = field(default_factory=list)
+    """Injected lines, each after the changes up to the revision it was injected at."""
     bookmarks: int = 0
 
 
@@ -160,6 +162,8 @@ class FakeApiServer:
         self._faults: list[_Fault] = []
         self._bookmarks = 0
         self._drops = 0
+        self._expiries = 0
+        self._paused = False
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -252,10 +256,13 @@ class FakeApiServer:
     def compact(self) -> str:
         """Forget history up to now, like etcd compaction: older watches and tokens get 410."""
         with self._cond:
-            self._compacted = self._revision
-            self._events = [e for e in self._events if e.revision > self._compacted]
-            self._snapshots.clear()
-            return str(self._compacted)
+            return self._compact_locked()
+
+    def _compact_locked(self) -> str:
+        self._compacted = self._revision
+        self._events = [e for e in self._events if e.revision > self._compacted]
+        self._snapshots.clear()
+        return str(self._compacted)
 
     # -- watch controls ----------------------------------------------------------------------
 
@@ -275,12 +282,32 @@ class FakeApiServer:
             _cut(watcher.connection)
         return len(watchers)
 
+    def pause_watches(self) -> None:
+        """Hold back events from open watches (a lagging watch cache) until ``resume_watches``."""
+        with self._cond:
+            self._paused = True
+
+    def resume_watches(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def expire_watches(self) -> None:
+        """Compact, and end every open watch with a 410 ERROR event, as a lagging watch is."""
+        with self._cond:
+            self._compact_locked()
+            self._expiries += 1
+            self._cond.notify_all()
+
     def inject_raw(self, kind: Kind, line: bytes) -> None:
-        """Send ``line`` (plus a newline) as is on every open watch of ``kind``."""
+        """Send ``line`` (plus a newline) as is on every open watch of ``kind``, in order.
+
+        It follows the changes made so far; while watches are paused it is held back with them.
+        """
         with self._cond:
             for watcher in self._watchers:
                 if watcher.kind == kind:
-                    watcher.raw_lines.append(line)
+                    watcher.raw_lines.append((self._revision, line + b"\n"))
             self._cond.notify_all()
 
     def open_watches(self, kind: Kind | None = None) -> int:
@@ -486,6 +513,41 @@ class _Handler(BaseHTTPRequestHandler):
             code, status_object(code, reasons.get(code, "Unknown"), message or phrase.lower())
         )
 
+    def _collect(
+        self,
+        watcher: _Watcher,
+        since: int,
+        pending: list[bytes],
+        matches: Callable[[Event], bool],
+    ) -> int:
+        """Queue the events after ``since``, injected lines and a due bookmark, in order.
+
+        Returns the new ``since``. The server's lock is held.
+        """
+        fake = self.fake
+        entries = [
+            (e.revision, 0, _event_line(e.type, e.object))
+            for e in fake._events
+            if e.revision > since and matches(e)
+        ]
+        entries.extend((revision, 1, line) for revision, line in watcher.raw_lines)
+        watcher.raw_lines.clear()
+        entries.sort(key=lambda entry: entry[:2])
+        pending.extend(line for _, _, line in entries)
+        # Changes of other kinds are not this watch's business; it is up to date with them.
+        since = max(since, fake._revision)
+        if watcher.bookmarks != fake._bookmarks:
+            watcher.bookmarks = fake._bookmarks
+            if watcher.allow_bookmarks:
+                resource = RESOURCES[watcher.kind]
+                bookmark = {
+                    "kind": watcher.kind,
+                    "apiVersion": resource.api_version,
+                    "metadata": {"resourceVersion": str(fake._revision)},
+                }
+                pending.append(_event_line("BOOKMARK", bookmark))
+        return since
+
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
@@ -553,7 +615,6 @@ class _Handler(BaseHTTPRequestHandler):
         log: Callable[[int], None],
     ) -> None:
         fake = self.fake
-        resource = RESOURCES[kind]
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1", "True")
         try:
             timeout = float(query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
@@ -589,16 +650,11 @@ class _Handler(BaseHTTPRequestHandler):
                 except ValueError:
                     since = -1
                 if since < fake._compacted:
-                    gone = _event_line(
-                        "ERROR",
-                        status_object(
-                            410,
-                            "Expired",
-                            f"too old resource version: {requested} ({fake._compacted})",
-                        ),
-                    )
-            watcher = _Watcher(kind, namespace, self.connection, bookmarks=fake._bookmarks)
-            drops = fake._drops
+                    gone = _gone_line(f"too old resource version: {requested} ({fake._compacted})")
+            watcher = _Watcher(
+                kind, namespace, self.connection, bookmarks, bookmarks=fake._bookmarks
+            )
+            drops, expiries, expired = fake._drops, fake._expiries, False
             if gone is None:
                 fake._watchers.append(watcher)
         if gone is not None:
@@ -613,29 +669,11 @@ class _Handler(BaseHTTPRequestHandler):
                             self.close_connection = True
                             _cut(self.connection)  # abrupt: no final chunk
                             return
-                        new = [e for e in fake._events if e.revision > since and matches(e)]
-                        if new:
-                            since = new[-1].revision
-                            pending.extend(_event_line(e.type, e.object) for e in new)
-                        elif fake._events and fake._events[-1].revision > since:
-                            since = fake._events[-1].revision
-                        if watcher.raw_lines:
-                            pending.extend(line + b"\n" for line in watcher.raw_lines)
-                            watcher.raw_lines.clear()
-                        if watcher.bookmarks != fake._bookmarks:
-                            watcher.bookmarks = fake._bookmarks
-                            if bookmarks:
-                                since = max(since, fake._revision)
-                                pending.append(
-                                    _event_line(
-                                        "BOOKMARK",
-                                        {
-                                            "kind": kind,
-                                            "apiVersion": resource.api_version,
-                                            "metadata": {"resourceVersion": str(since)},
-                                        },
-                                    )
-                                )
+                        if fake._expiries != expiries:
+                            expired = True
+                            break
+                        if not fake._paused:
+                            since = self._collect(watcher, since, pending, matches)
                         remaining = deadline - time.monotonic()
                         if pending or remaining <= 0:
                             break
@@ -643,6 +681,10 @@ class _Handler(BaseHTTPRequestHandler):
                 for line in pending:
                     self._chunk(line)
                 pending = []
+                if expired:
+                    self._chunk(_gone_line("the watch fell behind: too old resource version"))
+                    self._chunk(b"")
+                    return
                 if deadline - time.monotonic() <= 0:
                     self._chunk(b"")  # the clean end of a chunked body
                     return
@@ -655,12 +697,21 @@ def _event_line(event_type: str, obj: Mapping[str, Any]) -> bytes:
     return json.dumps({"type": event_type, "object": obj}).encode() + b"\n"
 
 
+def _gone_line(message: str) -> bytes:
+    return _event_line("ERROR", status_object(410, "Expired", message))
+
+
 def _discovery(path: str) -> dict[str, Any] | None:
     if path == "/version":
         return {
             "major": "1",
             "minor": "33",
             "gitVersion": "v1.33.0-fake",
+            "gitCommit": "0" * 40,
+            "gitTreeState": "clean",
+            "buildDate": "2025-01-01T00:00:00Z",
+            "goVersion": "go1.24.0",
+            "compiler": "gc",
             "platform": "linux/amd64",
         }
     if path == "/api":

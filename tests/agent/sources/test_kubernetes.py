@@ -1,0 +1,651 @@
+"""KubernetesSource against a fake API server: the real client, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, watch
+from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config import ConfigException
+
+from agent.sources.kubernetes import KubernetesSource, WatchStats, api_client_from
+from agent.state import KINDS, ClusterState, Kind
+from tests.agent.sources.fake_apiserver import FakeApiServer
+
+TOKEN = "test-token"
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy")
+
+# -- builders: objects as the API server stores them ---------------------------------------
+
+
+def namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+def pod(ns: str, name: str, address: str, **labels: str) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": ns, "name": name, "labels": labels},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "app:1"}]},
+        "status": {"phase": "Running", "podIP": address, "podIPs": [{"ip": address}]},
+    }
+
+
+def policy(ns: str, name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+
+
+def seed(server: FakeApiServer, namespaces: int = 7, pods: int = 8, policies: int = 4) -> None:
+    """More objects of each kind than one list page holds (PAGE_SIZE)."""
+    for i in range(namespaces):
+        server.create("Namespace", namespace(f"ns-{i}", team=f"t{i % 2}"))
+    for i in range(pods):
+        server.create("Pod", pod(f"ns-{i % 3}", f"pod-{i}", f"10.0.0.{i + 1}", app="web"))
+    for i in range(policies):
+        server.create("NetworkPolicy", policy(f"ns-{i % 2}", f"deny-{i}"))
+
+
+# -- fixtures and helpers ---------------------------------------------------------------
+
+PAGE_SIZE = 3
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests go straight to 127.0.0.1, whatever the environment says about proxies."""
+    for variable in PROXY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeApiServer]:
+    with FakeApiServer(token=TOKEN) as fake:
+        yield fake
+
+
+def write_kubeconfig(path: Path, url: str, token: str = TOKEN) -> Path:
+    path.write_text(
+        f"""\
+apiVersion: v1
+kind: Config
+clusters:
+- name: fake
+  cluster:
+    server: {url}
+users:
+- name: tester
+  user:
+    token: {token}
+contexts:
+- name: fake
+  context:
+    cluster: fake
+    user: tester
+current-context: fake
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def api_client(server: FakeApiServer, tmp_path: Path) -> Iterator[ApiClient]:
+    made = api_client_from(str(write_kubeconfig(tmp_path / "kubeconfig", server.url)))
+    yield made
+    made.close()
+
+
+def make_source(api_client: ApiClient, **overrides: Any) -> KubernetesSource:
+    settings: dict[str, Any] = {
+        "page_size": PAGE_SIZE,
+        "watch_timeout": 30,
+        "connect_timeout": 1.0,
+        "list_timeout": 5.0,
+        "read_grace": 5.0,
+        "backoff_initial": 0.02,
+        "backoff_max": 0.2,
+    }
+    settings.update(overrides)
+    return KubernetesSource(api_client, **settings)
+
+
+class RecordingState(ClusterState):
+    """A ClusterState that also keeps every object handed to it, to check their shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[tuple[str, Kind, Mapping[str, Any]]] = []
+
+    def replace(self, kind: Kind, objects: Any) -> None:
+        objects = list(objects)
+        self.received.extend(("replace", kind, obj) for obj in objects)
+        super().replace(kind, objects)
+
+    def upsert(self, kind: Kind, obj: Mapping[str, Any]) -> None:
+        self.received.append(("upsert", kind, obj))
+        super().upsert(kind, obj)
+
+
+@contextmanager
+def running(source: KubernetesSource, state: ClusterState) -> Iterator[threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=source.run, args=(state, stop), daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "the source did not stop"
+
+
+def eventually(predicate: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.01)
+
+
+def keys(state: ClusterState, kind: Kind) -> set[str]:
+    snapshot = state.view().snapshot
+    if kind == "Namespace":
+        return {ns.name for ns in snapshot.namespaces}
+    records = snapshot.pods if kind == "Pod" else snapshot.policies
+    return {f"{r.namespace}/{r.name}" for r in records}
+
+
+def server_keys(server: FakeApiServer, kind: Kind) -> set[str]:
+    result = set()
+    for obj in server.objects(kind):
+        metadata = obj["metadata"]
+        ns = metadata.get("namespace")
+        result.add(f"{ns}/{metadata['name']}" if ns else metadata["name"])
+    return result
+
+
+def matches_server(state: ClusterState, server: FakeApiServer) -> bool:
+    if any(keys(state, kind) != server_keys(server, kind) for kind in KINDS):
+        return False
+    labels = {ns.name: dict(ns.labels) for ns in state.view().snapshot.namespaces}
+    return all(
+        labels[obj["metadata"]["name"]].items() >= obj["metadata"]["labels"].items()
+        for obj in server.objects("Namespace")
+    )
+
+
+def namespace_labels(state: ClusterState, name: str) -> dict[str, str] | None:
+    for ns in state.view().snapshot.namespaces:
+        if ns.name == name:
+            return dict(ns.labels)
+    return None
+
+
+def total(source: KubernetesSource, counter: str) -> int:
+    return sum(getattr(stats, counter) for stats in source.stats().values())
+
+
+def stats(source: KubernetesSource, kind: Kind) -> WatchStats:
+    return source.stats()[kind]
+
+
+def all_watching(server: FakeApiServer) -> Callable[[], bool]:
+    return lambda: all(server.open_watches(kind) == 1 for kind in KINDS)
+
+
+def list_requests(server: FakeApiServer, kind: Kind) -> int:
+    return len(server.requests_for(kind, watch=False))
+
+
+# -- the initial list --------------------------------------------------------------------
+
+
+def test_paginated_list_fills_the_state_and_makes_it_ready(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    seed(server)
+    state = RecordingState()
+    source = make_source(api_client)
+    assert not state.ready
+    with running(source, state):
+        eventually(lambda: state.ready, "state ready")
+        assert matches_server(state, server)
+        assert state.errors() == []
+    pod_lists = server.requests_for("Pod", watch=False)
+    assert len(pod_lists) == 3  # 8 pods, 3 per page
+    assert [r.query.get("limit") for r in pod_lists] == [str(PAGE_SIZE)] * 3
+    assert "continue" not in pod_lists[0].query
+    assert all(r.query.get("continue") for r in pod_lists[1:])
+    replaced = [(kind, obj) for how, kind, obj in state.received if how == "replace"]
+    assert len(replaced) == 7 + 8 + 4
+    api_versions = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
+    for kind, obj in replaced:
+        assert (obj["kind"], obj["apiVersion"]) == (kind, api_versions[kind])
+    for kind in KINDS:
+        assert (stats(source, kind).lists, stats(source, kind).relists) == (1, 0)
+        assert stats(source, kind).resource_version is not None
+
+
+def test_an_empty_cluster_is_ready_too(server: FakeApiServer, api_client: ApiClient) -> None:
+    state = ClusterState()
+    with running(make_source(api_client), state):
+        eventually(lambda: state.ready, "state ready")
+    assert state.view().snapshot.namespaces == ()
+
+
+def test_expired_continue_token_restarts_the_list(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    seed(server)
+    server.fail_next("Pod", 410, when="continue")
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(lambda: state.ready, "state ready")
+        assert matches_server(state, server)
+    pod_lists = server.requests_for("Pod", watch=False)
+    starts = [r for r in pod_lists if "continue" not in r.query]
+    assert len(starts) == 2
+    assert [r.status for r in pod_lists].count(410) == 1
+    assert (stats(source, "Pod").lists, stats(source, "Pod").relists) == (1, 0)
+
+
+def test_fake_server_expires_a_continue_token_after_compaction(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    """The genuine expiry the source handles above: the token's snapshot was compacted."""
+    seed(server)
+    core = client.CoreV1Api(api_client)
+    first = core.list_pod_for_all_namespaces(limit=PAGE_SIZE)
+    assert len(first.items) == PAGE_SIZE and first.metadata.var_continue
+    server.compact()
+    with pytest.raises(ApiException) as raised:
+        core.list_pod_for_all_namespaces(limit=PAGE_SIZE, _continue=first.metadata.var_continue)
+    assert raised.value.status == 410
+    assert '"reason": "Expired"' in raised.value.body
+
+
+def test_fake_server_satisfies_the_official_client(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    """Discovery, namespaced lists and the client's own Watch helper work against the fake."""
+    seed(server)
+    assert client.VersionApi(api_client).get_code().git_version == "v1.33.0-fake"
+    core = client.CoreV1Api(api_client)
+    pods = core.list_namespaced_pod("ns-0")
+    assert sorted(p.metadata.name for p in pods.items) == ["pod-0", "pod-3", "pod-6"]
+    listed = core.list_namespace()
+    server.create("Namespace", namespace("watched", team="w"))
+    events = list(
+        watch.Watch().stream(
+            core.list_namespace,
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=1,
+        )
+    )
+    assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", "watched")]
+    assert events[0]["object"].metadata.labels == {"team": "w"}
+    with pytest.raises(ApiException) as raised:
+        core.read_namespace("ns-0")  # not served: a proper 404 Status
+    assert raised.value.status == 404
+
+
+def test_in_cluster_config_outside_a_cluster_fails_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ConfigException):
+        api_client_from(None)
+
+
+def test_server_errors_are_retried_with_backoff(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    seed(server)
+    server.fail_next(None, 503, count=4, when="list")
+    server.fail_next(None, 500, count=2, when="watch")
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(lambda: state.ready, "state ready despite 5xx")
+        eventually(all_watching(server), "all kinds watching despite 5xx")
+        assert matches_server(state, server)
+        server.create("Namespace", namespace("late"))
+        eventually(lambda: "late" in keys(state, "Namespace"), "event after the errors")
+    assert total(source, "errors") == 6
+    assert total(source, "relists") == 0
+
+
+def test_wrong_token_never_gets_ready(server: FakeApiServer, tmp_path: Path) -> None:
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url, token="wrong")
+    wrong = api_client_from(str(kubeconfig))
+    state = ClusterState()
+    source = make_source(wrong)
+    with running(source, state):
+        eventually(lambda: total(source, "errors") >= 6, "repeated 401s")
+        assert not state.ready
+    wrong.close()
+    assert {r.status for r in server.requests} == {401}
+
+
+def test_api_client_from_kubeconfig_leaves_the_global_configuration_alone(
+    server: FakeApiServer, tmp_path: Path
+) -> None:
+    default_host = Configuration.get_default_copy().host
+    fresh = api_client_from(str(write_kubeconfig(tmp_path / "kubeconfig", server.url)))
+    try:
+        assert fresh.configuration.host == server.url
+        assert fresh.configuration.api_key["BearerToken"] == f"Bearer {TOKEN}"
+    finally:
+        fresh.close()
+    assert Configuration.get_default_copy().host == default_host
+
+
+# -- watching ----------------------------------------------------------------------------
+
+
+def test_watch_events_reach_the_state_within_a_second(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    seed(server)
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(lambda: state.ready, "state ready")
+        eventually(all_watching(server), "all kinds watching")
+
+        server.create("Namespace", namespace("new", team="t9"))
+        eventually(lambda: "new" in keys(state, "Namespace"), "namespace added", timeout=1)
+
+        server.update("Namespace", namespace("ns-0", team="relabelled"))
+        eventually(
+            lambda: (namespace_labels(state, "ns-0") or {}).get("team") == "relabelled",
+            "namespace relabelled",
+            timeout=1,
+        )
+
+        server.create("Pod", pod("new", "fresh", "10.0.1.1"))
+        eventually(lambda: "new/fresh" in keys(state, "Pod"), "pod added", timeout=1)
+        server.delete("Pod", "pod-0", "ns-0")
+        eventually(lambda: "ns-0/pod-0" not in keys(state, "Pod"), "pod deleted", timeout=1)
+
+        server.create("NetworkPolicy", policy("new", "allow"))
+        eventually(lambda: "new/allow" in keys(state, "NetworkPolicy"), "policy added", timeout=1)
+        server.delete("NetworkPolicy", "deny-0", "ns-0")
+        eventually(
+            lambda: "ns-0/deny-0" not in keys(state, "NetworkPolicy"), "policy gone", timeout=1
+        )
+        assert matches_server(state, server)
+    assert total(source, "events") == 6
+    assert (total(source, "lists"), total(source, "relists"), total(source, "errors")) == (3, 0, 0)
+    watch = server.requests_for("Pod", watch=True)[0]
+    assert watch.query["allowWatchBookmarks"] == "true"
+    assert watch.query["timeoutSeconds"] == "30"
+    assert watch.query["resourceVersion"]
+
+
+def test_bookmarks_advance_the_resource_version_without_changing_state(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    seed(server)
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(all_watching(server), "all kinds watching")
+        server.create("Pod", pod("ns-1", "other-kind", "10.0.2.1"))
+        eventually(lambda: "ns-1/other-kind" in keys(state, "Pod"), "pod added")
+        before = stats(source, "Namespace").resource_version
+        assert before is not None and int(before) < int(server.resource_version)
+        revision = state.revision
+
+        server.bookmark()
+        eventually(
+            lambda: stats(source, "Namespace").resource_version == server.resource_version,
+            "bookmark applied",
+        )
+        assert stats(source, "Namespace").bookmarks == 1
+        assert state.revision == revision
+        assert stats(source, "Namespace").events == 0
+
+
+def test_watch_timeout_resumes_from_the_last_resource_version(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    seed(server)
+    state = ClusterState()
+    source = make_source(api_client, watch_timeout=1)
+    with running(source, state):
+        eventually(all_watching(server), "all kinds watching")
+        server.create("Namespace", namespace("first"))
+        eventually(lambda: "first" in keys(state, "Namespace"), "namespace added")
+        version = stats(source, "Namespace").resource_version
+        eventually(
+            lambda: len(server.requests_for("Namespace", watch=True)) >= 2,
+            "a second watch after timeoutSeconds",
+            timeout=4,
+        )
+        server.create("Namespace", namespace("second"))
+        eventually(lambda: "second" in keys(state, "Namespace"), "event on the new watch")
+    second = server.requests_for("Namespace", watch=True)[1]
+    assert second.query["resourceVersion"] == version
+    assert second.query["timeoutSeconds"] == "1"
+    assert list_requests(server, "Namespace") == 3
+    assert (total(source, "relists"), total(source, "errors")) == (0, 0)
+
+
+def test_a_dropped_watch_is_resumed_without_a_relist(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    seed(server)
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(all_watching(server), "all kinds watching")
+        server.create("Namespace", namespace("before"))
+        eventually(lambda: "before" in keys(state, "Namespace"), "namespace added")
+        version = stats(source, "Namespace").resource_version
+        lists = {kind: list_requests(server, kind) for kind in KINDS}
+
+        assert server.drop_watches() == 3
+        server.create("Namespace", namespace("during"))  # likely while reconnecting
+        eventually(lambda: "during" in keys(state, "Namespace"), "change made during the drop")
+        eventually(all_watching(server), "all kinds watching again")
+        server.create("Namespace", namespace("after"))
+        eventually(lambda: "after" in keys(state, "Namespace"), "change after the drop")
+        assert matches_server(state, server)
+
+    assert {kind: list_requests(server, kind) for kind in KINDS} == lists
+    assert total(source, "relists") == 0
+    resumed = server.requests_for("Namespace", watch=True)[1]
+    assert resumed.query["resourceVersion"] == version
+
+
+@pytest.mark.parametrize("how", ["error-event", "http-status"])
+def test_gone_triggers_a_relist_and_the_state_matches_the_server(
+    server: FakeApiServer, api_client: ApiClient, how: str
+) -> None:
+    seed(server)
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(all_watching(server), "all kinds watching")
+        for kind, obj in (
+            ("Namespace", namespace("seen")),
+            ("Pod", pod("seen", "seen", "10.0.3.1")),
+            ("NetworkPolicy", policy("seen", "seen")),
+        ):
+            server.create(kind, obj)  # each stream has worked before the 410 ends it
+        eventually(lambda: matches_server(state, server), "events seen")
+        # Changes the watches never see: only a relist can bring them in.
+        server.pause_watches()
+        server.delete("Namespace", "ns-6")
+        server.update("Namespace", namespace("ns-1", team="moved"))
+        server.create("Namespace", namespace("unseen"))
+        server.delete("Pod", "pod-1", "ns-1")
+        server.create("NetworkPolicy", policy("ns-3", "unseen"))
+        if how == "error-event":
+            server.expire_watches()
+        else:
+            server.compact()
+            for kind in KINDS:
+                server.fail_next(kind, 410, when="watch")
+            server.drop_watches()
+        server.resume_watches()
+        eventually(lambda: matches_server(state, server), "state matches the server after 410")
+        eventually(all_watching(server), "all kinds watching again")
+        server.create("Namespace", namespace("after"))
+        eventually(lambda: "after" in keys(state, "Namespace"), "watching after the relist")
+    for kind in KINDS:
+        assert (stats(source, kind).lists, stats(source, kind).relists) == (2, 1), kind
+    assert total(source, "events") == 3 + 1
+
+
+def test_an_error_event_other_than_gone_relists(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    seed(server)
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(all_watching(server), "all kinds watching")
+        server.create("Pod", pod("ns-1", "first", "10.0.3.1"))  # the stream has worked
+        eventually(lambda: "ns-1/first" in keys(state, "Pod"), "pod added")
+        server.inject_raw(
+            "Pod",
+            b'{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},'
+            b'"status":"Failure","message":"internal error","reason":"InternalError","code":500}}',
+        )
+        eventually(lambda: stats(source, "Pod").relists == 1, "relist after the ERROR event")
+        assert matches_server(state, server)
+    assert stats(source, "Pod").errors == 1
+
+
+def test_malformed_event_lines_are_logged_and_ignored(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    seed(server)
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(all_watching(server), "all kinds watching")
+        server.inject_raw("Namespace", b"{not json")
+        server.inject_raw("Namespace", b'{"type": "ADDED"}')
+        server.inject_raw("Namespace", b"[1, 2]")
+        server.inject_raw("Namespace", b'{"type": "SOMETHING", "object": {}}')
+        # A well-formed event with an object the cache cannot convert: recorded as an error.
+        server.inject_raw(
+            "Namespace", b'{"type": "ADDED", "object": {"metadata": {"name": "Not_A_Label"}}}'
+        )
+        server.create("Namespace", namespace("after"))
+        eventually(lambda: "after" in keys(state, "Namespace"), "the watch went on")
+        assert [e.key for e in state.errors()] == [("", "Not_A_Label")]
+    assert len(server.requests_for("Namespace", watch=True)) == 1
+    assert stats(source, "Namespace").errors == 4
+    assert stats(source, "Namespace").relists == 0
+
+
+# -- the API server going away -------------------------------------------------------------
+
+
+def _go_away(server: FakeApiServer, source: KubernetesSource, state: ClusterState) -> None:
+    """Stop the server and check the source keeps the state while it retries."""
+    revision = state.revision
+    before = state.view().snapshot
+    errors = total(source, "errors")
+    server.stop()
+    eventually(lambda: total(source, "errors") >= errors + 6, "retries while away")
+    assert state.ready
+    assert state.revision == revision
+    assert state.view().snapshot == before
+
+
+@pytest.mark.parametrize("compacted", [True, False], ids=["compacted-relist", "resumed-watch"])
+def test_an_object_deleted_while_the_server_was_away_is_gone_after_the_reconnect(
+    server: FakeApiServer, api_client: ApiClient, compacted: bool
+) -> None:
+    seed(server)
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(all_watching(server), "all kinds watching")
+        _go_away(server, source, state)
+
+        server.delete("Namespace", "ns-2")
+        server.delete("Pod", "pod-3", "ns-0")
+        server.update("Namespace", namespace("ns-4", team="while-away"))
+        if compacted:
+            server.compact()
+        server.start()
+
+        eventually(lambda: matches_server(state, server), "state matches after the reconnect")
+        assert "ns-2" not in keys(state, "Namespace")
+        assert "ns-0/pod-3" not in keys(state, "Pod")
+        eventually(all_watching(server), "all kinds watching again")
+        server.create("Namespace", namespace("after"))
+        eventually(lambda: "after" in keys(state, "Namespace"), "watching after the reconnect")
+
+    if compacted:  # the old resourceVersion is gone: 410, relist
+        assert stats(source, "Namespace").relists == 1
+        assert stats(source, "Pod").relists == 1
+    else:  # the watch resumed and the server delivered the DELETED events
+        assert total(source, "relists") == 0
+        assert stats(source, "Namespace").events == 3
+        assert stats(source, "Pod").events == 1
+
+
+def test_unreachable_at_start_then_the_server_appears(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    seed(server)
+    server.stop()
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(lambda: total(source, "errors") >= 6, "retries while unreachable")
+        assert not state.ready
+        server.start()
+        eventually(lambda: state.ready, "ready once the server is up")
+        assert matches_server(state, server)
+
+
+# -- stopping ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("situation", ["watching", "backing-off", "server-gone"])
+def test_stop_is_prompt(server: FakeApiServer, api_client: ApiClient, situation: str) -> None:
+    seed(server)
+    state = ClusterState()
+    # Long watches and long backoff: only an interrupt can make the stop prompt.
+    source = make_source(api_client, watch_timeout=300, backoff_initial=30.0, backoff_max=60.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=source.run, args=(state, stop), daemon=True)
+    thread.start()
+    try:
+        eventually(all_watching(server), "all kinds watching")
+        if situation == "backing-off":
+            server.drop_watches()
+            eventually(lambda: total(source, "errors") >= 3, "every kind backing off")
+        elif situation == "server-gone":
+            server.stop()
+            eventually(lambda: total(source, "errors") >= 3, "every kind backing off")
+    finally:
+        started = time.monotonic()
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 2.0
+
+
+def test_backoff_doubles_up_to_the_cap_with_jitter(api_client: ApiClient) -> None:
+    low = make_source(api_client, backoff_initial=0.5, backoff_max=4.0, jitter=lambda: 0.0)
+    high = make_source(api_client, backoff_initial=0.5, backoff_max=4.0, jitter=lambda: 1.0)
+    assert [low.backoff(n) for n in range(1, 7)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    assert [high.backoff(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
