@@ -91,6 +91,9 @@ def cluster(
             for pod in pods
         }
         assert sorted(pod_ips) == sorted(PODS), pods
+        # Node N gives addresses from 10.244.N.0/24: the pods must sit on every node.
+        subnets = {address.rsplit(".", 1)[0] for address in pod_ips.values()}
+        assert len(subnets) == nodes, f"pods not spread over {nodes} nodes: {pod_ips}"
         yield LabCluster(lab=lab, nodes=nodes, pod_ips=pod_ips)
 
 
