@@ -55,8 +55,9 @@ import difflib
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, Final
 
 from enforcement.model import (
@@ -156,7 +157,7 @@ def namespace_from_k8s(obj: Mapping[str, Any]) -> Namespace:
     return Namespace(name=name, labels=Labels({**labels, NAMESPACE_NAME_LABEL: name}))
 
 
-def pod_from_k8s(obj: Mapping[str, Any]) -> Pod:
+def pod_from_k8s(obj: Mapping[str, Any], *, strict: bool = False) -> Pod:
     """A v1 Pod: labels, addresses, node, hostNetwork and the declared container ports.
 
     Addresses come from ``status.podIPs`` or else ``status.podIP``; a pod without status has
@@ -164,16 +165,27 @@ def pod_from_k8s(obj: Mapping[str, Any]) -> Pod:
     address may already belong to a new pod, which must not be mistaken for the old one.
     Ports come from ``spec.containers`` and from sidecars (``spec.initContainers`` with
     ``restartPolicy: Always``); plain init containers have finished before the pod serves.
+
+    ``strict=True`` rejects unknown fields in those ports' entries (they define the named ports
+    policies refer to); the rest of a Pod is lenient in both modes (see the module docstring).
     """
     try:
-        return _pod(obj)
+        return _pod(obj, strict=strict)
     except FieldError as error:
         raise error.within("Pod", object_name(obj)) from None
 
 
-def policy_from_k8s(obj: Mapping[str, Any]) -> NetworkPolicy:
-    """A networking.k8s.io/v1 NetworkPolicy, validated and defaulted like the API server does."""
+def policy_from_k8s(obj: Mapping[str, Any], *, strict: bool = False) -> NetworkPolicy:
+    """A networking.k8s.io/v1 NetworkPolicy, validated and defaulted like the API server does.
+
+    ``strict=True`` also rejects unknown fields anywhere in the object, before anything else, as
+    ``kubectl apply`` does, but naming only the first (depth first): for files people write. The
+    default ignores them, as the API server's pruning does: for objects read from the API server
+    (see the module docstring).
+    """
     try:
+        if strict:
+            _reject_unknown_fields(obj, _NETWORK_POLICY, "")
         return _policy(obj)
     except FieldError as error:
         raise error.within("NetworkPolicy", object_name(obj)) from None
@@ -242,7 +254,7 @@ def selector_from_k8s(value: Any, field: str) -> LabelSelector:
 # -- objects ------------------------------------------------------------------------------
 
 
-def _pod(obj: Mapping[str, Any]) -> Pod:
+def _pod(obj: Mapping[str, Any], *, strict: bool) -> Pod:
     metadata = _metadata(obj)
     name = _name(metadata, "metadata.name", _dns_subdomain_problem)
     namespace = _name(metadata, "metadata.namespace", _dns_label_problem)
@@ -252,12 +264,12 @@ def _pod(obj: Mapping[str, Any]) -> Pod:
 
     ports: list[ContainerPort] = []
     for index, item in _items(spec.get("containers"), "spec.containers"):
-        ports.extend(_container_ports(item, f"spec.containers[{index}]"))
+        ports.extend(_container_ports(item, f"spec.containers[{index}]", strict=strict))
     for index, item in _items(spec.get("initContainers"), "spec.initContainers"):
         field = f"spec.initContainers[{index}]"
         container = _mapping(item, field)
         if _string(container.get("restartPolicy"), f"{field}.restartPolicy") == "Always":
-            ports.extend(_container_ports(container, field))
+            ports.extend(_container_ports(container, field, strict=strict))
 
     phase = _string(status.get("phase"), "status.phase")
     ips = _pod_ips(status)
@@ -272,11 +284,13 @@ def _pod(obj: Mapping[str, Any]) -> Pod:
     )
 
 
-def _container_ports(value: Any, field: str) -> Iterator[ContainerPort]:
+def _container_ports(value: Any, field: str, *, strict: bool) -> Iterator[ContainerPort]:
     container = _mapping(value, field)
     for index, item in _items(container.get("ports"), f"{field}.ports"):
         port_field = f"{field}.ports[{index}]"
         entry = _mapping(item, port_field)
+        if strict:
+            _reject_unknown_fields(entry, _CONTAINER_PORT, port_field)
         raw_number = entry.get("containerPort")
         if raw_number is None:
             raise FieldError(f"{port_field}.containerPort", "required")
@@ -479,6 +493,218 @@ def _requirement(value: Any, field: str) -> LabelRequirement:
     if operator in ("Exists", "DoesNotExist") and values:
         raise FieldError(f"{field}.values", f"may not be specified when `operator` is {operator}")
     return LabelRequirement(key=key, operator=operator, values=frozenset(values))
+
+
+# -- strict decoding: the fields each struct knows --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _ListOf:
+    """A field holding a list of structs."""
+
+    item: _Struct
+
+
+@dataclass(frozen=True, slots=True)
+class _Struct:
+    """The fields of one Kubernetes struct type, for strict decoding, and hints for slips."""
+
+    what: str
+    """The struct in the plural, for the hint ``ingress rules have from and ports``; empty to
+    leave the list of fields out (ObjectMeta has too many to be a hint)."""
+    fields: Mapping[str, _Struct | _ListOf | None]
+    """Each known field and what it holds: a struct, a list of structs, or None for anything
+    else (scalars, lists of scalars, maps such as labels), which strict decoding does not enter."""
+    meant: Mapping[str, str] = dataclass_field(default_factory=dict)
+    """Unknown fields that are a known field under another name (``to`` for ``from`` in an
+    ingress rule), beyond the near misses found by spelling (case, a plural ``s``, a typo)."""
+    notes: Mapping[str, str] = dataclass_field(default_factory=dict)
+    """Unknown fields that belong somewhere else, and where; said instead of the field list."""
+    otherwise: str = ""
+    """Said for an unknown field without a note or a near miss; ``{key}`` is the field."""
+
+
+def _reject_unknown_fields(value: Any, struct: _Struct, field: str) -> None:
+    """Strict decoding: FieldError for the first field ``struct`` does not know, depth first.
+
+    A value of the wrong type is passed over: the converter names it afterwards.
+    """
+    if not isinstance(value, Mapping):
+        return
+    for key, item in value.items():
+        path = f"{field}.{key}" if field else str(key)
+        if key not in struct.fields:
+            hint = _unknown_field_hint(key, struct)
+            raise FieldError(path, f"unknown field ({hint})" if hint else "unknown field")
+        inner = struct.fields[key]
+        if isinstance(inner, _Struct):
+            _reject_unknown_fields(item, inner, path)
+        elif isinstance(inner, _ListOf) and isinstance(item, list | tuple):
+            for index, element in enumerate(item):
+                _reject_unknown_fields(element, inner.item, f"{path}[{index}]")
+
+
+def _unknown_field_hint(key: Any, struct: _Struct) -> str:
+    """``did you mean "from"? ingress rules have from and ports``, or a note on where it goes."""
+    name = key if isinstance(key, str) else _show(key)
+    meant = struct.meant.get(name) or _near_miss(name, struct.fields)
+    note = struct.notes.get(name)
+    if note is None and meant is None and struct.otherwise:
+        note = struct.otherwise.format(key=name)
+    if note is None and struct.what:
+        note = f"{struct.what} have {_and(list(struct.fields))}"
+    return " ".join(([f'did you mean "{meant}"?'] if meant else []) + ([note] if note else []))
+
+
+def _near_miss(name: str, known: Iterable[str]) -> str | None:
+    """The known field ``name`` is a slip for: the same but for case or a plural ``s``, or a typo
+    close enough (``podselector``, ``excepts``, ``namspaceSelector``)."""
+    by_folded = {field.casefold(): field for field in known}
+    folded = name.casefold()
+    for candidate in (folded, folded + "s", folded.removesuffix("s")):
+        if candidate in by_folded:
+            return by_folded[candidate]
+    close = difflib.get_close_matches(folded, list(by_folded), n=1, cutoff=0.75)
+    return by_folded[close[0]] if close else None
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+_REQUIREMENT: Final = _Struct(
+    "label selector requirements", {"key": None, "operator": None, "values": None}
+)
+_SELECTOR: Final = _Struct(
+    "label selectors",
+    {"matchLabels": None, "matchExpressions": _ListOf(_REQUIREMENT)},
+    meant={"labels": "matchLabels", "expressions": "matchExpressions"},
+    notes={
+        **dict.fromkeys(
+            ("key", "operator", "values"),
+            "label selectors have matchLabels and matchExpressions; key, operator and values go "
+            "in an entry of matchExpressions",
+        ),
+        **{
+            key: f"{key} is a field of peers, not of label selectors: check the indentation"
+            for key in ("podSelector", "namespaceSelector", "ipBlock")
+        },
+    },
+    otherwise=(
+        "label selectors have matchLabels and matchExpressions; to select on the label {key}, "
+        "write matchLabels: {{{key}: ...}}"
+    ),
+)
+_IP_BLOCK: Final = _Struct("ipBlocks", {"cidr": None, "except": None})
+_POLICY_PORT: Final = _Struct(
+    "policy ports",
+    {"protocol": None, "port": None, "endPort": None},
+    meant={"containerPort": "port", "targetPort": "port"},
+)
+_PEER: Final = _Struct(
+    "peers",
+    {"podSelector": _SELECTOR, "namespaceSelector": _SELECTOR, "ipBlock": _IP_BLOCK},
+    notes={
+        **dict.fromkeys(
+            ("ports", "port", "protocol", "endPort"),
+            "ports belong to the rule, next to from or to, not to a peer",
+        ),
+        **dict.fromkeys(("cidr", "except"), "cidr and except go in ipBlock: {cidr: ...}"),
+        **dict.fromkeys(
+            ("matchLabels", "matchExpressions"),
+            "peers have podSelector, namespaceSelector and ipBlock; matchLabels and "
+            "matchExpressions go in one of the selectors",
+        ),
+    },
+)
+_RULE_PORTS_NOTE: Final = "a rule's ports are a list: ports: [{protocol: TCP, port: 80}]"
+_INGRESS_RULE: Final = _Struct(
+    "ingress rules",
+    {"from": _ListOf(_PEER), "ports": _ListOf(_POLICY_PORT)},
+    meant={"to": "from"},
+    notes={
+        **dict.fromkeys(("port", "protocol", "endPort"), _RULE_PORTS_NOTE),
+        **dict.fromkeys(
+            ("podSelector", "namespaceSelector", "ipBlock"),
+            "peers go in a list under from: from: [{podSelector: ...}]",
+        ),
+    },
+)
+_EGRESS_RULE: Final = _Struct(
+    "egress rules",
+    {"to": _ListOf(_PEER), "ports": _ListOf(_POLICY_PORT)},
+    meant={"from": "to"},
+    notes={
+        **dict.fromkeys(("port", "protocol", "endPort"), _RULE_PORTS_NOTE),
+        **dict.fromkeys(
+            ("podSelector", "namespaceSelector", "ipBlock"),
+            "peers go in a list under to: to: [{podSelector: ...}]",
+        ),
+    },
+)
+_POLICY_SPEC: Final = _Struct(
+    "NetworkPolicy specs",
+    {
+        "podSelector": _SELECTOR,
+        "policyTypes": None,
+        "ingress": _ListOf(_INGRESS_RULE),
+        "egress": _ListOf(_EGRESS_RULE),
+    },
+    notes={
+        "from": "from belongs in an ingress rule: ingress: [{from: [...]}]",
+        "to": "to belongs in an egress rule: egress: [{to: [...]}]",
+        "ports": "ports belong in a rule: ingress: [{ports: [...]}] or egress: [{ports: [...]}]",
+        **dict.fromkeys(
+            ("matchLabels", "matchExpressions"),
+            "matchLabels and matchExpressions go in podSelector",
+        ),
+    },
+)
+_TOP_LEVEL_FIELDS: Final = ("apiVersion", "kind", "metadata", "spec", "status")
+_OBJECT_META: Final = _Struct(
+    "",
+    dict.fromkeys(
+        (
+            "name",
+            "generateName",
+            "namespace",
+            "selfLink",
+            "uid",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "labels",
+            "annotations",
+            "ownerReferences",
+            "finalizers",
+            "managedFields",
+        )
+    ),
+    notes=dict.fromkeys(
+        _TOP_LEVEL_FIELDS, "it belongs at the top level, not in metadata: check the indentation"
+    ),
+)
+_NETWORK_POLICY: Final = _Struct(
+    "NetworkPolicies",
+    {
+        "apiVersion": None,
+        "kind": None,
+        "metadata": _OBJECT_META,
+        "spec": _POLICY_SPEC,
+        "status": None,
+    },
+    notes={
+        **dict.fromkeys(_POLICY_SPEC.fields, "it belongs in spec"),
+        **dict.fromkeys(_OBJECT_META.fields, "it belongs in metadata"),
+    },
+)
+_CONTAINER_PORT: Final = _Struct(
+    "container ports",
+    dict.fromkeys(("containerPort", "protocol", "name", "hostPort", "hostIP")),
+    meant={"port": "containerPort", "targetPort": "containerPort"},
+)
 
 
 # -- scalars ------------------------------------------------------------------------------

@@ -6,6 +6,13 @@ validates the kinds netpol-agent understands by running the same converters the 
 (``agent.convert``). It is all-or-nothing: it returns every object or raises ``ManifestError``
 for the first problem, naming the file, the document, the object and the field, so a caller can
 refuse a whole batch and change nothing.
+
+The files are written by people, so the converters run in strict mode, as ``kubectl apply``
+validates by default: an unknown field anywhere in a NetworkPolicy is an error with a hint
+(``spec.ingress[0].to: unknown field (did you mean "from"? ...)``), because ignoring it would
+make a rule that allows more than was meant. Pods (and Deployments' pod templates) are strict
+only in their containers' ``ports`` entries, which define named ports; Namespaces, the rest of
+Pods and Deployments, and kinds netpol-agent does not read are not checked for unknown fields.
 """
 
 from __future__ import annotations
@@ -175,15 +182,49 @@ def _load_text(path: str, text: str, *, json_only: bool) -> list[Manifest]:
     return manifests
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate mapping keys, as kubectl's strict decoding does.
+
+    PyYAML keeps the last of two equal keys silently; for a policy that can mean a second
+    ``ingress:`` replacing the first, which is a change nobody wrote on purpose.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _value_node in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {first})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
 def _parse(path: str, text: str, *, json_only: bool) -> list[Any]:
     if json_only:
         try:
-            return [json.loads(text)] if text.strip() else []
+            return [json.loads(text, object_pairs_hook=_no_duplicate_keys)] if text.strip() else []
         except json.JSONDecodeError as error:
             where = f"line {error.lineno}, column {error.colno}"
             raise ManifestError(path, where, f"JSON syntax error: {error.msg}") from error
+        except ValueError as error:
+            raise ManifestError(path, None, f"JSON error: {error}") from error
     try:
-        return list(yaml.safe_load_all(text))
+        return list(yaml.load_all(text, Loader=_StrictLoader))  # _StrictLoader is a SafeLoader
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         position = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
@@ -276,9 +317,9 @@ def _validate(obj: dict[str, Any]) -> None:
     if kind == "Namespace":
         namespace_from_k8s(obj)
     elif kind == "Pod":
-        pod_from_k8s(obj)
+        pod_from_k8s(obj, strict=True)
     elif kind == "NetworkPolicy":
-        policy_from_k8s(obj)
+        policy_from_k8s(obj, strict=True)
     else:
         _validate_deployment(obj)
 
@@ -321,7 +362,7 @@ def _validate_deployment(obj: dict[str, Any]) -> None:
         "spec": template.get("spec"),
     }
     try:
-        pod_from_k8s(pod)
+        pod_from_k8s(pod, strict=True)
     except ConversionError as error:
         field = error.field
         if field == "spec" or field.startswith("spec."):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+from copy import deepcopy
 from typing import Any
 
 import pytest
@@ -21,6 +23,9 @@ from tests.builders import expr, make_namespace, peer, port, rule, selector
 INGRESS = frozenset({Direction.INGRESS})
 EGRESS = frozenset({Direction.EGRESS})
 BOTH = frozenset(Direction)
+
+MODES = [pytest.param(False, id="lenient"), pytest.param(True, id="strict")]
+"""Valid objects convert the same with and without strict unknown-field checks."""
 
 
 def k8s_policy(spec: Any, name: str = "allow-db", ns: str | None = "default") -> dict[str, Any]:
@@ -109,7 +114,8 @@ def test_object_label(obj: dict[str, Any], label: str) -> None:
 # -- NetworkPolicy: conversion ------------------------------------------------------------
 
 
-def test_policy_converts_every_part() -> None:
+@pytest.mark.parametrize("strict", MODES)
+def test_policy_converts_every_part(strict: bool) -> None:
     spec = {
         "podSelector": {
             "matchLabels": {"app": "db"},
@@ -139,7 +145,7 @@ def test_policy_converts_every_part() -> None:
         ],
         "egress": [{"to": [{"ipBlock": {"cidr": "2001:db8::/64"}}]}],
     }
-    policy = policy_from_k8s(k8s_policy(spec))
+    policy = policy_from_k8s(k8s_policy(spec), strict=strict)
     assert (policy.namespace, policy.name, policy.key) == (
         "default",
         "allow-db",
@@ -193,8 +199,11 @@ def test_policy_converts_every_part() -> None:
         ),
     ],
 )
-def test_policy_types_defaulting(spec: dict[str, Any], types: frozenset[Direction]) -> None:
-    assert policy_from_k8s(k8s_policy(spec)).policy_types == types
+@pytest.mark.parametrize("strict", MODES)
+def test_policy_types_defaulting(
+    spec: dict[str, Any], types: frozenset[Direction], strict: bool
+) -> None:
+    assert policy_from_k8s(k8s_policy(spec), strict=strict).policy_types == types
 
 
 @pytest.mark.parametrize(
@@ -223,11 +232,6 @@ def test_policy_types_defaulting(spec: dict[str, Any], types: frozenset[Directio
             {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]},
             (rule(peer(namespaces=SELECT_ALL)),),
             id="all-namespaces",
-        ),
-        pytest.param(
-            {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}, "nodeSelector": {}}]}]},
-            (rule(peer(pods=SELECT_ALL)),),
-            id="unknown-field-ignored",
         ),
         pytest.param(
             {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.1/24"}}]}]},
@@ -264,8 +268,9 @@ def test_policy_types_defaulting(spec: dict[str, Any], types: frozenset[Directio
         ),
     ],
 )
-def test_policy_rules(spec: dict[str, Any], ingress: tuple[Rule, ...]) -> None:
-    assert policy_from_k8s(k8s_policy(spec)).ingress == ingress
+@pytest.mark.parametrize("strict", MODES)
+def test_policy_rules(spec: dict[str, Any], ingress: tuple[Rule, ...], strict: bool) -> None:
+    assert policy_from_k8s(k8s_policy(spec), strict=strict).ingress == ingress
 
 
 @pytest.mark.parametrize(
@@ -277,9 +282,10 @@ def test_policy_rules(spec: dict[str, Any], ingress: tuple[Rule, ...]) -> None:
         pytest.param({"podSelector": {"matchLabels": {}, "matchExpressions": []}}, id="empty"),
     ],
 )
-def test_omitted_pod_selector_selects_all(spec: Any) -> None:
+@pytest.mark.parametrize("strict", MODES)
+def test_omitted_pod_selector_selects_all(spec: Any, strict: bool) -> None:
     # The Go type is a value: the API server decodes a missing selector as {} (k8s #131354).
-    policy = policy_from_k8s(k8s_policy(spec))
+    policy = policy_from_k8s(k8s_policy(spec), strict=strict)
     assert policy.pod_selector == SELECT_ALL
     assert policy.policy_types == INGRESS
 
@@ -779,6 +785,323 @@ def test_policy_validation(obj: dict[str, Any], field: str, reason: str) -> None
     assert str(caught.value).endswith(f": {field}: {caught.value.reason}")
 
 
+@pytest.mark.parametrize(
+    ("obj", "field", "reason"),
+    # peer-misspelt is a peer with only an unknown field: strict mode names that field instead.
+    [row for row in BAD_POLICIES if row.id != "peer-misspelt"],
+)
+def test_policy_validation_is_the_same_in_strict_mode(
+    obj: dict[str, Any], field: str, reason: str
+) -> None:
+    # Wrong types and values are not unknown fields: strict checks pass over them.
+    with pytest.raises(ConversionError) as caught:
+        policy_from_k8s(obj, strict=True)
+    assert caught.value.field == field
+    assert reason in caught.value.reason
+
+
+# -- NetworkPolicy: unknown fields ----------------------------------------------------------
+
+UNKNOWN_FIELDS = [
+    # rules: to and from swapped, peers or port fields straight in the rule
+    pytest.param(
+        k8s_policy({"podSelector": {}, "ingress": [{"to": [{"podSelector": {}}]}]}),
+        "spec.ingress[0].to",
+        'did you mean "from"? ingress rules have from and ports',
+        id="ingress-rule-to",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "egress": [{"from": [{"podSelector": {}}]}]}),
+        "spec.egress[0].from",
+        'did you mean "to"? egress rules have to and ports',
+        id="egress-rule-from",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "ingress": [{"form": [{"podSelector": {}}]}]}),
+        "spec.ingress[0].form",
+        'did you mean "from"? ingress rules have from and ports',
+        id="ingress-rule-form-typo",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}], "port": 80}]}),
+        "spec.ingress[0].port",
+        'did you mean "ports"? a rule\'s ports are a list: ports: [{protocol: TCP, port: 80}]',
+        id="rule-port",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "egress": [{"ports": [{"port": 53}], "protocol": "UDP"}]}),
+        "spec.egress[0].protocol",
+        "a rule's ports are a list: ports: [{protocol: TCP, port: 80}]",
+        id="rule-protocol",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "ingress": [{"podSelector": {"matchLabels": {"a": "b"}}}]}),
+        "spec.ingress[0].podSelector",
+        "peers go in a list under from: from: [{podSelector: ...}]",
+        id="ingress-rule-peer-without-from",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "egress": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}),
+        "spec.egress[0].ipBlock",
+        "peers go in a list under to: to: [{podSelector: ...}]",
+        id="egress-rule-peer-without-to",
+    ),
+    # peers
+    pytest.param(
+        k8s_policy(
+            ingress_from({"podselector": {"matchLabels": {"app": "web"}}, "namespaceSelector": {}})
+        ),
+        "spec.ingress[0].from[0].podselector",
+        'did you mean "podSelector"? peers have podSelector, namespaceSelector and ipBlock',
+        id="peer-case",
+    ),
+    pytest.param(
+        k8s_policy(egress_to({"namspaceSelector": {}})),
+        "spec.egress[0].to[0].namspaceSelector",
+        'did you mean "namespaceSelector"? peers have podSelector, namespaceSelector and ipBlock',
+        id="peer-typo",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"podSelector": {}, "nodeSelector": {}})),
+        "spec.ingress[0].from[0].nodeSelector",
+        'did you mean "podSelector"? peers have podSelector, namespaceSelector and ipBlock',
+        id="peer-node-selector",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"podSelector": {}, "ports": [{"port": 80}]})),
+        "spec.ingress[0].from[0].ports",
+        "ports belong to the rule, next to from or to, not to a peer",
+        id="peer-ports",
+    ),
+    pytest.param(
+        k8s_policy(egress_to({"cidr": "10.0.0.0/8"})),
+        "spec.egress[0].to[0].cidr",
+        "cidr and except go in ipBlock: {cidr: ...}",
+        id="peer-cidr",
+    ),
+    # ipBlock
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"cidr": "10.0.0.0/8", "excepts": ["10.1.0.0/16"]}})),
+        "spec.ingress[0].from[0].ipBlock.excepts",
+        'did you mean "except"? ipBlocks have cidr and except',
+        id="ipblock-excepts",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"ipBlock": {"CIDR": "10.0.0.0/8"}})),
+        "spec.ingress[0].from[0].ipBlock.CIDR",
+        'did you mean "cidr"? ipBlocks have cidr and except',
+        id="ipblock-case",
+    ),
+    # policy ports
+    pytest.param(
+        k8s_policy(ingress_ports({"port": 8000, "endport": 9000})),
+        "spec.ingress[0].ports[0].endport",
+        'did you mean "endPort"? policy ports have protocol, port and endPort',
+        id="port-case",
+    ),
+    pytest.param(
+        k8s_policy(ingress_ports({"targetPort": 80})),
+        "spec.ingress[0].ports[0].targetPort",
+        'did you mean "port"? policy ports have protocol, port and endPort',
+        id="port-target-port",
+    ),
+    # label selectors
+    pytest.param(
+        k8s_policy(pod_selector({"app": "db"})),
+        "spec.podSelector.app",
+        "label selectors have matchLabels and matchExpressions; to select on the label app, "
+        "write matchLabels: {app: ...}",
+        id="selector-labels-without-match-labels",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchlabels": {"app": "db"}})),
+        "spec.podSelector.matchlabels",
+        'did you mean "matchLabels"? label selectors have matchLabels and matchExpressions',
+        id="selector-case",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"matchLabel": {"app": "db"}})),
+        "spec.podSelector.matchLabel",
+        'did you mean "matchLabels"? label selectors have matchLabels and matchExpressions',
+        id="selector-singular",
+    ),
+    pytest.param(
+        k8s_policy(pod_selector({"key": "app", "operator": "Exists"})),
+        "spec.podSelector.key",
+        "label selectors have matchLabels and matchExpressions; key, operator and values go in "
+        "an entry of matchExpressions",
+        id="selector-requirement-without-match-expressions",
+    ),
+    pytest.param(
+        k8s_policy(ingress_from({"podSelector": {"matchLabels": {}, "namespaceSelector": {}}})),
+        "spec.ingress[0].from[0].podSelector.namespaceSelector",
+        "namespaceSelector is a field of peers, not of label selectors: check the indentation",
+        id="selector-nested-in-selector",
+    ),
+    pytest.param(
+        k8s_policy(
+            pod_selector({"matchExpressions": [{"key": "a", "operator": "In", "value": ["x"]}]})
+        ),
+        "spec.podSelector.matchExpressions[0].value",
+        'did you mean "values"? label selector requirements have key, operator and values',
+        id="requirement-singular",
+    ),
+    # spec
+    pytest.param(
+        k8s_policy({"podSelector": {}, "policyType": ["Egress"]}),
+        "spec.policyType",
+        'did you mean "policyTypes"? NetworkPolicy specs have podSelector, policyTypes, ingress '
+        "and egress",
+        id="spec-singular",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "Ingress": [{"from": [{"podSelector": {}}]}]}),
+        "spec.Ingress",
+        'did you mean "ingress"? NetworkPolicy specs have podSelector, policyTypes, ingress and '
+        "egress",
+        id="spec-case",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "from": [{"podSelector": {}}]}),
+        "spec.from",
+        "from belongs in an ingress rule: ingress: [{from: [...]}]",
+        id="spec-from",
+    ),
+    pytest.param(
+        k8s_policy({"podSelector": {}, "ingress": [], "ports": [{"port": 80}]}),
+        "spec.ports",
+        "ports belong in a rule: ingress: [{ports: [...]}] or egress: [{ports: [...]}]",
+        id="spec-ports",
+    ),
+    # top level and metadata
+    pytest.param(
+        {**k8s_policy(None), "podSelector": {"matchLabels": {"app": "db"}}},
+        "podSelector",
+        "it belongs in spec",
+        id="top-level-spec-field",
+    ),
+    pytest.param(
+        {**k8s_policy({}), "Spec": {}},
+        "Spec",
+        'did you mean "spec"? NetworkPolicies have apiVersion, kind, metadata, spec and status',
+        id="top-level-case",
+    ),
+    pytest.param(
+        {**k8s_policy(None), "labels": {"app": "db"}},
+        "labels",
+        "it belongs in metadata",
+        id="top-level-metadata-field",
+    ),
+    pytest.param(
+        {"metadata": {"name": "allow-db", "namespace": "default", "spec": {"podSelector": {}}}},
+        "metadata.spec",
+        "it belongs at the top level, not in metadata: check the indentation",
+        id="metadata-indented-spec",
+    ),
+    pytest.param(
+        {"metadata": {"name": "allow-db", "namespace": "default", "Labels": {}}},
+        "metadata.Labels",
+        'did you mean "labels"?',
+        id="metadata-case",
+    ),
+]
+
+
+@pytest.mark.parametrize(("obj", "field", "hint"), UNKNOWN_FIELDS)
+def test_strict_rejects_unknown_fields_with_a_hint(obj: Any, field: str, hint: str) -> None:
+    with pytest.raises(ConversionError) as caught:
+        policy_from_k8s(obj, strict=True)
+    assert (caught.value.kind, caught.value.object_name) == ("NetworkPolicy", "default/allow-db")
+    assert caught.value.field == field
+    assert caught.value.reason == f"unknown field ({hint})"
+
+
+@pytest.mark.parametrize(("obj", "field", "hint"), UNKNOWN_FIELDS)
+def test_lenient_ignores_unknown_fields(obj: Any, field: str, hint: str) -> None:
+    # As if the field were absent: the same policy, or the same error at the same field.
+    assert outcome(obj) == outcome(without(obj, field))
+
+
+def test_lenient_mode_is_why_files_are_strict() -> None:
+    # `to` in an ingress rule leaves a rule without peers, which allows every source.
+    obj = k8s_policy({"podSelector": {}, "ingress": [{"to": [{"podSelector": {}}]}]})
+    assert policy_from_k8s(obj).ingress == (Rule(),)
+
+
+def test_strict_names_an_unknown_field_without_a_near_miss() -> None:
+    obj = k8s_policy({})
+    obj["metadata"]["clusterName"] = "east"  # removed from ObjectMeta in Kubernetes 1.25
+    with pytest.raises(ConversionError) as caught:
+        policy_from_k8s(obj, strict=True)
+    assert (
+        str(caught.value) == "NetworkPolicy default/allow-db: metadata.clusterName: unknown field"
+    )
+
+
+def test_strict_reports_unknown_fields_before_bad_values() -> None:
+    # Like kubectl: decoding fails before validation, and the slip is likelier the cause.
+    spec = {"podSelector": {}, "ingress": [{"ports": [{"port": 0}], "to": [{}]}]}
+    with pytest.raises(ConversionError) as caught:
+        policy_from_k8s(k8s_policy(spec), strict=True)
+    assert caught.value.field == "spec.ingress[0].to"
+
+
+def test_strict_reports_the_first_unknown_field() -> None:
+    spec = {"podSelector": {"app": "db"}, "ingress": [{"to": []}]}
+    with pytest.raises(ConversionError) as caught:
+        policy_from_k8s(k8s_policy(spec), strict=True)
+    assert caught.value.field == "spec.podSelector.app"
+
+
+def test_strict_accepts_every_object_meta_field_and_status() -> None:
+    # As `kubectl get networkpolicy -o yaml` prints it; ObjectMeta's contents are not checked.
+    obj = k8s_policy({"podSelector": {}, "policyTypes": ["Ingress"]})
+    obj["metadata"].update(
+        {
+            "generateName": "allow-",
+            "selfLink": "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/allow-db",
+            "uid": "7c1b2f9e-0000-4000-8000-000000000000",
+            "resourceVersion": "4711",
+            "generation": 3,
+            "creationTimestamp": "2024-05-01T10:00:00Z",
+            "deletionTimestamp": "2024-05-02T10:00:00Z",
+            "deletionGracePeriodSeconds": 0,
+            "labels": {"app": "db"},
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "u"}],
+            "finalizers": ["example.com/keep"],
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}, "anything": 1}],
+        }
+    )
+    obj["status"] = {"conditions": []}
+    assert policy_from_k8s(obj, strict=True) == policy_from_k8s(obj)
+
+
+def test_strict_passes_over_non_mappings() -> None:
+    with pytest.raises(ConversionError) as caught:
+        policy_from_k8s("junk", strict=True)  # type: ignore[arg-type]
+    assert caught.value.reason == "must be an object, got string"
+
+
+def outcome(obj: Any) -> Any:
+    """The lenient conversion's policy, or the field it fails at."""
+    try:
+        return policy_from_k8s(obj)
+    except ConversionError as error:
+        return ("error", error.field)
+
+
+def without(obj: Any, path: str) -> Any:
+    """A copy of ``obj`` without the field at ``path`` (``spec.ingress[0].to``; no dotted keys)."""
+    copy = deepcopy(obj)
+    *parents, last = re.findall(r"[^.\[\]]+|\[\d+\]", path)
+    node = copy
+    for step in parents:
+        node = node[int(step[1:-1])] if step.startswith("[") else node[step]
+    del node[last]
+    return copy
+
+
 # -- fail_closed_policy -------------------------------------------------------------------
 
 
@@ -956,11 +1279,13 @@ def test_namespace_validation(obj: dict[str, Any], field: str, reason: str) -> N
         pytest.param({"phase": "Failed", "podIPs": [{"ip": "10.0.0.5"}]}, (), id="failed-no-ip"),
     ],
 )
-def test_pod_ips(status: Any, ips: tuple[Any, ...]) -> None:
-    assert pod_from_k8s(k8s_pod(status=status)).ips == ips
+@pytest.mark.parametrize("strict", MODES)
+def test_pod_ips(status: Any, ips: tuple[Any, ...], strict: bool) -> None:
+    assert pod_from_k8s(k8s_pod(status=status), strict=strict).ips == ips
 
 
-def test_pod_record() -> None:
+@pytest.mark.parametrize("strict", MODES)
+def test_pod_record(strict: bool) -> None:
     spec = {
         "nodeName": "node-2",
         "hostNetwork": True,
@@ -985,7 +1310,8 @@ def test_pod_record() -> None:
             {"name": "no-ports"},
         ],
     }
-    pod = pod_from_k8s(k8s_pod(spec, labels={"app": "web"}, status={"podIP": "10.0.0.5"}))
+    obj = k8s_pod(spec, labels={"app": "web"}, status={"podIP": "10.0.0.5"})
+    pod = pod_from_k8s(obj, strict=strict)
     assert (pod.namespace, pod.name, pod.key) == ("prod", "web", "prod/web")
     assert pod.labels == Labels({"app": "web"})
     assert pod.node_name == "node-2"
@@ -1001,8 +1327,9 @@ def test_pod_record() -> None:
     assert pod.named_port("setup", "TCP") is None  # plain init containers do not
 
 
-def test_pod_defaults() -> None:
-    pod = pod_from_k8s(k8s_pod())
+@pytest.mark.parametrize("strict", MODES)
+def test_pod_defaults(strict: bool) -> None:
+    pod = pod_from_k8s(k8s_pod(), strict=strict)
     assert pod.ports == ()
     assert pod.node_name is None
     assert pod.host_network is False
@@ -1117,9 +1444,71 @@ def test_pod_defaults() -> None:
         ),
     ],
 )
-def test_pod_validation(obj: dict[str, Any], field: str, reason: str) -> None:
+@pytest.mark.parametrize("strict", MODES)
+def test_pod_validation(obj: dict[str, Any], field: str, reason: str, strict: bool) -> None:
     with pytest.raises(ConversionError) as caught:
-        pod_from_k8s(obj)
+        pod_from_k8s(obj, strict=strict)
     assert caught.value.kind == "Pod"
     assert caught.value.field == field
     assert reason in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("ports", "field", "hint"),
+    [
+        pytest.param(
+            [{"port": 80}],
+            "spec.containers[0].ports[0].port",
+            'did you mean "containerPort"? container ports have containerPort, protocol, name, '
+            "hostPort and hostIP",
+            id="port",
+        ),
+        pytest.param(
+            [{"containerPort": 80}, {"containerport": 8080, "name": "http"}],
+            "spec.containers[0].ports[1].containerport",
+            'did you mean "containerPort"? container ports have containerPort, protocol, name, '
+            "hostPort and hostIP",
+            id="case",
+        ),
+        pytest.param(
+            [{"hostIp": "0.0.0.0"}],
+            "spec.containers[0].ports[0].hostIp",
+            'did you mean "hostIP"? container ports have containerPort, protocol, name, '
+            "hostPort and hostIP",
+            id="host-ip-case",
+        ),
+    ],
+)
+def test_pod_strict_rejects_unknown_port_fields(ports: Any, field: str, hint: str) -> None:
+    obj = k8s_pod({"containers": [{"name": "app", "ports": ports}]})
+    with pytest.raises(ConversionError) as caught:
+        pod_from_k8s(obj, strict=True)
+    assert caught.value.field == field
+    assert caught.value.reason == f"unknown field ({hint})"
+    with pytest.raises(ConversionError) as lenient:  # ignored: the entry has no containerPort
+        pod_from_k8s(obj)
+    assert lenient.value.field == field.rpartition(".")[0] + ".containerPort"
+
+
+def test_pod_strict_checks_only_the_ports_it_reads() -> None:
+    # Pods are lenient but for the ports entries that define named ports: unknown fields
+    # elsewhere, and in plain init containers' ports (never read), are not errors.
+    obj = k8s_pod(
+        {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "nginx",
+                    "resources": {"limits": {"cpu": "1"}},
+                    "futureField": True,
+                    "ports": [{"containerPort": 80, "hostPort": 8080, "hostIP": "0.0.0.0"}],
+                }
+            ],
+            "initContainers": [{"name": "setup", "ports": [{"port": 1}]}],
+            "volumes": [],
+        },
+        status={"podIP": "10.0.0.5", "conditions": []},
+    )
+    obj["metadata"]["uid"] = "u"
+    obj["metadata"]["futureField"] = 1
+    assert pod_from_k8s(obj, strict=True) == pod_from_k8s(obj)

@@ -540,6 +540,131 @@ def test_deployment_checks(tmp_path: Path, old: str, new: str, message: str) -> 
     assert message in str(error)
 
 
+# -- strict unknown fields ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            POLICY.format(port=5432).replace("  - from:", "  - to:"),
+            "NetworkPolicy default/allow-db: spec.ingress[0].to: unknown field "
+            '(did you mean "from"? ingress rules have from and ports)',
+            id="ingress-rule-to",
+        ),
+        pytest.param(
+            POLICY.format(port=5432).replace("    ports:\n    - port: 5432", "    port: 5432"),
+            "NetworkPolicy default/allow-db: spec.ingress[0].port: unknown field "
+            '(did you mean "ports"? a rule\'s ports are a list: '
+            "ports: [{protocol: TCP, port: 80}])",
+            id="port-at-rule-level",
+        ),
+        pytest.param(
+            POLICY.format(port=5432).replace("    - podSelector:", "    - podselector:"),
+            "NetworkPolicy default/allow-db: spec.ingress[0].from[0].podselector: unknown field "
+            '(did you mean "podSelector"? peers have podSelector, namespaceSelector and ipBlock)',
+            id="peer-case",
+        ),
+        pytest.param(
+            POLICY.format(port=5432).replace(
+                "    - podSelector:\n        matchLabels:\n          app: web\n",
+                "    - ipBlock:\n        cidr: 10.0.0.0/8\n        excepts: [10.1.0.0/16]\n",
+            ),
+            "NetworkPolicy default/allow-db: spec.ingress[0].from[0].ipBlock.excepts: "
+            'unknown field (did you mean "except"? ipBlocks have cidr and except)',
+            id="ipblock-excepts",
+        ),
+        pytest.param(
+            POLICY.format(port=5432).replace("    matchLabels:\n      app: db\n", "    app: db\n"),
+            "NetworkPolicy default/allow-db: spec.podSelector.app: unknown field (label selectors "
+            "have matchLabels and matchExpressions; to select on the label app, write "
+            "matchLabels: {app: ...})",
+            id="selector-without-match-labels",
+        ),
+        pytest.param(
+            POD.replace("    - containerPort: 80", "    - port: 80"),
+            "Pod default/web: spec.containers[0].ports[0].port: unknown field "
+            '(did you mean "containerPort"? container ports have containerPort, protocol, name, '
+            "hostPort and hostIP)",
+            id="pod-container-port",
+        ),
+        pytest.param(
+            DEPLOYMENT.replace("          name: http", "          Name: http"),
+            "Deployment prod/web: spec.template.spec.containers[0].ports[0].Name: unknown field "
+            '(did you mean "name"? container ports have containerPort, protocol, name, hostPort '
+            "and hostIP)",
+            id="deployment-template-port",
+        ),
+    ],
+)
+def test_unknown_fields_are_errors(tmp_path: Path, text: str, message: str) -> None:
+    # As `kubectl apply` (strict field validation): in a file, an ignored field is a rule that
+    # allows more than was meant.
+    assert str(load_error(tmp_path, text)).endswith(message)
+
+
+# As `kubectl get networkpolicy allow-db -o yaml` prints it.
+SERVED_POLICY = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: |
+      {"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy"}
+  creationTimestamp: "2024-05-01T10:00:00Z"
+  generation: 1
+  labels:
+    app: db
+  managedFields:
+  - apiVersion: networking.k8s.io/v1
+    fieldsType: FieldsV1
+    fieldsV1:
+      f:spec:
+        f:podSelector: {}
+    manager: kubectl-client-side-apply
+    operation: Update
+    time: "2024-05-01T10:00:00Z"
+  name: allow-db
+  namespace: default
+  resourceVersion: "4711"
+  uid: 7c1b2f9e-0000-4000-8000-000000000000
+spec:
+  podSelector:
+    matchLabels:
+      app: db
+  policyTypes:
+  - Ingress
+status: {}
+"""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(SERVED_POLICY, id="served-networkpolicy"),
+        pytest.param(
+            NAMESPACE + "spec:\n  finalizers: [kubernetes]\nstatus:\n  phase: Active\n",
+            id="namespace-lenient",
+        ),
+        pytest.param(
+            POD.replace("    image: nginx\n", "    image: nginx\n    futureField: 1\n")
+            + "  dnsPolicy: ClusterFirst\nstatus:\n  phase: Running\n",
+            id="pod-lenient-but-ports",
+        ),
+        pytest.param(
+            DEPLOYMENT.replace("  replicas: 2\n", "  replicas: 2\n  strategy: {}\n"),
+            id="deployment-lenient-but-ports",
+        ),
+        pytest.param(
+            SERVICE.replace("  - port: 80", "  - port: 80\n    futureField: 1"), id="other"
+        ),
+    ],
+)
+def test_strict_accepts_what_kubectl_accepts(tmp_path: Path, text: str) -> None:
+    (manifest,) = load_manifests([write(tmp_path, "obj.yaml", text)])
+    assert manifest.obj["metadata"]["name"] in ("allow-db", "prod", "web")
+
+
 def test_all_or_nothing(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", NAMESPACE)
     write(tmp_path, "b.yaml", POD)
@@ -551,3 +676,29 @@ def test_all_or_nothing(tmp_path: Path) -> None:
 
 def _ns(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragment"),
+    [
+        pytest.param(
+            "dup.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\n"
+            "spec:\n  podSelector: {}\n  ingress: []\n  ingress:\n  - {}\n",
+            "duplicate key 'ingress' (first at line 6)",
+            id="yaml-duplicate-key",
+        ),
+        pytest.param(
+            "dup.json",
+            '{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a", "name": "b"}}',
+            "duplicate key 'name'",
+            id="json-duplicate-key",
+        ),
+    ],
+)
+def test_duplicate_keys_are_refused(tmp_path: Path, name: str, text: str, fragment: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ManifestError) as caught:
+        load_manifests([str(path)])
+    assert fragment in str(caught.value) and str(path) in str(caught.value)
