@@ -92,6 +92,27 @@ class AgentCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_syncs", "Compiles published to the dataplane.", value=status.syncs
         )
+        yield from self._source_metrics()
+
+    def _source_metrics(self) -> Iterator[Any]:
+        """List/watch counters of the Kubernetes source (absent for the lab's store)."""
+        stats = getattr(self.agent.source, "stats", None)
+        if stats is None:
+            return
+        families = {
+            name: CounterMetricFamily(f"{PREFIX}_source_{name}", text, labels=["kind"])
+            for name, text in (
+                ("lists", "Complete lists of a kind (the first and every relist)."),
+                ("relists", "Lists after the first (410 Gone, ERROR events, failed lists)."),
+                ("watches", "Watch requests the API server accepted."),
+                ("events", "Watch events applied to the state cache."),
+                ("errors", "Failed requests, dropped connections and undecodable events."),
+            )
+        }
+        for kind, counters in stats().items():
+            for name, family in families.items():
+                family.add_metric([kind], getattr(counters, name))
+        yield from families.values()
 
 
 class HealthServer:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[LabDriver, FakeApiServer, RunningA
         log = (tmp_path / "agent.log").open("wb")
         process = subprocess.Popen(
             ["ip", "netns", "exec", node.netns, *COMMAND, "run", "--kubeconfig", str(kubeconfig),
-             "--node-name", node.name, "--status-file", str(status), "--health-port", "0"],
+             "--node-name", node.name, "--status-file", str(status), "--health-port", "9099"],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "NO_PROXY": "*", "no_proxy": "*"},
         )  # fmt: skip
@@ -133,6 +134,14 @@ def test_run_follows_the_api_server(
     took = agent.wait(lambda s: s["generation"] > generation, 5)
     assert took < IN_FORCE_WITHIN
     assert lab.probe(80)["y/c2"]["x/b"]
+
+    # The source's list/watch counters are exported with the agent's own.
+    node = Lab(lab.name).record().nodes[0]
+    with entered(node.netns), urllib.request.urlopen("http://127.0.0.1:9099/metrics") as reply:
+        metrics = reply.read().decode()
+    assert 'netpol_agent_source_events_total{kind="Namespace"} 1.0' in metrics
+    assert 'netpol_agent_source_lists_total{kind="NetworkPolicy"} 1.0' in metrics
+    assert "netpol_agent_ready 1.0" in metrics
 
     # A deleted pod is no longer a member of anything: its address is a stranger.
     generation = agent.status()["generation"]
