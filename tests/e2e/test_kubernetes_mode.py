@@ -137,7 +137,8 @@ def test_run_follows_the_api_server(
 
     # The source's list/watch counters are exported with the agent's own.
     node = Lab(lab.name).record().nodes[0]
-    with entered(node.netns), urllib.request.urlopen("http://127.0.0.1:9099/metrics") as reply:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    with entered(node.netns), direct.open("http://127.0.0.1:9099/metrics") as reply:
         metrics = reply.read().decode()
     assert 'netpol_agent_source_events_total{kind="Namespace"} 1.0' in metrics
     assert 'netpol_agent_source_lists_total{kind="NetworkPolicy"} 1.0' in metrics
