@@ -488,12 +488,8 @@ class FlowTable:
         key = _own_key(packet)
         if key is None:
             return None
-        flow = self._index.get(key)
+        flow = self._live(key, now)
         if flow is None:
-            return None
-        if flow.expires <= now:
-            self._discard(flow)
-            self.expirations += 1
             return None
         direction = FlowDirection.ORIGINAL if key == flow.key else FlowDirection.REPLY
         state = flow.state
@@ -655,6 +651,10 @@ class FlowTable:
         key = _own_key(quoted)
         if key is None:
             return None
+        return self._live(key, now)
+
+    def _live(self, key: FlowKey, now: float) -> Flow | None:
+        """The flow indexed under ``key`` unless it has expired (then it is removed)."""
         flow = self._index.get(key)
         if flow is None:
             return None
