@@ -66,6 +66,15 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         help="drop queued traffic while no agent listens (the default)",
     )
     up.add_argument("--queue-num", type=int, default=1000, help="NFQUEUE number (default 1000)")
+    up.add_argument(
+        "--mode",
+        choices=["fast", "per-packet"],
+        default="fast",
+        help="the agents' mode (see 'netpol-agent run --help')",
+    )
+    up.add_argument(
+        "--queue-max-len", type=int, default=4096, help="the agents' kernel queue length"
+    )
     up.add_argument("--no-ipv6", action="store_true", help="IPv4 only (default: dual-stack)")
     up.add_argument(
         "--no-agent",
@@ -142,6 +151,14 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         action="store_true",
         help="drop queued traffic when the agent is absent or errs (the default); rules stay "
         "in place on exit so isolated pods stay isolated",
+    )
+    run.add_argument(
+        "--mode",
+        choices=["fast", "per-packet"],
+        default="fast",
+        help="fast (default): only each connection's first packet is decided in userspace and "
+        "the kernel passes the rest; per-packet: every packet of isolated pods is decided "
+        "against the agent's own flow table",
     )
     run.add_argument(
         "--max-flows", type=int, default=262144, help="flow table size bound (default 262144)"
@@ -229,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     config = AgentConfig(
         node_name=args.node_name,
-        firewall=FirewallConfig(queue_num=args.queue_num, fail_open=args.fail_open),
+        firewall=FirewallConfig(queue_num=args.queue_num, fail_open=args.fail_open, mode=args.mode),
         max_flows=args.max_flows,
         queue_max_len=args.queue_max_len,
         status_file=args.status_file,
@@ -290,6 +307,8 @@ def _lab(args: argparse.Namespace) -> int:
                 nodes=args.nodes,
                 fail_open=args.fail_open,
                 queue_num=args.queue_num,
+                mode=args.mode,
+                queue_max_len=args.queue_max_len,
                 ipv6=not args.no_ipv6,
                 agents=not args.no_agent,
             )

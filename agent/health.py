@@ -92,6 +92,11 @@ class AgentCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_syncs", "Compiles published to the dataplane.", value=status.syncs
         )
+        yield CounterMetricFamily(
+            f"{PREFIX}_revoked_connections",
+            "Established connections cut because a policy change denied them.",
+            value=status.revoked,
+        )
         yield from self._source_metrics()
 
     def _source_metrics(self) -> Iterator[Any]:

@@ -27,6 +27,7 @@ from typing import Any
 from agent.sources import Source
 from agent.state import ClusterState, StateView
 from enforcement.compiler import compile_tables
+from enforcement.conntrack import KernelConntrack
 from enforcement.firewall import Firewall, FirewallConfig
 from enforcement.flows import FlowTable
 from enforcement.model import ClusterSnapshot
@@ -70,6 +71,8 @@ class AgentStatus:
     last_sync_seconds: float = 0.0
     compile_seconds: float = 0.0
     syncs: int = 0
+    revoked: int = 0
+    """Accepted connections cut because a change denied them (fast path)."""
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -84,6 +87,7 @@ class AgentStatus:
             "last_sync_seconds": self.last_sync_seconds,
             "compile_seconds": self.compile_seconds,
             "syncs": self.syncs,
+            "revoked": self.revoked,
             "errors": self.errors,
             "pid": os.getpid(),
         }
@@ -101,6 +105,7 @@ class Agent:
         self.config = config
         self.source = source
         self.firewall = firewall or Firewall(config.firewall)
+        self.conntrack = KernelConntrack()
         self.tracer = tracer
         self.status = AgentStatus()
         self._dirty = threading.Event()
@@ -153,6 +158,7 @@ class Agent:
                 self.tables,
                 FlowTable(max_flows=self.config.max_flows),
                 fail_open=config.fail_open,
+                fast_path=config.mode == "fast",
                 max_len=self.config.queue_max_len,
                 tracer=self.tracer,
             )
@@ -203,6 +209,12 @@ class Agent:
         isolated = tables.isolated_local_addresses()
         self.firewall.sync(isolated)
         status = self.status
+        if self.config.firewall.mode == "fast":
+            # Tables first, then the cut: a connection deleted here is re-decided by new tables.
+            revoked = self.conntrack.revoke_denied(tables)
+            if revoked:
+                log.info("cut %d established connections the change denies", revoked)
+            status.revoked += revoked
         status.ready = True
         status.generation = tables.generation
         status.source_version = view.source_version

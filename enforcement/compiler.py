@@ -153,7 +153,7 @@ class _LabelIndex(Generic[_T]):
                 positive.append(with_value)
             elif requirement.operator == "NotIn":
                 # Items without the key satisfy NotIn: remove only those holding a listed value.
-                negative.append(with_value)
+                positive.append(with_value)
             elif requirement.operator == "Exists":
                 positive.append(self._by_key.get(requirement.key, set()))
             else:
@@ -495,7 +495,7 @@ def _preferred(candidate: Endpoint, current: Endpoint) -> bool:
     """Which pod owns an address two pods claim: the local one, then the smaller key."""
     if candidate.local != current.local:
         return candidate.local
-    return candidate.key > current.key
+    return candidate.key < current.key
 
 
 def _uses_named_ports(rules: Iterable[Rule]) -> bool:

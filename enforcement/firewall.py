@@ -21,6 +21,16 @@ the packet (``nfqnl_msg_packet_hdr`` + NFQA_MARK):
 - ``MARK_KERNEL_REPLY`` when conntrack classifies the packet as ``--ctdir REPLY``: the kernel has
   confirmed the connection's first packet earlier (so that packet was accepted by every hook).
 
+Two modes:
+
+- ``fast`` (the default): only the first packet of a connection goes to the queue. The agent
+  accepts it with ``MARK_ACCEPTED`` added and an NF_REPEAT verdict, so the packet re-enters the
+  hook, the mark is saved into the connection (CONNMARK), and the kernel passes every later
+  packet of that connection, replies included, without asking (the first rule of each chain).
+  Policy changes that deny such a connection delete its conntrack entry (``conntrack.py``).
+- ``per-packet``: every packet of an isolated pod is decided in userspace against the agent's
+  own flow table (for teaching, tracing and measuring).
+
 Fail-open or fail-closed: with ``--queue-bypass`` the kernel accepts queued packets while no
 program listens on the queue (xt_NFQUEUE), otherwise it drops them.
 """
@@ -41,6 +51,9 @@ MARK_ACCEPTED = 0x0040_0000
 MARK_MASK = MARK_HOST | MARK_KERNEL_REPLY | MARK_ACCEPTED
 """All bits the agent uses. Chosen clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00."""
 
+Mode = Literal["fast", "per-packet"]
+MODES: tuple[Mode, ...] = ("fast", "per-packet")
+
 Family = Literal[4, 6]
 FAMILIES: tuple[Family, ...] = (4, 6)
 
@@ -60,6 +73,7 @@ class FirewallConfig:
     """With more than one, ``--queue-balance queue_num:queue_num+queue_count-1``."""
     fail_open: bool = False
     """Accept (True) or drop (False) what would be queued while no agent listens."""
+    mode: Mode = "fast"
     chain_prefix: str = "NETPOL-AGENT"
     set_prefix: str = "npa"
     iptables: str = "iptables"
@@ -90,6 +104,7 @@ def render_rules(config: FirewallConfig, family: Family) -> str:
     """
     isolated = config.isolated_set(family)
     queue = config.chain("QUEUE")
+    accept = config.chain("ACCEPT")
     if config.queue_count > 1:
         last = config.queue_num + config.queue_count - 1
         target = f"NFQUEUE --queue-balance {config.queue_num}:{last}"
@@ -99,8 +114,22 @@ def render_rules(config: FirewallConfig, family: Family) -> str:
         target += " --queue-bypass"
     lines = ["*filter"]
     lines += [f":{config.chain(hook)} - [0:0]" for hook in HOOKS]
-    lines.append(f":{queue} - [0:0]")
+    lines += [f":{queue} - [0:0]", f":{accept} - [0:0]"]
     forward, input_, output = (config.chain(hook) for hook in HOOKS)
+    if config.mode == "fast":
+        accepted = f"0x{MARK_ACCEPTED:x}/0x{MARK_ACCEPTED:x}"
+        saved = f"0x{MARK_ACCEPTED | MARK_HOST:x}"
+        for chain in (forward, input_, output):
+            lines += [
+                # A connection the agent accepted: the kernel passes it, both directions.
+                f"-A {chain} -m connmark --mark {accepted} -j ACCEPT",
+                # The first packet, back from the queue with an NF_REPEAT verdict.
+                f"-A {chain} -m mark --mark {accepted} -j {accept}",
+            ]
+        lines += [
+            f"-A {accept} -j CONNMARK --save-mark --nfmask {saved} --ctmask {saved}",
+            f"-A {accept} -j ACCEPT",
+        ]
     lines += [
         f"-A {forward} -m set --match-set {isolated} src -j {queue}",
         f"-A {forward} -m set --match-set {isolated} dst -j {queue}",
@@ -201,7 +230,8 @@ class Firewall:
             command = self.config.command(family)
             for hook in self._present_jumps(family):
                 self._try([command, "-D", hook, "-j", self.config.chain(hook)])
-            for chain in (*(self.config.chain(hook) for hook in HOOKS), self.config.chain("QUEUE")):
+            own = (*HOOKS, "QUEUE", "ACCEPT")
+            for chain in (self.config.chain(name) for name in own):
                 self._try([command, "-F", chain])
                 self._try([command, "-X", chain])
             self._try(["ipset", "destroy", self.config.isolated_set(family)])

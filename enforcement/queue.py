@@ -5,6 +5,16 @@ kernel. The callback knows its default answer (fail-open: accept, fail-closed: d
 parses anything; a malformed packet is dropped with reason ``malformed``, and any other exception
 yields the default answer, bumps a counter and keeps the loop alive.
 
+Queue mechanics (nfnetlink_queue, net/netfilter/nfnetlink_queue.c):
+
+- Only the first ``copy_range`` bytes of a packet are copied to userspace: headers are all the
+  decision reads (an ICMP error's quote included), so bulk payload is never copied.
+- ``NFQA_CFG_F_GSO``: the kernel hands over GSO super-packets whole instead of segmenting them
+  first, so per-packet mode pays once per up-to-64 KiB super-packet, not per 1448-byte segment.
+- ``NFQA_CFG_F_FAIL_OPEN`` with ``--fail-open``: a full queue accepts instead of dropping.
+  netfilterqueue exposes neither flag, so the worker sends the NFQNL_MSG_CONFIG message itself on
+  the queue's own netlink socket (the kernel only lets the socket that bound a queue configure it).
+
 Threading: ``QueueWorker.serve`` runs on one thread and owns the flow table. New tables arrive by
 the runner swapping ``TablesHolder.current`` (one reference assignment, atomic under the GIL), so
 the packet path never waits for a lock.
@@ -13,7 +23,10 @@ the packet path never waits for a lock.
 from __future__ import annotations
 
 import logging
+import os
 import select
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -22,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from enforcement.decide import decide
-from enforcement.firewall import MARK_HOST, MARK_KERNEL_REPLY
+from enforcement.firewall import MARK_ACCEPTED, MARK_HOST, MARK_KERNEL_REPLY
 from enforcement.flows import FlowTable
 from enforcement.packets import MalformedPacket, PacketInfo, parse_packet
 from enforcement.tables import AllowTables
@@ -35,6 +48,35 @@ log = logging.getLogger(__name__)
 
 Tracer = Callable[[PacketInfo | None, Verdict], None]
 """Called with every decision when tracing is on (slow; for people, not for benchmarks)."""
+
+
+# linux/netfilter/nfnetlink.h, nfnetlink_queue.h, netlink.h
+_NFNL_SUBSYS_QUEUE = 3
+_NFQNL_MSG_CONFIG = 2
+_NLM_F_REQUEST = 0x1
+_NFQA_CFG_MASK = 4
+_NFQA_CFG_FLAGS = 5
+NFQA_CFG_F_FAIL_OPEN = 0x1
+NFQA_CFG_F_GSO = 0x4
+
+
+def _attribute(kind: int, payload: bytes) -> bytes:
+    """A netlink attribute (struct nlattr, host byte order) padded to 4 bytes."""
+    data = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return data + b"\0" * (-len(data) % 4)
+
+
+def queue_flags_message(queue_num: int, flags: int, mask: int, sequence: int = 1) -> bytes:
+    """The NFQNL_MSG_CONFIG request that sets ``flags`` (under ``mask``) on a bound queue.
+
+    nfgenmsg's res_id carries the queue number in network byte order; NFQA_CFG_MASK and
+    NFQA_CFG_FLAGS are big-endian u32 (nfnetlink_queue.c, nfqnl_recv_config).
+    """
+    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue_num))
+    body += _attribute(_NFQA_CFG_MASK, struct.pack("!I", mask))
+    body += _attribute(_NFQA_CFG_FLAGS, struct.pack("!I", flags))
+    message_type = (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG
+    return struct.pack("=IHHII", 16 + len(body), message_type, _NLM_F_REQUEST, sequence, 0) + body
 
 
 class TablesHolder:
@@ -70,7 +112,9 @@ class QueueWorker:
         flows: FlowTable,
         *,
         fail_open: bool,
+        fast_path: bool = True,
         max_len: int = 4096,
+        copy_range: int = 512,
         tracer: Tracer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -78,7 +122,9 @@ class QueueWorker:
         self.tables = tables
         self.flows = flows
         self.fail_open = fail_open
+        self.fast_path = fast_path
         self.max_len = max_len
+        self.copy_range = copy_range
         self.tracer = tracer
         self.stats = QueueStats()
         self._clock = clock
@@ -125,19 +171,29 @@ class QueueWorker:
         stats.decision_ns_total += time.perf_counter_ns() - started
         if self.tracer is not None:
             self.tracer(info, verdict)
-        if verdict.accepted:
-            packet.accept()
-        else:
+        if not verdict.accepted:
             packet.drop()
+        elif self.fast_path:
+            # Re-enter the hook with the mark set: the firewall saves it into the connection,
+            # and the kernel passes the rest of the connection without the queue.
+            packet.set_mark(packet.get_mark() | MARK_ACCEPTED)
+            packet.repeat()
+        else:
+            packet.accept()
 
     def serve(self, stop: threading.Event) -> None:
         """Bind the queue and decide packets until ``stop`` is set, then unbind."""
         from netfilterqueue import NetfilterQueue  # the only import of the queue library
 
         queue = NetfilterQueue()
-        queue.bind(self.queue_num, self._callback, max_len=self.max_len)
-        self.bound.set()
+        queue.bind(self.queue_num, self._callback, max_len=self.max_len, range=self.copy_range)
         fd = queue.get_fd()
+        flags = NFQA_CFG_F_GSO | (NFQA_CFG_F_FAIL_OPEN if self.fail_open else 0)
+        with socket.socket(fileno=os.dup(fd)) as control:
+            control.send(
+                queue_flags_message(self.queue_num, flags, NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN)
+            )
+        self.bound.set()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         try:

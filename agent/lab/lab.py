@@ -128,6 +128,10 @@ class LabRecord:
     fail_open: bool
     queue_num: int
     ipv6: bool
+    mode: str = "fast"
+    """The agents' mode: fast or per-packet."""
+    queue_max_len: int = 4096
+    """The kernel queue's length given to the agents."""
     agents: bool = True
     """False for a lab built with --no-agent: the network only, enforced by whatever you run."""
     nodes: list[LabNode] = field(default_factory=list)
@@ -142,6 +146,8 @@ class LabRecord:
             fail_open=data["fail_open"],
             queue_num=data["queue_num"],
             ipv6=data["ipv6"],
+            mode=data.get("mode", "fast"),
+            queue_max_len=data.get("queue_max_len", 4096),
             agents=data.get("agents", True),
         )
         record.nodes = [LabNode(**node) for node in data["nodes"]]
@@ -230,6 +236,8 @@ class Lab:
         nodes: int = 1,
         fail_open: bool = False,
         queue_num: int = 1000,
+        mode: str = "fast",
+        queue_max_len: int = 4096,
         ipv6: bool = True,
         agents: bool = True,
     ) -> None:
@@ -253,6 +261,8 @@ class Lab:
                 fail_open=fail_open,
                 queue_num=queue_num,
                 ipv6=ipv6,
+                mode=mode,
+                queue_max_len=queue_max_len,
                 agents=agents,
             )
             try:
@@ -678,6 +688,8 @@ class Lab:
             "--status-file", str(status),
             "--queue-num", str(record.queue_num),
             "--fail-open" if record.fail_open else "--fail-closed",
+            "--mode", record.mode,
+            "--queue-max-len", str(record.queue_max_len),
         ]  # fmt: skip
         with open(self.dir / f"agent-{node.name}.log", "ab") as log:
             process = subprocess.Popen(

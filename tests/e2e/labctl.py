@@ -40,9 +40,11 @@ def netpol_agent(*args: str, input: str | None = None, check: bool = True) -> st
 class LabDriver:
     """One lab, by name; manifests may be paths or YAML text (written to a temporary file)."""
 
-    def __init__(self, name: str, workdir: Path) -> None:
+    def __init__(self, name: str, workdir: Path, up_args: Sequence[str] = ()) -> None:
         self.name = name
         self.workdir = workdir
+        self.up_args = list(up_args)
+        """Arguments every ``up`` gets (e.g. the agents' ``--mode``)."""
         self._counter = 0
 
     def _paths(self, manifests: Sequence[str | Path]) -> list[str]:
@@ -59,7 +61,15 @@ class LabDriver:
 
     def up(self, *manifests: str | Path, nodes: int = 1, extra: Sequence[str] = ()) -> str:
         return netpol_agent(
-            "lab", "up", "--lab", self.name, "--nodes", str(nodes), *extra, *self._paths(manifests)
+            "lab",
+            "up",
+            "--lab",
+            self.name,
+            "--nodes",
+            str(nodes),
+            *self.up_args,
+            *extra,
+            *self._paths(manifests),
         )
 
     def apply(self, *manifests: str | Path) -> str:
@@ -99,9 +109,9 @@ def unique_lab_name(prefix: str) -> str:
 
 
 @contextlib.contextmanager
-def lab_session(prefix: str, workdir: Path) -> Iterator[LabDriver]:
+def lab_session(prefix: str, workdir: Path, up_args: Sequence[str] = ()) -> Iterator[LabDriver]:
     """A lab that is always torn down; the agents' logs are printed if the body fails."""
-    lab = LabDriver(unique_lab_name(prefix), workdir)
+    lab = LabDriver(unique_lab_name(prefix), workdir, up_args)
     try:
         yield lab
     except BaseException:

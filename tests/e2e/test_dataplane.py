@@ -74,9 +74,13 @@ B_FROM_A_ANY = policy(
 )
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[LabDriver]:
-    with lab_session("dp", tmp_path) as driver:
+MODES = ["fast", "per-packet"]
+
+
+@pytest.fixture(params=MODES)
+def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LabDriver]:
+    """A lab whose agents run in each mode in turn: both modes must pass the same tests."""
+    with lab_session("dp", tmp_path, up_args=["--mode", request.param]) as driver:
         yield driver
 
 
