@@ -75,6 +75,9 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     up.add_argument(
         "--queue-max-len", type=int, default=4096, help="the agents' kernel queue length"
     )
+    up.add_argument(
+        "--queue-workers", type=int, default=1, help="decision processes per agent (default 1)"
+    )
     up.add_argument("--no-ipv6", action="store_true", help="IPv4 only (default: dual-stack)")
     up.add_argument(
         "--no-agent",
@@ -159,6 +162,13 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="fast (default): only each connection's first packet is decided in userspace and "
         "the kernel passes the rest; per-packet: every packet of isolated pods is decided "
         "against the agent's own flow table",
+    )
+    run.add_argument(
+        "--queue-workers",
+        type=int,
+        default=1,
+        help="decide in N processes, one queue each (--queue-balance across queue-num.."
+        "queue-num+N-1), to use more than one core (default 1: a thread)",
     )
     run.add_argument(
         "--max-flows", type=int, default=262144, help="flow table size bound (default 262144)"
@@ -246,7 +256,12 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     config = AgentConfig(
         node_name=args.node_name,
-        firewall=FirewallConfig(queue_num=args.queue_num, fail_open=args.fail_open, mode=args.mode),
+        firewall=FirewallConfig(
+            queue_num=args.queue_num,
+            queue_count=args.queue_workers,
+            fail_open=args.fail_open,
+            mode=args.mode,
+        ),
         max_flows=args.max_flows,
         queue_max_len=args.queue_max_len,
         status_file=args.status_file,
@@ -309,6 +324,7 @@ def _lab(args: argparse.Namespace) -> int:
                 queue_num=args.queue_num,
                 mode=args.mode,
                 queue_max_len=args.queue_max_len,
+                queue_workers=args.queue_workers,
                 ipv6=not args.no_ipv6,
                 agents=not args.no_agent,
             )

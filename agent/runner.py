@@ -31,7 +31,14 @@ from enforcement.conntrack import KernelConntrack
 from enforcement.firewall import Firewall, FirewallConfig
 from enforcement.flows import FlowTable
 from enforcement.model import ClusterSnapshot
-from enforcement.queue import QueueWorker, TablesHolder, Tracer
+from enforcement.queue import (
+    Publication,
+    QueueWorker,
+    RemoteWorker,
+    TablesHolder,
+    Tracer,
+    WorkerSettings,
+)
 from enforcement.tables import AllowTables
 
 log = logging.getLogger(__name__)
@@ -111,7 +118,8 @@ class Agent:
         self._dirty = threading.Event()
         self.state = ClusterState(on_change=self._dirty.set)
         self.tables = TablesHolder(compile_tables(ClusterSnapshot(), config.node_name, 0))
-        self.workers: list[QueueWorker] = []
+        self.workers: list[QueueWorker | RemoteWorker] = []
+        """One per queue: a thread with one queue, processes with ``--queue-workers`` > 1."""
         self.ready = threading.Event()
         """Set once enforcement is active (for readiness probes)."""
         self.heartbeat = time.monotonic()
@@ -137,6 +145,9 @@ class Agent:
             stop.set()
             for thread in threads:
                 thread.join(timeout=5)
+            for worker in self.workers:
+                if isinstance(worker, RemoteWorker):
+                    worker.stop()
             if self.config.removes_rules_on_exit:
                 log.info("removing the agent's rules (clean exit)")
                 self.firewall.remove()
@@ -151,29 +162,48 @@ class Agent:
         tables = self._compile(view)
         self.tables.current = tables
         self.firewall.install()
-        config = self.config.firewall
-        for offset in range(config.queue_count):
-            worker = QueueWorker(
-                config.queue_num + offset,
-                self.tables,
-                FlowTable(max_flows=self.config.max_flows),
-                fail_open=config.fail_open,
-                fast_path=config.mode == "fast",
-                max_len=self.config.queue_max_len,
-                tracer=self.tracer,
-            )
-            thread = threading.Thread(
-                target=worker.serve, args=(stop,), name=f"queue-{worker.queue_num}", daemon=True
-            )
-            thread.start()
-            threads.append(thread)
-            self.workers.append(worker)
+        if self.config.firewall.queue_count > 1:
+            self._start_worker_processes(Publication(view.snapshot, tables.generation))
+        else:
+            self._start_worker_thread(stop, threads)
         for worker in self.workers:
-            if not worker.bound.wait(10):
+            if not worker.bound.wait(30):
                 raise RuntimeError(f"could not bind NFQUEUE {worker.queue_num}")
         self._publish(view, tables)
         self.ready.set()
         log.info("enforcing on node %s", self.config.node_name)
+
+    def _start_worker_thread(self, stop: threading.Event, threads: list[threading.Thread]) -> None:
+        config = self.config.firewall
+        worker = QueueWorker(
+            config.queue_num,
+            self.tables,
+            FlowTable(max_flows=self.config.max_flows),
+            fail_open=config.fail_open,
+            fast_path=config.mode == "fast",
+            max_len=self.config.queue_max_len,
+            tracer=self.tracer,
+        )
+        thread = threading.Thread(
+            target=worker.serve, args=(stop,), name=f"queue-{worker.queue_num}", daemon=True
+        )
+        thread.start()
+        threads.append(thread)
+        self.workers.append(worker)
+
+    def _start_worker_processes(self, first: Publication) -> None:
+        config = self.config.firewall
+        for offset in range(config.queue_count):
+            settings = WorkerSettings(
+                queue_num=config.queue_num + offset,
+                fail_open=config.fail_open,
+                fast_path=config.mode == "fast",
+                max_len=self.config.queue_max_len,
+                copy_range=512,
+                max_flows=self.config.max_flows,
+                node_name=self.config.node_name,
+            )
+            self.workers.append(RemoteWorker(settings, first))
 
     def _sync_loop(self, stop: threading.Event) -> None:
         applied = self.state.revision
@@ -194,6 +224,9 @@ class Agent:
                 continue
             tables = self._compile(view)
             self.tables.current = tables
+            for worker in self.workers:
+                if isinstance(worker, RemoteWorker):
+                    worker.publish(Publication(view.snapshot, tables.generation))
             self._publish(view, tables)
             applied = view.revision
 
@@ -206,6 +239,12 @@ class Agent:
 
     def _publish(self, view: StateView, tables: AllowTables) -> None:
         started = time.perf_counter()
+        for worker in self.workers:
+            if isinstance(worker, RemoteWorker) and not worker.wait_generation(
+                tables.generation, timeout=30
+            ):
+                log.error("queue worker %d did not take generation %d", worker.queue_num,
+                          tables.generation)  # fmt: skip
         isolated = tables.isolated_local_addresses()
         self.firewall.sync(isolated)
         status = self.status

@@ -22,6 +22,7 @@ the packet path never waits for a lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -32,11 +33,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from enforcement.decide import decide
 from enforcement.firewall import MARK_ACCEPTED, MARK_HOST, MARK_KERNEL_REPLY
 from enforcement.flows import FlowTable
+from enforcement.model import ClusterSnapshot
 from enforcement.packets import MalformedPacket, PacketInfo, parse_packet
 from enforcement.tables import AllowTables
 from enforcement.verdict import VERDICTS, Reason, Verdict
@@ -203,3 +206,184 @@ class QueueWorker:
         finally:
             queue.unbind()
             self.bound.clear()
+
+
+# -- queue balancing over processes ------------------------------------------------------------
+#
+# With ``--queue-workers N`` the firewall spreads connections over N queues
+# (``--queue-balance``; xt_NFQUEUE hashes the address pair symmetrically, so both directions of a
+# connection reach the same queue and the same flow table). Each queue gets a process of its own,
+# so deciding uses N cores instead of one GIL. A worker receives every new cluster snapshot over
+# a pipe and compiles it itself: the compiler is pure and deterministic, so every process holds
+# the same tables for the same generation. Workers report their counters back once a second.
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    queue_num: int
+    fail_open: bool
+    fast_path: bool
+    max_len: int
+    copy_range: int
+    max_flows: int
+    node_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """What the runner sends a worker process: a snapshot to compile as ``generation``."""
+
+    snapshot: ClusterSnapshot
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReport:
+    """What a worker process sends back about itself."""
+
+    bound: bool
+    generation: int
+    """The generation of the tables this worker decides with."""
+    verdicts: dict[Reason, int]
+    errors: int
+    decision_ns_total: int
+    packets: int
+    flows: int
+    evictions: int
+
+
+def worker_process_main(settings: WorkerSettings, connection: Connection) -> None:
+    """Entry point of a worker process (runs until the pipe closes or says stop)."""
+    import signal
+
+    from enforcement.compiler import compile_tables
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    first: Publication = connection.recv()
+    holder = TablesHolder(compile_tables(first.snapshot, settings.node_name, first.generation))
+    worker = QueueWorker(
+        settings.queue_num,
+        holder,
+        FlowTable(max_flows=settings.max_flows),
+        fail_open=settings.fail_open,
+        fast_path=settings.fast_path,
+        max_len=settings.max_len,
+        copy_range=settings.copy_range,
+    )
+    stop = threading.Event()
+    send_lock = threading.Lock()
+
+    def report() -> None:
+        stats = worker.stats
+        message = WorkerReport(
+            worker.bound.is_set(),
+            holder.current.generation,
+            dict(stats.verdicts),
+            stats.errors,
+            stats.decision_ns_total,
+            stats.packets,
+            len(worker.flows),
+            worker.flows.evictions,
+        )
+        with send_lock:
+            connection.send(message)
+
+    def receive() -> None:
+        while True:
+            try:
+                message = connection.recv()
+            except (EOFError, OSError):
+                break
+            if message is None:
+                break
+            holder.current = compile_tables(
+                message.snapshot, settings.node_name, message.generation
+            )
+            report()  # tells the runner this generation is in force here
+        stop.set()
+
+    def reporter() -> None:
+        worker.bound.wait()
+        report()  # tells the runner the queue is bound
+        while not stop.wait(1.0):
+            report()
+
+    threading.Thread(target=receive, name="publications", daemon=True).start()
+    threading.Thread(target=reporter, name="reports", daemon=True).start()
+    worker.serve(stop)
+
+
+class _FlowCounts:
+    """Stands in for a remote worker's flow table in metrics: its size and evictions."""
+
+    __slots__ = ("evictions", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class RemoteWorker:
+    """The runner's handle on a worker process; mirrors ``QueueWorker``'s stats for metrics."""
+
+    def __init__(self, settings: WorkerSettings, first: Publication) -> None:
+        import multiprocessing
+
+        # spawn, not fork: the runner already has threads (the source), and forking a
+        # multi-threaded process can copy a held lock into the child.
+        context = multiprocessing.get_context("spawn")
+        self.queue_num = settings.queue_num
+        self.stats = QueueStats()
+        self.flows = _FlowCounts()
+        self.bound = threading.Event()
+        self.generation = first.generation
+        self._reported = threading.Condition()
+        self._connection, child = context.Pipe()
+        self.process = context.Process(
+            target=worker_process_main,
+            args=(settings, child),
+            name=f"netpol-agent-queue-{settings.queue_num}",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+        self._connection.send(first)
+        self._reader = threading.Thread(target=self._read, name="worker-reports", daemon=True)
+        self._reader.start()
+
+    def publish(self, publication: Publication) -> None:
+        self._connection.send(publication)
+
+    def wait_generation(self, generation: int, timeout: float) -> bool:
+        """Block until the worker decides with ``generation`` (or later) tables."""
+        with self._reported:
+            return self._reported.wait_for(lambda: self.generation >= generation, timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with contextlib.suppress(OSError):
+            self._connection.send(None)
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                report: WorkerReport = self._connection.recv()
+            except (EOFError, OSError):
+                return
+            self.stats.verdicts = Counter(report.verdicts)
+            self.stats.errors = report.errors
+            self.stats.decision_ns_total = report.decision_ns_total
+            self.stats.packets = report.packets
+            self.flows.size = report.flows
+            self.flows.evictions = report.evictions
+            with self._reported:
+                self.generation = report.generation
+                self._reported.notify_all()
+            if report.bound:
+                self.bound.set()

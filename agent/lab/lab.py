@@ -132,6 +132,8 @@ class LabRecord:
     """The agents' mode: fast or per-packet."""
     queue_max_len: int = 4096
     """The kernel queue's length given to the agents."""
+    queue_workers: int = 1
+    """Decision processes per agent (queue balancing)."""
     agents: bool = True
     """False for a lab built with --no-agent: the network only, enforced by whatever you run."""
     nodes: list[LabNode] = field(default_factory=list)
@@ -148,6 +150,7 @@ class LabRecord:
             ipv6=data["ipv6"],
             mode=data.get("mode", "fast"),
             queue_max_len=data.get("queue_max_len", 4096),
+            queue_workers=data.get("queue_workers", 1),
             agents=data.get("agents", True),
         )
         record.nodes = [LabNode(**node) for node in data["nodes"]]
@@ -238,6 +241,7 @@ class Lab:
         queue_num: int = 1000,
         mode: str = "fast",
         queue_max_len: int = 4096,
+        queue_workers: int = 1,
         ipv6: bool = True,
         agents: bool = True,
     ) -> None:
@@ -263,6 +267,7 @@ class Lab:
                 ipv6=ipv6,
                 mode=mode,
                 queue_max_len=queue_max_len,
+                queue_workers=queue_workers,
                 agents=agents,
             )
             try:
@@ -690,6 +695,7 @@ class Lab:
             "--fail-open" if record.fail_open else "--fail-closed",
             "--mode", record.mode,
             "--queue-max-len", str(record.queue_max_len),
+            "--queue-workers", str(record.queue_workers),
         ]  # fmt: skip
         with open(self.dir / f"agent-{node.name}.log", "ab") as log:
             process = subprocess.Popen(

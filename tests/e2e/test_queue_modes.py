@@ -183,3 +183,26 @@ def test_full_queue(workdir: Path, mode: str, reachable: set[tuple[str, str]]) -
             assert everything(lab.probe(80)) == reachable
         finally:
             os.killpg(agent, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_queue_balancing_over_worker_processes(workdir: Path, mode: str) -> None:
+    up_args = ["--mode", mode, "--queue-workers", "2"]
+    with lab_session("qbal", workdir, up_args=up_args) as lab:
+        lab.up(CLUSTER, B_FROM_A_ANY)
+        for _round in range(3):
+            matrix = lab.probe(80)
+            assert matrix["x/a"]["x/b"] and not matrix["x/c"]["x/b"]
+        per_queue = {
+            queue: sum(
+                value
+                for name, value in metrics(lab).items()
+                if name.startswith("netpol_agent_packets_total") and f'queue="{queue}"' in name
+            )
+            for queue in ("1000", "1001")
+        }
+        assert all(count > 0 for count in per_queue.values()), per_queue
+        # A change is in force in every worker when `apply` returns.
+        lab.delete(B_FROM_A_ANY)
+        lab.apply(DENY_INGRESS_B)
+        assert not lab.probe(80)["x/a"]["x/b"]
