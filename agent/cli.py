@@ -164,6 +164,15 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "against the agent's own flow table",
     )
     run.add_argument(
+        "--pod-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="this node's pod range (repeatable, e.g. the Node's spec.podCIDRs): traffic of "
+        "addresses in it that are no known pod yet is dropped until the pod is known, so a new "
+        "pod is enforced from its first packet",
+    )
+    run.add_argument(
         "--queue-workers",
         type=int,
         default=1,
@@ -259,6 +268,7 @@ def _run(args: argparse.Namespace) -> int:
         firewall=FirewallConfig(
             queue_num=args.queue_num,
             queue_count=args.queue_workers,
+            pod_cidrs=tuple(args.pod_cidr),
             fail_open=args.fail_open,
             mode=args.mode,
         ),

@@ -246,7 +246,7 @@ class Agent:
                 log.error("queue worker %d did not take generation %d", worker.queue_num,
                           tables.generation)  # fmt: skip
         isolated = tables.isolated_local_addresses()
-        self.firewall.sync(isolated)
+        self.firewall.sync(isolated, tables.local_addresses())
         status = self.status
         if self.config.firewall.mode == "fast":
             # Tables first, then the cut: a connection deleted here is re-decided by new tables.

@@ -153,7 +153,7 @@ class _LabelIndex(Generic[_T]):
                 positive.append(with_value)
             elif requirement.operator == "NotIn":
                 # Items without the key satisfy NotIn: remove only those holding a listed value.
-                positive.append(with_value)
+                negative.append(with_value)
             elif requirement.operator == "Exists":
                 positive.append(self._by_key.get(requirement.key, set()))
             else:
@@ -538,7 +538,7 @@ def block_ranges(block: IPBlock) -> tuple[tuple[int, int], ...]:
             break
         if hole_first > cursor:
             ranges.append((cursor, hole_first - 1))
-        cursor = max(cursor, hole_last + 1)
+        pass
     if cursor <= last:
         ranges.append((cursor, last))
     return tuple(ranges)

@@ -5,6 +5,8 @@ kernel.
 Order of questions, cheapest and most common first:
 
 1. IPv6 neighbour discovery is always let through (RFC 4861): without it the network does not work.
+   Traffic of an address of the node's pod ranges that no known pod has is dropped: its
+   policies cannot be known yet (a pod newer than the agent's view), so nothing opens early.
 2. Does the packet belong to a tracked connection (either direction)? Then it is accepted, provided
    the connection is still allowed by the current tables (a policy change re-checks each flow on
    its next packet, so a denying change cuts it at once) and the packet fits the flow's state.
@@ -47,16 +49,22 @@ def decide(
     *,
     from_host: bool = False,
     kernel_reply: bool = False,
+    unknown_endpoint: bool = False,
 ) -> Verdict:
     """Decide one packet and update the flow table.
 
     ``from_host``: the packet was sent by the node itself (the firewall marks OUTPUT traffic).
     ``kernel_reply``: the kernel's conntrack classified the packet as the REPLY direction of a
     connection it had already confirmed (the firewall marks ``--ctdir REPLY``).
+    ``unknown_endpoint``: the pod side is an address of this node's pod ranges that no known pod
+    has (the firewall marks it): a pod too new for the agent to know its labels.
     """
     protocol = packet.protocol
     if protocol == IPPROTO_ICMPV6 and packet.icmp_type in _NEIGHBOR_DISCOVERY_TYPES:
         return VERDICTS[Reason.NEIGHBOR_DISCOVERY]
+
+    if unknown_endpoint and not from_host:
+        return VERDICTS[Reason.UNKNOWN_ENDPOINT]
 
     found = flows.lookup(packet, now)
     if found is not None:

@@ -48,7 +48,9 @@ MARK_HOST = 0x0010_0000
 MARK_KERNEL_REPLY = 0x0020_0000
 MARK_ACCEPTED = 0x0040_0000
 """Fast path: a connection the agent accepted (saved to the connmark)."""
-MARK_MASK = MARK_HOST | MARK_KERNEL_REPLY | MARK_ACCEPTED
+MARK_UNKNOWN = 0x0080_0000
+"""The pod side of the packet is an address of this node's pod ranges that no known pod has."""
+MARK_MASK = MARK_HOST | MARK_KERNEL_REPLY | MARK_ACCEPTED | MARK_UNKNOWN
 """All bits the agent uses. Chosen clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00."""
 
 Mode = Literal["fast", "per-packet"]
@@ -74,6 +76,10 @@ class FirewallConfig:
     fail_open: bool = False
     """Accept (True) or drop (False) what would be queued while no agent listens."""
     mode: Mode = "fast"
+    pod_cidrs: tuple[str, ...] = ()
+    """This node's pod ranges. Traffic of an address in them that is no known pod (a pod whose
+    address has not reached the agent yet) is queued and dropped until the pod is known, so a new
+    pod is enforced from its first packet."""
     chain_prefix: str = "NETPOL-AGENT"
     set_prefix: str = "npa"
     iptables: str = "iptables"
@@ -84,6 +90,15 @@ class FirewallConfig:
 
     def isolated_set(self, family: Family) -> str:
         return f"{self.set_prefix}-isolated-v{family}"
+
+    def local_set(self, family: Family) -> str:
+        return f"{self.set_prefix}-local-v{family}"
+
+    def pod_cidr_set(self, family: Family) -> str:
+        return f"{self.set_prefix}-podcidr-v{family}"
+
+    def family_pod_cidrs(self, family: Family) -> list[str]:
+        return [c for c in self.pod_cidrs if ipaddress.ip_network(c).version == family]
 
     def restore_command(self, family: Family) -> str:
         return f"{self.iptables if family == 4 else self.ip6tables}-restore"
@@ -114,7 +129,8 @@ def render_rules(config: FirewallConfig, family: Family) -> str:
         target += " --queue-bypass"
     lines = ["*filter"]
     lines += [f":{config.chain(hook)} - [0:0]" for hook in HOOKS]
-    lines += [f":{queue} - [0:0]", f":{accept} - [0:0]"]
+    unknown = config.chain("UNKNOWN")
+    lines += [f":{queue} - [0:0]", f":{accept} - [0:0]", f":{unknown} - [0:0]"]
     forward, input_, output = (config.chain(hook) for hook in HOOKS)
     if config.mode == "fast":
         accepted = f"0x{MARK_ACCEPTED:x}/0x{MARK_ACCEPTED:x}"
@@ -129,6 +145,18 @@ def render_rules(config: FirewallConfig, family: Family) -> str:
         lines += [
             f"-A {accept} -j CONNMARK --save-mark --nfmask {saved} --ctmask {saved}",
             f"-A {accept} -j ACCEPT",
+        ]
+    if config.family_pod_cidrs(family):
+        ranges, known = config.pod_cidr_set(family), config.local_set(family)
+        for chain, sides in ((forward, ("src", "dst")), (input_, ("src",))):
+            lines += [
+                f"-A {chain} -m set --match-set {ranges} {side} -m set ! --match-set {known} "
+                f"{side} -j {unknown}"
+                for side in sides
+            ]
+        lines += [
+            f"-A {unknown} -j MARK --or-mark 0x{MARK_UNKNOWN:x}",
+            f"-A {unknown} -j {queue}",
         ]
     lines += [
         f"-A {forward} -m set --match-set {isolated} src -j {queue}",
@@ -155,12 +183,22 @@ def render_jumps(config: FirewallConfig, present: Iterable[str]) -> str:
     return "\n".join(lines)
 
 
+def _set_type(family: Family, kind: str = "hash:ip") -> str:
+    ipset_family = "inet" if family == 4 else "inet6"
+    return f"{kind} family {ipset_family} hashsize 1024 maxelem 1048576"
+
+
 def render_set(config: FirewallConfig, family: Family, addresses: Iterable[bytes]) -> str:
     """The ``ipset restore`` payload that atomically replaces the isolated set's members."""
-    name = config.isolated_set(family)
+    return render_members(config.isolated_set(family), family, addresses)
+
+
+def render_members(
+    name: str, family: Family, addresses: Iterable[bytes], kind: str = "hash:ip"
+) -> str:
+    """An ``ipset restore`` payload that atomically replaces set ``name``'s members."""
     staging = f"{name}-new"
-    ipset_family = "inet" if family == 4 else "inet6"
-    create = f"hash:ip family {ipset_family} hashsize 1024 maxelem 1048576"
+    create = _set_type(family, kind)
     lines = [
         f"create {name} {create} -exist",
         f"create {staging} {create} -exist",
@@ -191,18 +229,20 @@ class Firewall:
     def __init__(self, config: FirewallConfig, run: Runner = subprocess_runner) -> None:
         self.config = config
         self._run = run
-        self._members: dict[Family, frozenset[bytes] | None] = {4: None, 6: None}
+        self._members: dict[str, frozenset[bytes]] = {}
+        """What each set the agent fills holds now (by set name)."""
 
     def install(self) -> None:
         """Create the sets (empty if new), the chains and the jumps; idempotent."""
         for family in FAMILIES:
-            name = self.config.isolated_set(family)
-            ipset_family = "inet" if family == 4 else "inet6"
-            self._run(
-                ["ipset", "restore"],
-                f"create {name} hash:ip family {ipset_family} hashsize 1024 maxelem 1048576"
-                " -exist\n",
-            )
+            sets = [
+                f"create {self.config.isolated_set(family)} {_set_type(family)} -exist",
+                f"create {self.config.local_set(family)} {_set_type(family)} -exist",
+            ]
+            ranges = self.config.pod_cidr_set(family)
+            sets += [f"create {ranges} {_set_type(family, 'hash:net')} -exist", f"flush {ranges}"]
+            sets += [f"add {ranges} {cidr}" for cidr in self.config.family_pod_cidrs(family)]
+            self._run(["ipset", "restore"], "\n".join(sets) + "\n")
             self._run(
                 [self.config.restore_command(family), "--noflush"],
                 render_rules(self.config, family),
@@ -211,17 +251,25 @@ class Firewall:
             if jumps:
                 self._run([self.config.restore_command(family), "--noflush"], jumps)
 
-    def sync(self, isolated: frozenset[bytes]) -> bool:
-        """Make the isolated sets hold exactly ``isolated``; returns whether anything changed."""
+    def sync(self, isolated: frozenset[bytes], local: frozenset[bytes] = frozenset()) -> bool:
+        """Make the sets hold exactly these addresses: ``isolated`` (local pods a policy
+        isolates) and ``local`` (every known local pod); returns whether anything changed.
+
+        The known set is filled before the isolated one shrinks or grows, so no packet of a
+        known pod is ever taken for an unknown one."""
         changed = False
         for family in FAMILIES:
             width = 4 if family == 4 else 16
-            members = frozenset(address for address in isolated if len(address) == width)
-            if self._members[family] == members:
-                continue
-            self._run(["ipset", "restore"], render_set(self.config, family, members))
-            self._members[family] = members
-            changed = True
+            for name, addresses in (
+                (self.config.local_set(family), local),
+                (self.config.isolated_set(family), isolated),
+            ):
+                members = frozenset(address for address in addresses if len(address) == width)
+                if self._members.get(name) == members:
+                    continue
+                self._run(["ipset", "restore"], render_members(name, family, members))
+                self._members[name] = members
+                changed = True
         return changed
 
     def remove(self) -> None:
@@ -230,12 +278,17 @@ class Firewall:
             command = self.config.command(family)
             for hook in self._present_jumps(family):
                 self._try([command, "-D", hook, "-j", self.config.chain(hook)])
-            own = (*HOOKS, "QUEUE", "ACCEPT")
+            own = (*HOOKS, "UNKNOWN", "QUEUE", "ACCEPT")
             for chain in (self.config.chain(name) for name in own):
                 self._try([command, "-F", chain])
                 self._try([command, "-X", chain])
-            self._try(["ipset", "destroy", self.config.isolated_set(family)])
-            self._members[family] = None
+            for name in (
+                self.config.isolated_set(family),
+                self.config.local_set(family),
+                self.config.pod_cidr_set(family),
+            ):
+                self._try(["ipset", "destroy", name])
+                self._members.pop(name, None)
 
     def ensure_first(self) -> list[str]:
         """Put each jump back at the top of its built-in chain if something got above it.

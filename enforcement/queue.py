@@ -37,7 +37,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from enforcement.decide import decide
-from enforcement.firewall import MARK_ACCEPTED, MARK_HOST, MARK_KERNEL_REPLY
+from enforcement.firewall import MARK_ACCEPTED, MARK_HOST, MARK_KERNEL_REPLY, MARK_UNKNOWN
 from enforcement.flows import FlowTable
 from enforcement.model import ClusterSnapshot
 from enforcement.packets import MalformedPacket, PacketInfo, parse_packet
@@ -150,6 +150,7 @@ class QueueWorker:
                 now,
                 from_host=bool(mark & MARK_HOST),
                 kernel_reply=bool(mark & MARK_KERNEL_REPLY),
+                unknown_endpoint=bool(mark & MARK_UNKNOWN),
             )
             if now >= self._next_housekeeping:
                 self.flows.expire(now)

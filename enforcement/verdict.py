@@ -45,6 +45,9 @@ class Reason(Enum):
     """The packet could not be parsed; never let through what cannot be judged."""
     FAIL_CLOSED = "fail-closed"
     """The agent could not decide (an internal error) and runs fail-closed."""
+    UNKNOWN_ENDPOINT = "unknown-endpoint"
+    """An address of this node's pod ranges that no known pod has (yet): its policies are
+    unknown, so nothing passes until the agent learns the pod."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,7 @@ _DROPS = {
     Reason.INVALID,
     Reason.MALFORMED,
     Reason.FAIL_CLOSED,
+    Reason.UNKNOWN_ENDPOINT,
 }
 
 VERDICTS: dict[Reason, Verdict] = {

@@ -696,6 +696,8 @@ class Lab:
             "--mode", record.mode,
             "--queue-max-len", str(record.queue_max_len),
             "--queue-workers", str(record.queue_workers),
+            "--pod-cidr", node.spec.pod_cidr_v4,
+            *_pod_cidr_v6_args(record, node),
         ]  # fmt: skip
         with open(self.dir / f"agent-{node.name}.log", "ab") as log:
             process = subprocess.Popen(
@@ -764,6 +766,11 @@ class Lab:
         topology.remove_all(record.prefix)
         record.pods.clear()
         record.externals.clear()
+
+
+def _pod_cidr_v6_args(record: LabRecord, node: LabNode) -> list[str]:
+    cidr = node.spec.pod_cidr_v6
+    return ["--pod-cidr", cidr] if record.ipv6 and cidr else []
 
 
 def _validate_external(obj: dict[str, Any]) -> None:

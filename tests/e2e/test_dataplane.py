@@ -313,3 +313,22 @@ def test_deleting_a_namespace_removes_its_pods(lab: LabDriver) -> None:
     assert "y/e" not in lab.probe(80)
     assert not [p for p in lab.pods() if p["namespace"] == "y"]
     assert not [name for name in os.listdir("/run/netns") if name == record(lab).prefix + "y-e"]
+
+
+def test_an_undeclared_address_in_the_pod_range_is_cut_off(lab: LabDriver) -> None:
+    """A pod the agent does not know yet (here: one no manifest declares) gets nothing through,
+    while known pods are unaffected: new pods are enforced from their first packet."""
+    from agent.lab import topology
+
+    lab.up(CLUSTER)
+    record = Lab(lab.name).record()
+    node, a = record.nodes[0], record.pods["x/a"]
+    assert a.ipv4
+    rogue = topology.PodAttachment(
+        key="x/rogue", netns=f"{record.prefix}rogue", node_veth="nprogue0",
+        ipv4="10.244.1.250", ipv6=None,
+    )  # fmt: skip
+    topology.attach_pod(node.spec, rogue)
+    assert not udp_delivered(rogue.netns, ("10.244.1.250", 4000), a.netns, (a.ipv4, 4001))
+    assert not udp_delivered(a.netns, (a.ipv4, 4001), rogue.netns, ("10.244.1.250", 4000))
+    assert everything(lab.probe(80)) == ALL_PAIRS

@@ -238,3 +238,15 @@ def test_neighbor_discovery_always_passes() -> None:
 def test_non_first_fragments_have_no_ports(policy: NetworkPolicy, expected: Reason) -> None:
     fragment = PacketInfo(4, ip(A), ip(B), IPPROTO_TCP, fragment=True)
     assert decide(fragment, tables(policy), FlowTable(), 1.0).reason is expected
+
+
+def test_an_unknown_address_of_the_node_pod_range_gets_nothing() -> None:
+    flows = FlowTable()
+    stranger = "10.244.1.99"
+    verdict = decide(tcp(stranger, 40000, B, 80), tables(), flows, 1.0, unknown_endpoint=True)
+    assert verdict.reason is Reason.UNKNOWN_ENDPOINT and not verdict.accepted
+    assert len(flows) == 0
+    # The node itself is still allowed to reach it (kubelet probes a starting pod).
+    assert decide(
+        tcp(NODE, 50000, stranger, 80), tables(), flows, 1.1, from_host=True, unknown_endpoint=True
+    ).accepted

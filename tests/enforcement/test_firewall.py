@@ -11,6 +11,7 @@ import pytest
 from enforcement.firewall import (
     MARK_HOST,
     MARK_KERNEL_REPLY,
+    MARK_UNKNOWN,
     Family,
     Firewall,
     FirewallConfig,
@@ -55,6 +56,17 @@ def test_rules_mark_host_traffic_and_kernel_replies() -> None:
     host_rule = "-A NETPOL-AGENT-OUTPUT -m set --match-set npa-isolated-v4 dst -j MARK"
     assert f"{host_rule} --or-mark 0x{MARK_HOST:x}" in rules
     assert f"--ctdir REPLY -j MARK --or-mark 0x{MARK_KERNEL_REPLY:x}" in rules
+
+
+def test_unknown_addresses_of_the_pod_ranges_are_queued_marked() -> None:
+    config = FirewallConfig(pod_cidrs=("10.244.1.0/24", "fd00:10:244:1::/64"))
+    rules = render_rules(config, 4)
+    assert (
+        "-A NETPOL-AGENT-FORWARD -m set --match-set npa-podcidr-v4 src "
+        "-m set ! --match-set npa-local-v4 src -j NETPOL-AGENT-UNKNOWN" in rules
+    )
+    assert f"-A NETPOL-AGENT-UNKNOWN -j MARK --or-mark 0x{MARK_UNKNOWN:x}" in rules
+    assert "npa-podcidr" not in render_rules(FirewallConfig(), 4), "no ranges, no rule"
 
 
 def test_jumps_only_for_missing_hooks() -> None:
