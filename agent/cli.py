@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from enforcement.packets import PacketInfo
     from enforcement.queue import Tracer
+    from enforcement.tables import AllowTables
     from enforcement.verdict import Verdict
 
 PROBE_PROTOCOLS = ("TCP", "UDP")
@@ -77,6 +78,11 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     up.add_argument(
         "--queue-workers", type=int, default=1, help="decision processes per agent (default 1)"
+    )
+    up.add_argument(
+        "--trace",
+        action="store_true",
+        help="the agents log every verdict and its reason ('lab logs' shows them)",
     )
     up.add_argument("--no-ipv6", action="store_true", help="IPv4 only (default: dual-stack)")
     up.add_argument(
@@ -308,9 +314,14 @@ def _tracer() -> Tracer:
 
     trace_log = logging.getLogger("netpol-agent.trace")
 
-    def trace(packet: PacketInfo | None, verdict: Verdict) -> None:
-        text = format_packet(packet) if packet is not None else "(unparsed packet)"
-        trace_log.info("%s %s: %s", verdict.action.value, verdict.reason.value, text)
+    def trace(packet: PacketInfo | None, verdict: Verdict, tables: AllowTables) -> None:
+        if packet is None:
+            text = "(unparsed packet)"
+        else:
+            source, destination = tables.endpoint(packet.src), tables.endpoint(packet.dst)
+            who = f"{source.key if source else '-'} -> {destination.key if destination else '-'}"
+            text = f"{who}: {format_packet(packet)}"
+        trace_log.info("%s %s %s", verdict.action.value, verdict.reason.value, text)
 
     return trace
 
@@ -335,6 +346,7 @@ def _lab(args: argparse.Namespace) -> int:
                 mode=args.mode,
                 queue_max_len=args.queue_max_len,
                 queue_workers=args.queue_workers,
+                trace=args.trace,
                 ipv6=not args.no_ipv6,
                 agents=not args.no_agent,
             )

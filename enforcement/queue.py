@@ -49,8 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Tracer = Callable[[PacketInfo | None, Verdict], None]
-"""Called with every decision when tracing is on (slow; for people, not for benchmarks)."""
+Tracer = Callable[[PacketInfo | None, Verdict, AllowTables], None]
+"""Called with every decision and the tables it was made with, when tracing is on (slow; for
+people, not for benchmarks)."""
 
 
 # linux/netfilter/nfnetlink.h, nfnetlink_queue.h, netlink.h
@@ -174,7 +175,7 @@ class QueueWorker:
         stats.verdicts[verdict.reason] += 1
         stats.decision_ns_total += time.perf_counter_ns() - started
         if self.tracer is not None:
-            self.tracer(info, verdict)
+            self.tracer(info, verdict, self.tables.current)
         if not verdict.accepted:
             packet.drop()
         elif self.fast_path:

@@ -134,6 +134,8 @@ class LabRecord:
     """The kernel queue's length given to the agents."""
     queue_workers: int = 1
     """Decision processes per agent (queue balancing)."""
+    trace: bool = False
+    """Agents log every verdict with its reason (see ``lab logs``)."""
     agents: bool = True
     """False for a lab built with --no-agent: the network only, enforced by whatever you run."""
     nodes: list[LabNode] = field(default_factory=list)
@@ -151,6 +153,7 @@ class LabRecord:
             mode=data.get("mode", "fast"),
             queue_max_len=data.get("queue_max_len", 4096),
             queue_workers=data.get("queue_workers", 1),
+            trace=data.get("trace", False),
             agents=data.get("agents", True),
         )
         record.nodes = [LabNode(**node) for node in data["nodes"]]
@@ -242,6 +245,7 @@ class Lab:
         mode: str = "fast",
         queue_max_len: int = 4096,
         queue_workers: int = 1,
+        trace: bool = False,
         ipv6: bool = True,
         agents: bool = True,
     ) -> None:
@@ -268,6 +272,7 @@ class Lab:
                 mode=mode,
                 queue_max_len=queue_max_len,
                 queue_workers=queue_workers,
+                trace=trace,
                 agents=agents,
             )
             try:
@@ -698,6 +703,7 @@ class Lab:
             "--queue-workers", str(record.queue_workers),
             "--pod-cidr", node.spec.pod_cidr_v4,
             *_pod_cidr_v6_args(record, node),
+            *(["--trace"] if record.trace else []),
         ]  # fmt: skip
         with open(self.dir / f"agent-{node.name}.log", "ab") as log:
             process = subprocess.Popen(
