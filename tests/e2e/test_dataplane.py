@@ -332,3 +332,23 @@ def test_an_undeclared_address_in_the_pod_range_is_cut_off(lab: LabDriver) -> No
     assert not udp_delivered(rogue.netns, ("10.244.1.250", 4000), a.netns, (a.ipv4, 4001))
     assert not udp_delivered(a.netns, (a.ipv4, 4001), rogue.netns, ("10.244.1.250", 4000))
     assert everything(lab.probe(80)) == ALL_PAIRS
+
+
+def test_pod_to_service_is_enforced_after_kube_proxy_dnat(lab: LabDriver) -> None:
+    """kube-proxy (iptables mode) DNATs a ClusterIP to a pod in PREROUTING; the filter hooks see
+    the translated destination, so the destination pod's policy applies to Service traffic."""
+    lab.up(
+        CLUSTER,
+        policy("b-from-c", "b", "  ingress:\n  - from: [{podSelector: {matchLabels: {pod: c}}}]"),
+    )
+    record = Lab(lab.name).record()
+    node, pods = record.nodes[0], record.pods
+    service_ip = "10.96.0.10"  # a ClusterIP, as kind's service range would give
+    subprocess.run(
+        ["ip", "netns", "exec", node.netns, "iptables", "-t", "nat", "-A", "PREROUTING",
+         "-d", service_ip, "-p", "tcp", "--dport", "80",
+         "-j", "DNAT", "--to-destination", f"{pods['x/b'].ipv4}:80"],
+        check=True,
+    )  # fmt: skip
+    assert tcp_echo(pods["x/c"].netns, service_ip, 80), "c is admitted by b's policy"
+    assert not tcp_echo(pods["x/a"].netns, service_ip, 80), "a is not, through the Service too"
