@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from enforcement.tables import AllowTables
     from enforcement.verdict import Verdict
 
+from agent.bench import add_bench_parser, run_bench
+
 PROBE_PROTOCOLS = ("TCP", "UDP")
 
 
@@ -215,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_parser(commands)
     _add_lab_parsers(commands)
+    add_bench_parser(commands)
     cleanup = commands.add_parser(
         "cleanup",
         help="remove the agent's rules and address sets from this network namespace",
@@ -229,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_run(args))
     if args.command == "lab":
         raise SystemExit(_lab(args))
+    if args.command == "bench":
+        raise SystemExit(run_bench(args))
     if args.command == "cleanup":
         from enforcement.firewall import Firewall, FirewallConfig
 

@@ -123,9 +123,7 @@ def kernel_peer_rules(
     snapshot: ClusterSnapshot, node_name: str, config: KernelPeerConfig | None = None
 ) -> dict[Family, KernelPeerRules]:
     """The kernel peer's rules of node ``node_name``, for both families."""
-    return {
-        family: compile_kernel_peer(snapshot, node_name, family, config) for family in FAMILIES
-    }
+    return {family: compile_kernel_peer(snapshot, node_name, family, config) for family in FAMILIES}
 
 
 def compile_kernel_peer(
@@ -134,8 +132,12 @@ def compile_kernel_peer(
     family: Family,
     config: KernelPeerConfig | None = None,
 ) -> KernelPeerRules:
-    """Compile the ``family`` rules that enforce the snapshot's policies for ``node_name``'s pods."""
+    """The ``family`` rules that enforce the snapshot's policies for ``node_name``'s pods."""
     return _PeerCompiler(snapshot, node_name, family, config or KernelPeerConfig()).compile()
+
+
+Allowance = tuple[str, ...]
+"""The lines of a direction chain that RETURN for one (peer, port) pair; kept together."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,30 +218,31 @@ class _PeerCompiler:
     ) -> None:
         """The chain of ``subject``'s ``direction``: RETURN on what any policy allows, else DROP."""
         self._chains.append(chain)
-        body: list[str] = []
+        allowances: list[Allowance] = []
         for policy in policies:
             for rule in policy.rules(direction):
-                body += self._rule_lines(chain, direction, subject, policy, rule)
-        lines = list(dict.fromkeys(body))  # the same allowance twice is one rule
+                allowances += self._allowances(chain, direction, subject, policy, rule)
+        # The same allowance twice is one; an allowance's lines stay together.
+        lines = [line for allowance in dict.fromkeys(allowances) for line in allowance]
         mark = f"0x{self._config.allow_mark:x}"
         if any(f"--mark {mark}/{mark}" in line for line in lines):
             self._rules.append(f"-A {chain} -j MARK --set-xmark 0x0/{mark}")
         self._rules += lines
         self._rules.append(f"-A {chain} -j DROP")
 
-    def _rule_lines(
+    def _allowances(
         self,
         chain: str,
         direction: Direction,
         subject: Pod,
         policy: NetworkPolicy,
         rule: Rule,
-    ) -> list[str]:
+    ) -> list[Allowance]:
         side = "-s" if direction is Direction.INGRESS else "-d"
-        lines: list[str] = []
+        allowances: list[Allowance] = []
         for target in self._targets(policy, rule):
             if not rule.ports:
-                lines += self._allow(chain, side, target, "")
+                allowances.append(self._allow(chain, side, target, ""))
                 continue
             numeric = [p for p in rule.ports if not isinstance(p.port, str)]
             named = [p for p in rule.ports if isinstance(p.port, str)]
@@ -251,7 +254,7 @@ class _PeerCompiler:
                 numeric += _resolved(named, target.pod)
                 named = []
             for policy_port in numeric:
-                lines += self._allow(chain, side, target, _port_match(policy_port))
+                allowances.append(self._allow(chain, side, target, _port_match(policy_port)))
             if named:
                 # Egress named ports towards addresses: each destination pod in range that
                 # declares the name, at the number it gives it.
@@ -261,10 +264,9 @@ class _PeerCompiler:
                     if not _covers(target, address):
                         continue
                     for policy_port in _resolved(named, pod):
-                        lines += self._allow(
-                            chain, side, _Target(_host(address), pod=pod), _port_match(policy_port)
-                        )
-        return lines
+                        host = _Target(_host(address), pod=pod)
+                        allowances.append(self._allow(chain, side, host, _port_match(policy_port)))
+        return allowances
 
     def _targets(self, policy: NetworkPolicy, rule: Rule) -> list[_Target]:
         """The rule's peers as address targets of this family (none: nothing of this family)."""
@@ -299,19 +301,19 @@ class _PeerCompiler:
                 selected.append(pod)
         return selected
 
-    def _allow(self, chain: str, side: str, target: _Target, ports: str) -> list[str]:
+    def _allow(self, chain: str, side: str, target: _Target, ports: str) -> Allowance:
         """Lines of ``chain`` that RETURN for ``target`` on ``ports`` (``""``: everything)."""
         match = f"{side} {target.network} " if target.network is not None else ""
         match += f"{ports} " if ports else ""
         if not target.excepts:
-            return [f"-A {chain} {match}-j RETURN"]
+            return (f"-A {chain} {match}-j RETURN",)
         assert target.block is not None
         except_chain = self._except_chain(side, target.block, target.excepts)
         mark = f"0x{self._config.allow_mark:x}"
-        return [
+        return (
             f"-A {chain} {match}-j {except_chain}",
             f"-A {chain} -m mark --mark {mark}/{mark} -j RETURN",
-        ]
+        )
 
     def _except_chain(self, side: str, block: IPBlock, excepts: Iterable[IPNetwork]) -> str:
         key = (side, block)

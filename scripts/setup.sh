@@ -9,7 +9,7 @@ APT_PACKAGES=(
   iptables iproute2 ipset conntrack       # the dataplane: rules, namespaces, address sets, flows
   libnetfilter-queue-dev libnfnetlink-dev # headers netfilterqueue compiles against
   gcc python3-dev python3-venv            # building netfilterqueue's C extension
-  iperf3 wrk procps                       # load generators for `netpol-agent bench`
+  iperf3 wrk nginx-light procps           # load generators and a server for `netpol-agent bench`
 )
 
 missing=()
@@ -23,6 +23,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Install packages without starting their services (nginx would listen on the machine's own
+  # port 80; the benchmark runs its own nginx inside a lab namespace): policy-rc.d answering 101
+  # forbids invoke-rc.d to start anything (Debian policy 9.3.3).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
@@ -34,7 +42,7 @@ fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,bench]'
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
