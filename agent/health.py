@@ -14,9 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from enforcement.queue import DECISION_BUCKETS_NS
 from enforcement.verdict import VERDICTS
 
 if TYPE_CHECKING:
@@ -47,9 +48,10 @@ class AgentCollector(Collector):
             "Packets that got the default (fail-open/closed) verdict because deciding failed.",
             labels=["queue"],
         )
-        decision_seconds = CounterMetricFamily(
+        decision_seconds = HistogramMetricFamily(
             f"{PREFIX}_decision_seconds",
-            "Time spent deciding packets in userspace (divide by packets for the mean).",
+            "Time the agent took to decide a queued packet, from the callback's start to its "
+            "verdict (parsing included).",
             labels=["queue"],
         )
         flows = GaugeMetricFamily(
@@ -67,7 +69,13 @@ class AgentCollector(Collector):
                 action = VERDICTS[reason].action.value
                 packets.add_metric([queue, action, reason.value], count)
             errors.add_metric([queue], stats.errors)
-            decision_seconds.add_metric([queue], stats.decision_ns_total / 1e9)
+            cumulative, buckets = 0, []
+            for bound, count in zip(
+                (*DECISION_BUCKETS_NS, None), stats.decision_buckets, strict=True
+            ):
+                cumulative += count
+                buckets.append(("+Inf" if bound is None else repr(bound / 1e9), cumulative))
+            decision_seconds.add_metric([queue], buckets, sum_value=stats.decision_ns_total / 1e9)
             flows.add_metric([queue], len(worker.flows))
             evictions.add_metric([queue], worker.flows.evictions)
         yield from (packets, errors, decision_seconds, flows, evictions)

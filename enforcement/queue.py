@@ -30,6 +30,7 @@ import socket
 import struct
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,6 +93,12 @@ class TablesHolder:
         self.current = tables
 
 
+DECISION_BUCKETS_NS: tuple[int, ...] = tuple(
+    int(micros * 1000) for micros in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+)
+"""Upper bounds of the decision-time histogram's buckets, in nanoseconds (1-2-5 steps)."""
+
+
 @dataclass(slots=True)
 class QueueStats:
     """Counters of one worker, read by the metrics endpoint (reads are racy but monotonic)."""
@@ -101,6 +108,10 @@ class QueueStats:
     """Exceptions other than malformed packets: each one got the default verdict."""
     decision_ns_total: int = 0
     packets: int = 0
+    decision_buckets: list[int] = field(
+        default_factory=lambda: [0] * (len(DECISION_BUCKETS_NS) + 1)
+    )
+    """Decisions per bucket of ``DECISION_BUCKETS_NS`` (not cumulative); the last is +Inf."""
 
 
 class QueueWorker:
@@ -171,9 +182,11 @@ class QueueWorker:
             info, verdict = None, self._default
             self.stats.errors += 1
         stats = self.stats
+        elapsed = time.perf_counter_ns() - started
         stats.packets += 1
         stats.verdicts[verdict.reason] += 1
-        stats.decision_ns_total += time.perf_counter_ns() - started
+        stats.decision_ns_total += elapsed
+        stats.decision_buckets[bisect_left(DECISION_BUCKETS_NS, elapsed)] += 1
         if self.tracer is not None:
             self.tracer(info, verdict, self.tables.current)
         if not verdict.accepted:
@@ -249,6 +262,7 @@ class WorkerReport:
     verdicts: dict[Reason, int]
     errors: int
     decision_ns_total: int
+    decision_buckets: list[int]
     packets: int
     flows: int
     evictions: int
@@ -284,6 +298,7 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
             dict(stats.verdicts),
             stats.errors,
             stats.decision_ns_total,
+            list(stats.decision_buckets),
             stats.packets,
             len(worker.flows),
             worker.flows.evictions,
@@ -381,6 +396,7 @@ class RemoteWorker:
             self.stats.verdicts = Counter(report.verdicts)
             self.stats.errors = report.errors
             self.stats.decision_ns_total = report.decision_ns_total
+            self.stats.decision_buckets = report.decision_buckets
             self.stats.packets = report.packets
             self.flows.size = report.flows
             self.flows.evictions = report.evictions

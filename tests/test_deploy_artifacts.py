@@ -15,11 +15,9 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -569,14 +567,21 @@ def test_guide_manifests_are_valid(guide: str) -> None:
 
 def exposed_metric_names() -> set[str]:
     """Names as scraped: a counter family ``x`` is exposed as ``x_total``."""
-    from agent.health import AgentCollector
-    from agent.runner import AgentStatus
+    from kubernetes.client import ApiClient
 
-    idle_agent = SimpleNamespace(workers=[], status=AgentStatus(), ready=threading.Event())
-    return {
-        family.name + ("_total" if family.type == "counter" else "")
-        for family in AgentCollector(idle_agent).collect()
-    }
+    from agent.health import AgentCollector
+    from agent.runner import Agent, AgentConfig
+    from agent.sources.kubernetes import KubernetesSource
+
+    # The agent as the DaemonSet runs it (Kubernetes source), before it enforces anything: a
+    # client that is never used connects to nothing.
+    agent = Agent(AgentConfig(node_name="node-1"), KubernetesSource(ApiClient()))
+    names = set()
+    for family in AgentCollector(agent).collect():
+        names.add(family.name + ("_total" if family.type == "counter" else ""))
+        if family.type == "histogram":
+            names |= {f"{family.name}_{part}" for part in ("bucket", "sum", "count")}
+    return names
 
 
 @pytest.mark.parametrize("guide", sorted(GUIDES))

@@ -25,7 +25,7 @@ Loads, from real tools, client pod to server pod, each ``seconds`` long:
   server received per second (sent minus lost);
 - new TCP connections per second: ``wrk -H "Connection: close"`` against nginx (one worker),
   one request per connection;
-- with an agent: its mean decision time (``netpol_agent_decision_seconds_total`` over
+- with an agent: its mean decision time (``netpol_agent_decision_seconds_sum`` over
   ``netpol_agent_packets_total``, across all loads) and, in per-packet mode, the packets its
   worker decided per second during the UDP load.
 
@@ -302,7 +302,7 @@ def agent_counters(samples: Mapping[str, float]) -> AgentCounters:
         return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
 
     return AgentCounters(
-        total("netpol_agent_packets_total"), total("netpol_agent_decision_seconds_total")
+        total("netpol_agent_packets_total"), total("netpol_agent_decision_seconds_sum")
     )
 
 

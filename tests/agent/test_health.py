@@ -62,6 +62,23 @@ def test_metrics_are_prometheus_text(served: tuple[Agent, str]) -> None:
     assert "# TYPE netpol_agent_syncs_total counter" in body
 
 
+def test_decision_time_is_a_histogram(served: tuple[Agent, str]) -> None:
+    agent, base = served
+    from enforcement.flows import FlowTable
+    from enforcement.queue import QueueWorker
+
+    worker = QueueWorker(7, agent.tables, FlowTable(), fail_open=False)
+    worker.stats.decision_buckets[1] = 3  # three decisions between 1 and 2 µs
+    worker.stats.decision_buckets[-1] = 1  # one slower than 5 ms
+    worker.stats.decision_ns_total = 5_000_000 + 3 * 1_500
+    agent.workers.append(worker)
+    body = get(f"{base}/metrics")[1]
+    assert 'netpol_agent_decision_seconds_bucket{le="1e-06",queue="7"} 0.0' in body
+    assert 'netpol_agent_decision_seconds_bucket{le="2e-06",queue="7"} 3.0' in body
+    assert 'netpol_agent_decision_seconds_bucket{le="+Inf",queue="7"} 4.0' in body
+    assert 'netpol_agent_decision_seconds_count{queue="7"} 4.0' in body
+
+
 def test_unknown_path_is_404(served: tuple[Agent, str]) -> None:
     assert get(f"{served[1]}/nope")[0] == 404
 

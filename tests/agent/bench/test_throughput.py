@@ -678,9 +678,16 @@ netpol_agent_packets_total{action="accept",queue="1000",reason="flow"} 56271.0
 # HELP netpol_agent_decision_errors_total Packets that got the default (fail-open/closed) verdict because deciding failed.
 # TYPE netpol_agent_decision_errors_total counter
 netpol_agent_decision_errors_total{queue="1000"} 0.0
-# HELP netpol_agent_decision_seconds_total Time spent deciding packets in userspace (divide by packets for the mean).
-# TYPE netpol_agent_decision_seconds_total counter
-netpol_agent_decision_seconds_total{queue="1000"} 1.031033447
+# HELP netpol_agent_decision_seconds Time the agent took to decide a queued packet, from the callback's start to its verdict (parsing included).
+# TYPE netpol_agent_decision_seconds histogram
+netpol_agent_decision_seconds_bucket{le="1e-06",queue="1000"} 0.0
+netpol_agent_decision_seconds_bucket{le="5e-06",queue="1000"} 0.0
+netpol_agent_decision_seconds_bucket{le="1e-05",queue="1000"} 41022.0
+netpol_agent_decision_seconds_bucket{le="2e-05",queue="1000"} 60114.0
+netpol_agent_decision_seconds_bucket{le="5e-05",queue="1000"} 61904.0
+netpol_agent_decision_seconds_bucket{le="+Inf",queue="1000"} 61976.0
+netpol_agent_decision_seconds_count{queue="1000"} 61976.0
+netpol_agent_decision_seconds_sum{queue="1000"} 1.031033447
 # HELP netpol_agent_flows Connections in the agent's flow table.
 # TYPE netpol_agent_flows gauge
 netpol_agent_flows{queue="1000"} 5554.0

@@ -1,0 +1,91 @@
+"""The queue loop's sans-I/O parts: deciding raw bytes, the default verdict, the config message.
+
+Binding a real queue is covered end to end in tests/e2e (it needs root and a namespace).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+from scapy.all import IP, TCP
+
+from enforcement.compiler import compile_tables
+from enforcement.flows import FlowTable
+from enforcement.queue import (
+    DECISION_BUCKETS_NS,
+    NFQA_CFG_F_FAIL_OPEN,
+    NFQA_CFG_F_GSO,
+    QueueWorker,
+    TablesHolder,
+    queue_flags_message,
+)
+from enforcement.tables import AllowTables
+from enforcement.verdict import Reason
+from tests.builders import cluster, make_namespace, make_pod, make_policy, selector
+
+
+def worker(fail_open: bool, tables: AllowTables | None = None) -> QueueWorker:
+    snapshot = cluster(
+        make_namespace("x"),
+        make_pod("x", "a", "10.244.1.2", labels={"pod": "a"}),
+        make_pod("x", "b", "10.244.1.3", labels={"pod": "b"}),
+        make_policy("x", "deny-b", selector(pod="b"), types=["Ingress"]),
+    )
+    holder = TablesHolder(tables or compile_tables(snapshot, "node-1", 1))
+    return QueueWorker(1000, holder, FlowTable(), fail_open=fail_open, clock=lambda: 1.0)
+
+
+SYN_A_TO_B = bytes(IP(src="10.244.1.2", dst="10.244.1.3") / TCP(sport=40000, dport=80, flags="S"))
+
+
+def test_decides_raw_packet_bytes() -> None:
+    info, verdict = worker(fail_open=False).decide_payload(SYN_A_TO_B, mark=0)
+    assert info is not None and info.dst_port == 80
+    assert verdict.reason is Reason.DENIED_INGRESS
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+def test_malformed_packets_are_dropped_whatever_the_mode(fail_open: bool) -> None:
+    _info, verdict = worker(fail_open).decide_payload(SYN_A_TO_B[:30], mark=0)
+    assert verdict.reason is Reason.MALFORMED and not verdict.accepted
+
+
+class BrokenTables:
+    """Tables whose lookup fails: stands for any internal error while deciding."""
+
+    generation = 1
+
+    def evaluate(self, *args: object) -> Reason:
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize(
+    ("fail_open", "expected"),
+    [(False, Reason.FAIL_CLOSED), (True, Reason.FAIL_OPEN)],
+    ids=["fail-closed-drops", "fail-open-accepts"],
+)
+def test_an_internal_error_gets_the_default_verdict(fail_open: bool, expected: Reason) -> None:
+    subject = worker(fail_open, tables=BrokenTables())  # type: ignore[arg-type]
+    _info, verdict = subject.decide_payload(SYN_A_TO_B, mark=0)
+    assert verdict.reason is expected
+    assert subject.stats.errors == 1
+
+
+def test_queue_flags_message_layout() -> None:
+    message = queue_flags_message(1000, NFQA_CFG_F_GSO, NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN, 7)
+    length, kind, flags, sequence, port = struct.unpack_from("=IHHII", message)
+    assert (length, kind, flags, sequence, port) == (len(message), (3 << 8) | 2, 1, 7, 0)
+    family, version, queue = struct.unpack_from("=BBH", message, 16)
+    assert (family, version, socket.ntohs(queue)) == (socket.AF_UNSPEC, 0, 1000)
+    # NFQA_CFG_MASK (4) then NFQA_CFG_FLAGS (5), each a big-endian u32 in an 8-byte attribute.
+    assert struct.unpack_from("=HH", message, 20) == (8, 4)
+    assert struct.unpack_from("!I", message, 24)[0] == NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN
+    assert struct.unpack_from("=HH", message, 28) == (8, 5)
+    assert struct.unpack_from("!I", message, 32)[0] == NFQA_CFG_F_GSO
+
+
+def test_decision_buckets_are_increasing_1_2_5_steps() -> None:
+    assert list(DECISION_BUCKETS_NS) == sorted(DECISION_BUCKETS_NS)
+    assert DECISION_BUCKETS_NS[0] == 1_000 and DECISION_BUCKETS_NS[-1] == 5_000_000
