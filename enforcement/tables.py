@@ -12,10 +12,16 @@ pods and policies:
 1. the *ipcache* (packed address -> :class:`Endpoint`) finds the pod behind each address;
 2. each local pod that is isolated for a direction points at one :class:`PolicyTable` for that
    direction, shared by every pod selected by the same policies (interned by the compiler);
-3. a table answers "may this peer use this protocol and port?" with at most five lookups, each
+3. a table answers "may this peer use this protocol and port?" with five lookups, each
    yielding a :class:`PortMatch`: rules with no peers (any address), the peer's address in a
    disjoint interval map built from ipBlocks, the peer's identity, the peer's namespace, and
-   rules that select every pod.
+   rules that select every pod; plus one set-membership test per *large* peer selection.
+
+Large selections (a namespace selector matching hundreds of namespaces, a pod selector matching
+thousands of identities across namespaces) are not copied into every table: each is one shared
+:class:`PeerSelection` whose sets are built once per distinct selector. Their number in a table
+is bounded by the rules of the policies selecting that table's pods, never by the number of
+pods or policies in the cluster; small selections are merged into the per-table dicts.
 
 Named ports are resolved by the compiler wherever the destination's identity is known (every
 ingress table, and egress entries keyed by a peer identity); the remaining ones (egress entries
@@ -219,11 +225,22 @@ class AddressMap:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class PeerSelection:
+    """A large set of peer pods one or more rules of a table allow, with what they allow."""
+
+    identities: frozenset[int]
+    """Identity numbers selected (shared between every table using the same selector)."""
+    namespaces: frozenset[str]
+    """Namespaces all of whose pods are selected (likewise shared)."""
+    match: PortMatch
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class PolicyTable:
     """What one direction of the pods selected by one set of policies allows, by peer.
 
     Shared (interned) by every local pod with the same selecting policies (and, for ingress,
-    the same named ports). A peer is allowed when any of the five parts matches it; an empty
+    the same named ports). A peer is allowed when any of the parts matches it; an empty
     table (only rules that allow nothing, or no rules) isolates without allowing anything.
     """
 
@@ -241,6 +258,8 @@ class PolicyTable:
     """Peer namespace -> match, from peers that select every pod of some namespaces."""
     all_pods: PortMatch | None = None
     """Peers that select every pod of every namespace (``namespaceSelector: {}`` alone)."""
+    selections: tuple[PeerSelection, ...] = ()
+    """Large selections, kept as shared sets instead of being copied into ``identities``."""
 
     def allows(
         self,
@@ -271,7 +290,14 @@ class PolicyTable:
         if match is not None and match.allows(protocol, port, port_names):
             return True
         match = self.all_pods
-        return match is not None and match.allows(protocol, port, port_names)
+        if match is not None and match.allows(protocol, port, port_names):
+            return True
+        for selection in self.selections:
+            if (
+                peer.identity in selection.identities or peer.namespace in selection.namespaces
+            ) and selection.match.allows(protocol, port, port_names):
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -441,6 +441,23 @@ CASES = [
         ),
     ),
     Case(
+        "named-port-same-labels-different-numbers",
+        cluster(
+            make_pod("a", "one", "10.7.0.1", {"app": "x"}, [("http", 80)]),
+            make_pod("a", "two", "10.7.0.2", {"app": "x"}, [("http", 81)]),
+            make_pod("a", "three", "10.7.0.3", {"app": "x"}, [("http", 80, "UDP")]),
+            make_policy("a", "p", selector(app="x"), [rule(ports=[port("http")])]),
+        ),
+        (
+            f(OUTSIDE, "10.7.0.1", A, TCP, 80),
+            f(OUTSIDE, "10.7.0.1", DI, TCP, 81),
+            f(OUTSIDE, "10.7.0.2", A, TCP, 81),
+            f(OUTSIDE, "10.7.0.2", DI, TCP, 80),
+            f(OUTSIDE, "10.7.0.3", DI, TCP, 80),
+            f(OUTSIDE, "10.7.0.3", DI, UDP, 80),  # the rule's http is TCP
+        ),
+    ),
+    Case(
         "named-port-udp",
         base(make_policy("prod", "dns", selector(app="api"), [rule(ports=[port("dns", "UDP")])])),
         (f(OUTSIDE, API, A, UDP, 5353), f(OUTSIDE, API, DI, TCP, 5353)),
@@ -621,9 +638,11 @@ def _rows() -> list[object]:
 
 @pytest.mark.parametrize(("snapshot", "node", "flow"), _rows())
 def test_semantics(snapshot: ClusterSnapshot, node: str, flow: Flow) -> None:
-    tables = compile_tables(snapshot, node)
-    got = tables.evaluate(ip(flow.src), ip(flow.dst), flow.protocol, flow.port)
-    assert got is flow.expected
+    # The default form, and every peer selection in the shared (large) form.
+    for large_selection in (None, 0):
+        tables = compile_tables(snapshot, node, large_selection=large_selection)
+        got = tables.evaluate(ip(flow.src), ip(flow.dst), flow.protocol, flow.port)
+        assert got is flow.expected, large_selection
     # The oracle of the property tests must agree with the hand-written expectation too.
     allowed = reference_allows(snapshot, node, flow.src, flow.dst, flow.protocol, flow.port)
     assert allowed == (flow.expected in (A, N))

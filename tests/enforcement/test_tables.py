@@ -219,6 +219,35 @@ def test_tables_without_named_ports_are_shared_across_port_sets() -> None:
     assert tables.table_count == 1
 
 
+def test_large_selections_are_shared_not_copied() -> None:
+    many = [make_namespace(f"ns-{i}", team="a") for i in range(40)]
+    pods = [make_pod(f"ns-{i}", "p", f"10.0.{i}.1", {"app": str(i)}) for i in range(40)]
+    snapshot = cluster(
+        *many,
+        *pods,
+        *(
+            make_policy(
+                f"ns-{i}", "from-team-a", selector(), [rule(peer(namespaces=selector(team="a")))]
+            )
+            for i in range(40)
+        ),
+        make_policy("ns-0", "extra", selector(), [rule(ports=[port(1)])]),
+    )
+    tables = compile_tables(snapshot, "node-1")
+    first, second = tables.endpoint(ip("10.0.0.1")), tables.endpoint(ip("10.0.1.1"))
+    assert first is not None and second is not None
+    assert first.ingress_table is not None and second.ingress_table is not None
+    assert first.ingress_table is not second.ingress_table
+    assert not first.ingress_table.namespaces  # 40 namespaces: not copied into the table
+    (shared_first,) = first.ingress_table.selections
+    (shared_second,) = second.ingress_table.selections
+    assert shared_first.namespaces is shared_second.namespaces
+    assert len(shared_first.namespaces) == 40
+    assert tables.evaluate(ip("10.0.39.1"), ip("10.0.0.1"), TCP, 80) is Reason.ALLOWED
+    assert tables.evaluate(ip("192.0.2.1"), ip("10.0.0.1"), TCP, 1) is Reason.ALLOWED
+    assert tables.evaluate(ip("192.0.2.1"), ip("10.0.1.1"), TCP, 1) is Reason.DENIED_INGRESS
+
+
 def test_evaluate_checks_egress_before_ingress() -> None:
     snapshot = cluster(
         make_pod("a", "x", "10.0.0.1"),
