@@ -10,6 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 root_rules_before=$(iptables-save 2>/dev/null | grep -v '^#' || true)
+namespaces_before=$(ip netns list 2>/dev/null | awk '{print $1}' | sort || true)
 
 .venv/bin/ruff check agent enforcement tests
 .venv/bin/ruff format --check agent enforcement tests
@@ -23,7 +24,9 @@ if [ "$root_rules_before" != "$root_rules_after" ]; then
   echo "test: FAILED: the root network namespace's firewall changed during the tests" >&2
   status=1
 fi
-leftover=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(npa|npt)-' || true)
+# Only namespaces that appeared during this run count: the tests' own leftovers.
+namespaces_after=$(ip netns list 2>/dev/null | awk '{print $1}' | sort || true)
+leftover=$(comm -13 <(echo "$namespaces_before") <(echo "$namespaces_after") | grep -E '^(npa|npt)-' || true)
 if [ -n "$leftover" ]; then
   echo "test: FAILED: network namespaces left behind: $leftover" >&2
   status=1
