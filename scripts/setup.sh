@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# tests/test_setup.py reads this list: every program the code and tests run must come from one
+# of these packages (or from one every Debian system has), so a fresh machine runs the suite.
 APT_PACKAGES=(
   iptables iproute2 ipset conntrack       # the dataplane: rules, namespaces, address sets, flows
+  iputils-ping                            # ICMP echo probes in the lab and dataplane tests
   libnetfilter-queue-dev libnfnetlink-dev # headers netfilterqueue compiles against
   gcc python3-dev python3-venv            # building netfilterqueue's C extension
   iperf3 wrk nginx-light procps           # load generators and a server for `netpol-agent bench`

@@ -579,9 +579,11 @@ def test_tiny_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_a_worker_past_its_timeout_is_stopped_and_reported() -> None:
-    result = measure_size(WorkerSpec(Size(20_000, 2_000, 20)), timeout=0.5)
+    # The largest size the bench accepts: generating a million pods alone takes seconds on any
+    # machine, so the worker is always still busy when the half-second timeout stops it.
+    result = measure_size(WorkerSpec(Size(1_000_000, 100_000, 1_000)), timeout=0.5)
     assert result.error == "worker stopped after 500.0 ms"
     assert result.compile_s is None
     table = render_table(ScaleReport("now", False, 1, {"cpus": 2}, [result]))
     assert "(failed)" in table
-    assert "error: 20k pods/2k pol/20 ns: worker stopped after 500.0 ms" in table
+    assert "error: 1000k pods/100k pol/1k ns: worker stopped after 500.0 ms" in table
