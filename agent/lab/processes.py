@@ -127,6 +127,7 @@ def stop(ref: ProcessRef | None, grace: float = 3.0, *, group: bool = True) -> N
         return
     deliver = send_group if group else send
     deliver(ref, signal.SIGTERM)
+    deliver(ref, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and is_running(ref):
         time.sleep(0.02)
