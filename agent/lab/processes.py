@@ -87,6 +87,14 @@ def send(ref: ProcessRef, sig: signal.Signals) -> bool:
         pidfd = os.pidfd_open(ref.pid)
     except ProcessLookupError:
         return False
+    except OSError:  # no pidfd_open(2) (Linux < 5.3): check, then signal by pid
+        if not matches(ref):
+            return False
+        try:
+            os.kill(ref.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
     try:
         # The pidfd pins the process it was opened for: if the identity matches now, the signal
         # below reaches this process or nothing (ESRCH once it has been reaped).

@@ -308,6 +308,22 @@ def test_a_pod_on_a_node_the_lab_does_not_have_is_refused_before_anything_exists
     assert not root.exists() or list(root.iterdir()) == []
 
 
+def test_pods_beyond_a_nodes_addresses_are_refused_before_anything_exists(tmp_path: Path) -> None:
+    manifest = tmp_path / "many.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: many, namespace: x}\n"
+        "spec:\n  replicas: 300\n  selector: {matchLabels: {app: many}}\n"
+        "  template:\n    metadata: {labels: {app: many}}\n"
+        "    spec: {containers: [{name: c}]}\n"
+    )
+    root = tmp_path / "labs"
+    result = cli("lab", "up", "--lab", "many", "-f", str(manifest), root=root)
+    assert result.returncode == 1, result
+    assert "refused, nothing changed: node node-1 has no pod addresses left" in result.stderr
+    assert not root.exists() or list(root.iterdir()) == []
+
+
 # -- root: real labs through the real command ------------------------------------------------------
 
 
@@ -411,7 +427,14 @@ def test_a_killed_agent_is_restarted_fail_closed_meanwhile(
             os.kill(agent.pid, signal.SIGKILL)
             while processes.is_running(agent):
                 time.sleep(0.01)
-            # Fail-closed while no agent runs: b's queued traffic is dropped, all of it.
+            # Fail-closed while no agent runs: its queue rules stay (without --queue-bypass) and
+            # b's queued traffic is dropped, all of it.
+            rules = subprocess.run(
+                ["ip", "netns", "exec", record.nodes[0].netns, "iptables-save"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            queue_rules = [line for line in rules.splitlines() if "NFQUEUE" in line]
+            assert queue_rules and not [line for line in queue_rules if "bypass" in line]
             assert not connects(c.netns, b.ipv4, 80), "denied traffic passed with no agent"
             assert not connects(a.netns, b.ipv4, 80), "fail-closed: nothing decides for b"
             assert connects(a.netns, c.ipv4, 80), "pods no policy isolates never needed it"
