@@ -94,9 +94,25 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "namespaces",
     )
 
+    def with_timeout(parser: argparse.ArgumentParser) -> None:
+        from agent.lab import WAIT_SECONDS
+
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=WAIT_SECONDS,
+            metavar="SECONDS",
+            help="how long to wait for every agent to enforce the change, restarts of a dead "
+            f"agent included (default {WAIT_SECONDS:g}); past it the change is rolled back",
+        )
+
+    with_timeout(up)
     for verb, text in (("apply", "create or replace objects"), ("delete", "delete objects")):
-        parser = with_lab(verbs.add_parser(verb, help=f"{text}; returns when in force"))
+        parser = with_lab(
+            verbs.add_parser(verb, help=f"{text}; returns when in force (all or nothing)")
+        )
         with_files(parser, required=True)
+        with_timeout(parser)
 
     get = with_lab(verbs.add_parser("get", help="list lab objects"))
     get.add_argument("resource", choices=["pods"], help="what to list")
@@ -354,16 +370,17 @@ def _lab(args: argparse.Namespace) -> int:
                 trace=args.trace,
                 ipv6=not args.no_ipv6,
                 agents=not args.no_agent,
+                timeout=args.timeout,
             )
             _print_messages(lab.messages)
             state = "no agent running" if args.no_agent else "enforcement active"
             print(f"lab {args.lab} is up: {len(lab.pods())} pods, {state}")
         elif args.verb == "apply":
-            lab.apply(args.files)
+            lab.apply(args.files, timeout=args.timeout)
             _print_messages(lab.messages)
             print("applied; in force")
         elif args.verb == "delete":
-            lab.delete(args.files)
+            lab.delete(args.files, timeout=args.timeout)
             _print_messages(lab.messages)
             print("deleted; in force")
         elif args.verb == "get":
@@ -388,7 +405,8 @@ def _lab(args: argparse.Namespace) -> int:
         elif args.verb == "logs":
             for node, text in lab.agent_logs().items():
                 lines = text.splitlines()
-                print(f"== {node}")
+                summary = lab.restart_summary(node)
+                print(f"== {node}" + (f" ({summary})" if summary else ""))
                 print("\n".join(lines[-args.tail :] if args.tail else lines))
         elif args.verb == "down":
             lab.down()

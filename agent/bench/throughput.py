@@ -878,7 +878,9 @@ class ThroughputBench:
         node = record.nodes[0]
         netns = {key: pod.netns for key, pod in record.pods.items()}
         address = {key: str(pod.ipv4) for key, pod in record.pods.items()}
-        return _LabView(node.name, node.netns, netns, address, node.agent_pid)
+        # The agent itself, not its supervisor (node.agent_pid), whose CPU time is nil.
+        agent = lab.agent_process(node.name)
+        return _LabView(node.name, node.netns, netns, address, agent.pid if agent else None)
 
     def _install_kernel_peer(self, lab: Lab, view: _LabView) -> None:
         from enforcement.kernel_peer import compile_kernel_peer

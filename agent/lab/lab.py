@@ -7,13 +7,23 @@ A lab NAME lives in ``$NETPOL_AGENT_LAB_ROOT/NAME`` (default ``/run/netpol-agent
   (``agent.sources.lab_store``).
 - ``lab.json``: the lab's own record: nodes, where each pod lives (network namespace, veth,
   addresses), external hosts, and the processes it started (agents, echo responders).
-- ``status-NODE.json`` and ``agent-NODE.log``: each node agent's status and log.
+- ``status-NODE.json``, ``agent-NODE.log`` and ``supervisor-NODE.json``: each node agent's
+  status, its log, and the state of the supervisor that restarts it (``agent.lab.supervisor``).
+
+The directory is private: 0700, and every file in it 0600 (the lab's commands run with umask
+077, which the agents and responders they start inherit).
 
 Every change follows the same order, so that what the manifests say is in force before a packet
 can flow and the command returns only then: validate everything (refuse the whole batch on the
-first error, changing nothing) → create network namespaces for new pods with their links down →
-write the store → wait until every agent reports that store revision in force → bring new pods'
-links up and start their responders → remove what was deleted.
+first error, changing nothing) → create network namespaces for new pods with their links down and
+start their echo responders → write the store → wait until every agent reports that store
+revision in force → bring new pods' links up → remove what was deleted. A change is all or
+nothing: when a step fails, everything the change did is undone (namespaces and responders
+removed, the store written back as it was) and the command says what failed.
+
+Teardown goes by exact names: the lab records every namespace *before* creating it and removes
+only those (a lab's name may be a prefix of another's, ``relq`` and ``relq-x``). Processes are
+recorded with their start time (``agent.lab.processes``) and signalled only while both match.
 """
 
 from __future__ import annotations
@@ -21,12 +31,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
 import re
+import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -35,14 +46,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.lab import topology
+from agent.lab import WAIT_SECONDS, processes, supervisor, topology
+from agent.lab.netns import CommandError, netns_exists
 from agent.lab.probe import ProbeEndpoint, probe_matrix
+from agent.lab.processes import ProcessRef
 from agent.manifests import Manifest, ManifestError, load_manifests
 from agent.sources.lab_store import read_store
 
 LAB_ROOT_ENV = "NETPOL_AGENT_LAB_ROOT"
 DEFAULT_LAB_ROOT = Path("/run/netpol-agent/labs")
-LAB_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?$")
+LAB_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?")
+"""A lab's name, matched with ``fullmatch`` (``$`` in ``re.match`` would accept a final newline)."""
+MAX_NODES = 16
+"""Nodes per lab at most (node N gets 10.244.N.0/24)."""
+PRIVATE_UMASK = 0o077
+"""The lab's files are root's alone: directories 0700, files 0600."""
 
 POD_CIDR_V4 = ipaddress.IPv4Network("10.244.0.0/16")
 """kind's default pod subnet; node N gets 10.244.N.0/24."""
@@ -56,7 +74,23 @@ EXTERNAL_KIND = "ExternalHost"
 EXTERNAL_API_VERSION = "lab.netpol-agent.io/v1"
 LAB_KINDS = {"Namespace", "Pod", "NetworkPolicy", "Deployment", EXTERNAL_KIND}
 
-WAIT_SECONDS = 30.0
+ROLLBACK_WAIT_SECONDS = 10.0
+"""How long undoing a failed change waits for the agents to enforce the restored store."""
+
+DOCUMENTATION_NETWORKS = (
+    ipaddress.ip_network("192.0.2.0/24"),
+    ipaddress.ip_network("198.51.100.0/24"),
+    ipaddress.ip_network("203.0.113.0/24"),
+    ipaddress.ip_network("2001:db8::/32"),
+)
+"""Where external hosts may live: the ranges reserved for documentation (RFC 5737 TEST-NET-1/2/3,
+RFC 3849), so a lab never claims an address that exists somewhere else."""
+
+RESPONDER_START_SECONDS = 10.0
+"""How long an echo responder may take to report that it listens."""
+
+SERVED_PROTOCOLS = ("TCP", "UDP")
+"""What the echo responder can serve: this kernel has no SCTP sockets (CONFIG_IP_SCTP unset)."""
 
 
 class LabError(RuntimeError):
@@ -67,12 +101,44 @@ def lab_root() -> Path:
     return Path(os.environ.get(LAB_ROOT_ENV, str(DEFAULT_LAB_ROOT)))
 
 
+def validate_lab_name(name: str) -> str:
+    """Return ``name`` if it can name a lab, else raise LabError (before anything is created)."""
+    if not isinstance(name, str) or not LAB_NAME.fullmatch(name):
+        raise LabError(
+            f"lab name {name!r} must be 1-16 lowercase letters, digits or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def lab_namespace_pattern(name: str) -> re.Pattern[str]:
+    """The names of every network namespace lab ``name`` can make, and of no other lab's.
+
+    Another lab's names are ``npa-OTHER-SUFFIX``; when OTHER starts with ``name-`` (``relq-x``
+    for ``relq``) what follows ``npa-relq-`` holds a '-' and at least 8 characters after it,
+    which no suffix below has. Used only when the lab's record is lost (``lab down`` after a
+    crash); otherwise teardown goes by the names recorded in ``lab.json``."""
+    nodes = "|".join(str(index) for index in range(1, MAX_NODES + 1))
+    suffix = rf"node-(?:{nodes})|underlay|x?[0-9a-f]{{8}}"
+    return re.compile(rf"npa-{re.escape(validate_lab_name(name))}-(?:{suffix})")
+
+
 @dataclass
 class LabNode:
     name: str
     index: int
     netns: str
     agent_pid: int | None = None
+    """The process group running the node's agent: its supervisor (the group's leader), which
+    restarts the agent when it exits, and the agent. Signalling the group reaches both."""
+    agent_start: int | None = None
+    """The supervisor's start time, so a reused pid is never signalled (see ProcessRef)."""
+
+    @property
+    def supervisor(self) -> ProcessRef | None:
+        if self.agent_pid is None or self.agent_start is None:
+            return None
+        return ProcessRef(self.agent_pid, self.agent_start)
 
     @property
     def spec(self) -> topology.NodeSpec:
@@ -97,7 +163,13 @@ class LabPod:
     ports: list[list[Any]] = field(default_factory=list)
     """[[port, protocol], ...] served by the responder."""
     responder_pid: int | None = None
+    responder_start: int | None = None
+    """The responder's start time (see ProcessRef)."""
     active: bool = False
+
+    @property
+    def responder(self) -> ProcessRef | None:
+        return _ref(self.responder_pid, self.responder_start)
 
     def attachment(self) -> topology.PodAttachment:
         return topology.PodAttachment(
@@ -114,6 +186,11 @@ class LabExternal:
     addresses: list[str]
     ports: list[list[Any]] = field(default_factory=list)
     responder_pid: int | None = None
+    responder_start: int | None = None
+
+    @property
+    def responder(self) -> ProcessRef | None:
+        return _ref(self.responder_pid, self.responder_start)
 
     def attachment(self) -> topology.ExternalAttachment:
         return topology.ExternalAttachment(
@@ -138,9 +215,18 @@ class LabRecord:
     """Agents log every verdict with its reason (see ``lab logs``)."""
     agents: bool = True
     """False for a lab built with --no-agent: the network only, enforced by whatever you run."""
+    underlay: str | None = None
+    """The namespace joining the nodes (labs of two nodes or more), recorded before it exists."""
     nodes: list[LabNode] = field(default_factory=list)
     pods: dict[str, LabPod] = field(default_factory=dict)
     externals: dict[str, LabExternal] = field(default_factory=dict)
+
+    def namespaces(self) -> list[str]:
+        """Every network namespace of the lab, by its exact name: leaves first, nodes last."""
+        names = [pod.netns for pod in self.pods.values()]
+        names += [external.netns for external in self.externals.values()]
+        names += [node.netns for node in self.nodes]
+        return [*names, self.underlay] if self.underlay else names
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabRecord:
@@ -155,6 +241,7 @@ class LabRecord:
             queue_workers=data.get("queue_workers", 1),
             trace=data.get("trace", False),
             agents=data.get("agents", True),
+            underlay=data.get("underlay"),
         )
         record.nodes = [LabNode(**node) for node in data["nodes"]]
         record.pods = {key: LabPod(**pod) for key, pod in data["pods"].items()}
@@ -186,12 +273,7 @@ class Lab:
     """One lab; every public method takes the lab's lock for its whole duration."""
 
     def __init__(self, name: str, root: Path | None = None) -> None:
-        if not LAB_NAME.match(name):
-            raise LabError(
-                f"lab name {name!r} must be 1-16 lowercase letters, digits or '-', "
-                "starting and ending with a letter or digit"
-            )
-        self.name = name
+        self.name = validate_lab_name(name)
         self.dir = (root or lab_root()) / name
         self.messages: list[str] = []
         """Notes for the person running the command (ignored kinds and the like)."""
@@ -209,12 +291,29 @@ class Lab:
     def exists(self) -> bool:
         return self.record_path.exists()
 
+    def supervisor_state_path(self, node_name: str) -> Path:
+        """Where the supervisor of ``node_name``'s agent writes its state."""
+        return self.dir / f"supervisor-{node_name}.json"
+
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+    def _locked(self, *, create: bool = False) -> Iterator[None]:
+        """Hold the lab's lock with the private umask; ``create`` makes the lab's directory.
+
+        Without ``create`` a lab that does not exist is an error and nothing is made."""
+        previous = os.umask(PRIVATE_UMASK)
+        try:
+            if create:
+                _private_directory(self.dir)
+            elif not self.dir.is_dir():
+                raise LabError(
+                    f"lab {self.name} does not exist (start it with 'netpol-agent lab up')"
+                )
+            descriptor = os.open(self.dir / "lock", os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(descriptor, "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                yield
+        finally:
+            os.umask(previous)
 
     def _load(self) -> LabRecord:
         if not self.exists():
@@ -248,62 +347,74 @@ class Lab:
         trace: bool = False,
         ipv6: bool = True,
         agents: bool = True,
+        timeout: float = WAIT_SECONDS,
     ) -> None:
         """Build the lab, start an agent on every node, apply ``files``; return when in force.
 
         With ``agents=False`` only the network is built: nothing enforces until you run an agent
         (or another enforcer) in the node namespaces yourself, and commands do not wait for one.
+        All or nothing: when any step fails, everything made so far is removed again.
         """
-        if nodes < 1 or nodes > 16:
-            raise LabError("--nodes must be between 1 and 16")
+        if nodes < 1 or nodes > MAX_NODES:
+            raise LabError(f"--nodes must be between 1 and {MAX_NODES}")
         manifests = self._load_manifests(files)
-        with self._locked():
+        record = LabRecord(
+            name=self.name,
+            prefix=f"npa-{self.name}-",
+            fail_open=fail_open,
+            queue_num=queue_num,
+            ipv6=ipv6,
+            mode=mode,
+            queue_max_len=queue_max_len,
+            queue_workers=queue_workers,
+            trace=trace,
+            agents=agents,
+        )
+        record.nodes = [
+            LabNode(name=f"node-{index}", index=index, netns=f"{record.prefix}node-{index}")
+            for index in range(1, nodes + 1)
+        ]
+        if self.exists():
+            raise self._already_exists()
+        self._preflight(record, manifests)
+        with self._locked(create=True):
             if self.exists():
-                raise LabError(
-                    f"lab {self.name} already exists: use 'lab apply' to change it or "
-                    f"'lab down --lab {self.name}' first"
-                )
-            record = LabRecord(
-                name=self.name,
-                prefix=f"npa-{self.name}-",
-                fail_open=fail_open,
-                queue_num=queue_num,
-                ipv6=ipv6,
-                mode=mode,
-                queue_max_len=queue_max_len,
-                queue_workers=queue_workers,
-                trace=trace,
-                agents=agents,
-            )
+                raise self._already_exists()
             try:
                 self._write_objects(0, {})
-                for index in range(1, nodes + 1):
-                    node = LabNode(
-                        name=f"node-{index}", index=index, netns=f"{record.prefix}node-{index}"
-                    )
-                    record.nodes.append(node)
-                    self._save(record)
+                self._save(record)  # every node recorded before it exists: teardown finds it
+                for node in record.nodes:
                     topology.create_node(node.spec)
                 if nodes > 1:
                     self._build_underlay(record)
                 for node in record.nodes if agents else ():
-                    node.agent_pid = self._start_agent(record, node)
+                    self._start_supervisor(record, node)
                     self._save(record)
-                self._wait_in_force(record, 0)
-                self._apply(record, manifests)
-            except BaseException:
+                self._wait_in_force(record, 0, timeout, first_start=True)
+                self._apply(record, manifests, timeout)
+            except BaseException as error:
                 self._teardown(record)
+                shutil.rmtree(self.dir, ignore_errors=True)  # a failed up leaves nothing
+                if isinstance(error, CommandError):
+                    raise LabError(
+                        f"could not build lab {self.name}, removed it: {error}"
+                    ) from None
                 raise
 
-    def apply(self, files: Sequence[str]) -> None:
-        manifests = self._load_manifests(files)
-        with self._locked():
-            self._apply(self._load(), manifests)
-
-    def delete(self, files: Sequence[str]) -> None:
+    def apply(self, files: Sequence[str], *, timeout: float = WAIT_SECONDS) -> None:
+        """Create or replace the objects of ``files``; return when in force (all or nothing)."""
         manifests = self._load_manifests(files)
         with self._locked():
             record = self._load()
+            self._revive_supervisors(record)
+            self._apply(record, manifests, timeout)
+
+    def delete(self, files: Sequence[str], *, timeout: float = WAIT_SECONDS) -> None:
+        """Delete the objects of ``files``; return when in force (all or nothing)."""
+        manifests = self._load_manifests(files)
+        with self._locked():
+            record = self._load()
+            self._revive_supervisors(record)
             revision, objects = self._read_objects()
             doomed: set[ObjectId] = set()
             for manifest in manifests:
@@ -320,7 +431,7 @@ class Lab:
             for what in sorted(missing):
                 self.messages.append(f"{what} not found; nothing to delete")
             remaining = {k: v for k, v in objects.items() if k not in doomed}
-            self._commit(record, revision, remaining, objects)
+            self._commit(record, revision, remaining, objects, timeout)
 
     def pods(self) -> list[dict[str, Any]]:
         _revision, objects = self._read_objects()
@@ -367,7 +478,13 @@ class Lab:
         return probe_matrix(endpoints, endpoints, port, protocol, family=family, timeout=timeout)  # type: ignore[arg-type]
 
     def down(self) -> None:
-        """Stop every process of the lab and remove every namespace and file it made."""
+        """Stop every process of the lab and remove every namespace and file it made.
+
+        Only this lab's: the namespaces recorded in its ``lab.json`` (and, should the record be
+        lost, those :func:`lab_namespace_pattern` names), and processes by recorded identity."""
+        if not self.dir.is_dir():
+            topology.remove_namespaces(self._pattern_namespaces())
+            return
         with self._locked():
             record: LabRecord | None = None
             with contextlib.suppress(Exception):
@@ -375,8 +492,8 @@ class Lab:
             if record is not None:
                 self._teardown(record)
             else:
-                topology.remove_all(f"npa-{self.name}-")
-        shutil.rmtree(self.dir, ignore_errors=True)
+                topology.remove_namespaces(self._pattern_namespaces())
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def record(self) -> LabRecord:
         """The lab's record: nodes, pods with their namespaces and addresses, processes."""
@@ -388,6 +505,29 @@ class Lab:
             for path in sorted(self.dir.glob("agent-*.log"))
         }
 
+    def supervision(self, node_name: str) -> supervisor.SupervisorState | None:
+        """What the supervisor of ``node_name``'s agent last reported, if anything."""
+        return supervisor.read_state(self.supervisor_state_path(node_name))
+
+    def agent_process(self, node_name: str) -> ProcessRef | None:
+        """The agent process running on ``node_name`` now (it changes when it is restarted)."""
+        state = self.supervision(node_name)
+        agent = state.agent() if state is not None else None
+        return agent if agent is not None and processes.is_running(agent) else None
+
+    def restart_summary(self, node_name: str) -> str | None:
+        """One line on the agent's restarts (None if it never exited), for ``lab logs``."""
+        state = self.supervision(node_name)
+        if state is None or state.last_exit is None:
+            return None
+        times = "time" if state.restarts == 1 else "times"
+        text = f"agent restarted {state.restarts} {times}; last exit: {state.last_exit}"
+        if state.phase == "waiting" and state.restart_at is not None:
+            text += f"; next start in {max(state.restart_at - time.time(), 0):.0f} s"
+        elif state.phase == "stopped":
+            text += "; its supervisor has stopped"
+        return text
+
     # -- internals -------------------------------------------------------------------------------
 
     def _load_manifests(self, files: Sequence[str]) -> list[Manifest]:
@@ -398,8 +538,23 @@ class Lab:
         except ManifestError as error:
             raise LabError(f"refused, nothing changed: {error}") from error
 
-    def _apply(self, record: LabRecord, manifests: list[Manifest]) -> None:
+    def _preflight(self, record: LabRecord, manifests: list[Manifest]) -> None:
+        """Check a new lab's manifests as far as can be done before anything exists: objects,
+        nodes and addresses of its pods (raises LabError; the notes come again later)."""
+        notes = len(self.messages)
+        updated = self._merged({}, manifests)
+        self._plan_pods(record, [obj for identity, obj in updated.items() if identity[0] == "Pod"])
+        del self.messages[notes:]
+
+    def _apply(self, record: LabRecord, manifests: list[Manifest], timeout: float) -> None:
         revision, objects = self._read_objects()
+        updated = self._merged(objects, manifests)
+        self._commit(record, revision, updated, objects, timeout)
+
+    def _merged(
+        self, objects: dict[ObjectId, dict[str, Any]], manifests: list[Manifest]
+    ) -> dict[ObjectId, dict[str, Any]]:
+        """``objects`` with ``manifests`` applied (a new dict), every object checked."""
         updated = dict(objects)
         for manifest in manifests:
             kind = manifest.obj.get("kind")
@@ -423,7 +578,7 @@ class Lab:
                         f"refused, nothing changed: {describe(identity)}: metadata.namespace: "
                         f'namespace "{namespace}" not found (declare it in a Namespace manifest)'
                     )
-        self._commit(record, revision, updated, objects)
+        return updated
 
     def _expand(self, obj: dict[str, Any], objects_only: bool = False) -> list[dict[str, Any]]:
         """The objects a manifest stands for in the lab (a Deployment stands for its pods)."""
@@ -510,8 +665,13 @@ class Lab:
         revision: int,
         updated: dict[ObjectId, dict[str, Any]],
         previous: dict[ObjectId, dict[str, Any]],
+        timeout: float,
     ) -> None:
-        """Make ``updated`` the lab's state in the order that keeps enforcement ahead of traffic."""
+        """Make ``updated`` the lab's state in the order that keeps enforcement ahead of traffic.
+
+        All or nothing: what can be checked is checked before anything is made; when a later step
+        fails, everything this change made is removed and the store is written back as it was
+        (under a new revision, so the agents enforce it again)."""
         new_pods = [
             obj
             for identity, obj in updated.items()
@@ -540,33 +700,60 @@ class Lab:
                 f"refused, nothing changed: {describe(changed_externals[0])}: spec: external hosts "
                 "cannot be changed in place (delete it and apply it again)"
             )
-        created: list[LabPod] = []
-        created_externals: list[LabExternal] = []
+        # 1. Plan: nodes, addresses, names and ports, checked before anything is made.
+        planned_pods = self._plan_pods(record, new_pods)
+        planned_externals = [self._plan_external(record, obj) for obj in new_externals]
+        for what, netns in [(f"Pod {pod.key}", pod.netns) for pod, _obj in planned_pods] + [
+            (f"{EXTERNAL_KIND} {external.name}", external.netns) for external in planned_externals
+        ]:
+            if netns_exists(netns):
+                raise LabError(
+                    f"refused, nothing changed: {what}: its network namespace {netns} exists "
+                    f"already and is not this lab's (remove it with 'ip netns del {netns}')"
+                )
+        # 2. Build what is new, invisible to the agents and cut off: namespaces, links down,
+        #    responders listening.
+        built_pods: list[LabPod] = []
+        built_externals: list[LabExternal] = []
         try:
-            for obj in new_pods:
-                created.append(self._create_pod(record, obj))
-            for obj in new_externals:
-                created_externals.append(self._create_external(record, obj))
-        except BaseException:
-            for pod in created:
-                self._destroy_pod(record, pod)
-            for external in created_externals:
-                self._destroy_external(record, external)
+            for pod, obj in planned_pods:
+                self._attach_pod(record, pod)
+                built_pods.append(pod)
+                self._serve(pod)
+                obj["spec"]["nodeName"] = pod.node
+                obj["status"] = {
+                    "phase": "Running",
+                    "podIP": pod.ipv4,
+                    "podIPs": [{"ip": address} for address in (pod.ipv4, pod.ipv6) if address],
+                }
+            for external in planned_externals:
+                self._attach_external(record, external)
+                built_externals.append(external)
+                self._serve(external)
+        except BaseException as error:
+            self._discard(record, built_pods, built_externals)
+            if isinstance(error, LabError):
+                raise LabError(f"refused, nothing changed: {error}") from None
             raise
         self._save(record)
-        revision += 1
-        self._write_objects(revision, updated)
-        self._wait_in_force(record, revision)
-        for pod in created:
-            topology.activate_pod(record.node(pod.node).spec, pod.attachment())
-            pod.responder_pid = self._start_responder(pod.netns, pod.ports, pod.key)
-            pod.active = True
+        # 3. Publish, wait until every agent enforces it, then let the new pods' traffic flow.
+        in_force = False
+        try:
+            self._write_objects(revision + 1, updated)
+            self._wait_in_force(record, revision + 1, timeout)
+            in_force = True
+            for pod in built_pods:
+                topology.activate_pod(record.node(pod.node).spec, pod.attachment())
+                pod.active = True
             self._save(record)
-        for external in created_externals:
-            external.responder_pid = self._start_responder(
-                external.netns, external.ports, f"external/{external.name}"
+        except BaseException as error:
+            outcome = self._roll_back(
+                record, revision + 2, previous, built_pods, built_externals, wait=in_force
             )
-            self._save(record)
+            if isinstance(error, LabError | CommandError):
+                raise LabError(f"{error}\n{outcome}") from None
+            raise
+        # 4. Remove what was deleted, now that no agent counts on it.
         for identity in gone_pods:
             gone_pod = record.pods.get(f"{identity[1]}/{identity[2]}")
             if gone_pod is not None:
@@ -577,70 +764,125 @@ class Lab:
                 self._destroy_external(record, gone_external)
         self._save(record)
 
+    def _roll_back(
+        self,
+        record: LabRecord,
+        revision: int,
+        previous: dict[ObjectId, dict[str, Any]],
+        pods: list[LabPod],
+        externals: list[LabExternal],
+        *,
+        wait: bool,
+    ) -> str:
+        """Undo a change that was published: the store as it was, the new namespaces gone.
+
+        Waits for the agents to enforce the restored store only if they enforced the change
+        (``wait``): otherwise they are not answering, and will read the restored store when
+        they are back. Returns a sentence for the person running the command."""
+        self._write_objects(revision, previous)
+        confirmed = ""
+        if wait:
+            try:
+                self._wait_in_force(record, revision, ROLLBACK_WAIT_SECONDS)
+                confirmed = "; the agents enforce the previous state again"
+            except LabError as error:
+                confirmed = f"; the agents have not confirmed it yet: {error}"
+        self._discard(record, pods, externals)
+        return (
+            "rolled back, nothing changed: the store is as before this command and the "
+            f"namespaces it created are removed{confirmed}"
+        )
+
+    def _discard(self, record: LabRecord, pods: list[LabPod], externals: list[LabExternal]) -> None:
+        """Remove pods and external hosts this command made (responders, namespaces, record)."""
+        for pod in pods:
+            self._destroy_pod(record, pod)
+        for external in externals:
+            self._destroy_external(record, external)
+        self._save(record)
+
     def _build_underlay(self, record: LabRecord) -> None:
         """Join the nodes like kind's nodes on their docker network: one L2 segment (a bridge in
         a namespace of the lab's own), and on each node a route to every other node's pod range
         via that node, as kindnet installs them. Cross-node pod traffic is not encapsulated."""
-        underlay = f"{record.prefix}underlay"
-        topology.apply(topology.create_underlay_plan(underlay))
+        record.underlay = f"{record.prefix}underlay"
+        self._save(record)  # recorded before it exists: teardown finds it
+        topology.apply(topology.create_underlay_plan(record.underlay))
         specs = [node.spec for node in record.nodes]
         for node, spec in zip(record.nodes, specs, strict=True):
             topology.apply(
                 topology.connect_node_plan(
-                    underlay, spec, node.name, NODE_NET_V4.prefixlen, NODE_NET_V6.prefixlen
+                    record.underlay, spec, node.name, NODE_NET_V4.prefixlen, NODE_NET_V6.prefixlen
                 )
             )
         for spec in specs:
             topology.apply(topology.node_routes_plan(spec, specs))
 
-    def _create_pod(self, record: LabRecord, obj: dict[str, Any]) -> LabPod:
-        metadata, spec = obj["metadata"], obj["spec"]
-        key = f"{metadata['namespace']}/{metadata['name']}"
-        node_name = spec.get("nodeName")
-        if node_name is None:
-            # Spread evenly: the node with the fewest pods, lowest index first.
-            counts = {node.name: 0 for node in record.nodes}
-            for pod in record.pods.values():
-                counts[pod.node] = counts.get(pod.node, 0) + 1
-            node_name = min(record.nodes, key=lambda node: (counts[node.name], node.index)).name
-        elif node_name not in {node.name for node in record.nodes}:
-            names = ", ".join(node.name for node in record.nodes)
-            raise LabError(
-                f"Pod {key}: spec.nodeName: no lab node {node_name!r} (the lab has {names})"
+    def _plan_pods(
+        self, record: LabRecord, objs: list[dict[str, Any]]
+    ) -> list[tuple[LabPod, dict[str, Any]]]:
+        """Node, addresses, names and served ports of each new pod; nothing is made yet."""
+        counts = {node.name: 0 for node in record.nodes}
+        for existing in record.pods.values():
+            counts[existing.node] = counts.get(existing.node, 0) + 1
+        used = {address for pod in record.pods.values() for address in (pod.ipv4, pod.ipv6)}
+        planned = []
+        for obj in objs:
+            metadata, spec = obj["metadata"], obj["spec"]
+            key = f"{metadata['namespace']}/{metadata['name']}"
+            node_name = spec.get("nodeName")
+            if node_name is None:
+                # Spread evenly: the node with the fewest pods, lowest index first.
+                node_name = min(record.nodes, key=lambda node: (counts[node.name], node.index)).name
+            elif node_name not in counts:
+                names = ", ".join(node.name for node in record.nodes)
+                raise LabError(
+                    f"refused, nothing changed: Pod {key}: spec.nodeName: no lab node "
+                    f"{node_name!r} (the lab has {names})"
+                )
+            node = record.node(node_name)
+            ipv4, ipv6 = _allocate(record, node, used)
+            used.update((ipv4, ipv6))
+            counts[node.name] += 1
+            digest = _short_hash(f"{record.name}/{key}")
+            pod = LabPod(
+                key=key,
+                node=node.name,
+                netns=f"{record.prefix}{digest}",
+                veth=f"np{digest}",
+                ipv4=ipv4,
+                ipv6=ipv6,
+                ports=self._served_ports(key, spec),
             )
-        node = record.node(node_name)
-        ipv4, ipv6 = self._allocate(record, node)
-        ports = [
-            [port["containerPort"], port.get("protocol", "TCP")]
-            for container in spec.get("containers") or []
-            for port in container.get("ports") or []
-        ]
-        digest = _short_hash(f"{record.name}/{key}")
-        pod = LabPod(
-            key=key,
-            node=node.name,
-            netns=f"{record.prefix}{digest}",
-            veth=f"np{digest}",
-            ipv4=ipv4,
-            ipv6=ipv6,
-            ports=ports,
-        )
-        record.pods[key] = pod
-        self._save(record)
-        topology.attach_pod(node.spec, pod.attachment(), link_up=False)
-        spec["nodeName"] = node.name
-        obj["status"] = {
-            "phase": "Running",
-            "podIP": ipv4,
-            "podIPs": [{"ip": address} for address in (ipv4, ipv6) if address],
-        }
-        return pod
+            planned.append((pod, obj))
+        return planned
 
-    def _create_external(self, record: LabRecord, obj: dict[str, Any]) -> LabExternal:
+    def _served_ports(self, key: str, spec: dict[str, Any]) -> list[list[Any]]:
+        """The container ports the echo responder serves; a note for each it cannot.
+
+        The lab's kernel has no SCTP sockets (REFERENCE.md §2), so an SCTP port is declared (the
+        pod exists and its policies are enforced like any other) but nothing listens on it: a
+        probe of it would fail whatever the policies say, and the note says so."""
+        served: list[list[Any]] = []
+        for c_index, container in enumerate(spec.get("containers") or []):
+            for p_index, port in enumerate(container.get("ports") or []):
+                entry = [port["containerPort"], port.get("protocol", "TCP")]
+                if entry[1] not in SERVED_PROTOCOLS:
+                    self.messages.append(
+                        f"Pod {key}: spec.containers[{c_index}].ports[{p_index}]: "
+                        f"{entry[1]} port {entry[0]} is not served: this kernel has no "
+                        f"{entry[1]} sockets; the pod is created and enforced, but nothing "
+                        "in it listens on that port"
+                    )
+                elif entry not in served:
+                    served.append(entry)
+        return served
+
+    def _plan_external(self, record: LabRecord, obj: dict[str, Any]) -> LabExternal:
         name = obj["metadata"]["name"]
         spec = obj["spec"]
         digest = _short_hash(f"{record.name}/external/{name}")
-        external = LabExternal(
+        return LabExternal(
             name=name,
             node=record.nodes[0].name,
             netns=f"{record.prefix}x{digest}",
@@ -648,49 +890,76 @@ class Lab:
             addresses=[str(address) for address in spec["addresses"]],
             ports=[[port["port"], port.get("protocol", "TCP")] for port in spec.get("ports", [])],
         )
-        record.externals[name] = external
+
+    def _attach_pod(self, record: LabRecord, pod: LabPod) -> None:
+        """Create the pod's namespace, its link down; recorded first, unrecorded on failure."""
+        record.pods[pod.key] = pod
+        self._save(record)  # recorded before it exists: teardown finds it
+        try:
+            topology.attach_pod(record.node(pod.node).spec, pod.attachment(), link_up=False)
+        except (CommandError, ValueError) as error:
+            del record.pods[pod.key]  # attach_pod removed what it made
+            self._save(record)
+            raise LabError(
+                f"Pod {pod.key}: could not create its network namespace {pod.netns}: {error}"
+            ) from None
+
+    def _attach_external(self, record: LabRecord, external: LabExternal) -> None:
+        """Create an external host's namespace and routes; recorded first."""
+        record.externals[external.name] = external
         self._save(record)
         gateway = record.node(external.node).spec
-        topology.attach_external(gateway, external.attachment())
-        for node in record.nodes:
-            if node.name != external.node:
-                topology.apply(
-                    topology.external_routes_plan(node.spec, gateway, external.addresses)
-                )
-        return external
+        try:
+            topology.attach_external(gateway, external.attachment())
+        except (CommandError, ValueError) as error:
+            del record.externals[external.name]
+            self._save(record)
+            raise LabError(
+                f"{EXTERNAL_KIND} {external.name}: could not create its network namespace "
+                f"{external.netns}: {error}"
+            ) from None
+        try:
+            for node in record.nodes:
+                if node.name != external.node:
+                    topology.apply(
+                        topology.external_routes_plan(node.spec, gateway, external.addresses)
+                    )
+        except CommandError as error:
+            self._destroy_external(record, external)
+            self._save(record)
+            raise LabError(
+                f"{EXTERNAL_KIND} {external.name}: could not route to it: {error}"
+            ) from None
 
-    def _allocate(self, record: LabRecord, node: LabNode) -> tuple[str, str | None]:
-        spec = node.spec
-        used = {pod.ipv4 for pod in record.pods.values()} | {
-            pod.ipv6 for pod in record.pods.values()
-        }
-        network_v4 = ipaddress.IPv4Network(spec.pod_cidr_v4)
-        network_v6 = ipaddress.IPv6Network(spec.pod_cidr_v6)
-        # .0 is the network and .1 is customarily the node's; pods start at .2.
-        for offset in range(2, network_v4.num_addresses - 1):
-            ipv4 = str(network_v4.network_address + offset)
-            ipv6 = str(network_v6.network_address + offset)
-            if ipv4 not in used:
-                return ipv4, (ipv6 if record.ipv6 else None)
-        raise LabError(f"node {node.name} has no pod addresses left")
+    def _serve(self, leaf: LabPod | LabExternal) -> None:
+        """Start the leaf's echo responder and record it."""
+        what = f"Pod {leaf.key}" if isinstance(leaf, LabPod) else f"{EXTERNAL_KIND} {leaf.name}"
+        ref = self._start_responder(leaf.netns, leaf.ports, what)
+        if ref is not None:
+            leaf.responder_pid, leaf.responder_start = ref.pid, ref.start
 
     def _destroy_pod(self, record: LabRecord, pod: LabPod) -> None:
-        _stop_process(pod.responder_pid)
+        processes.stop(pod.responder)
         with contextlib.suppress(Exception):
             topology.detach_pod(pod.attachment())
         record.pods.pop(pod.key, None)
 
     def _destroy_external(self, record: LabRecord, external: LabExternal) -> None:
-        _stop_process(external.responder_pid)
+        processes.stop(external.responder)
         with contextlib.suppress(Exception):
             topology.detach_external(record.node(external.node).spec, external.attachment())
         record.externals.pop(external.name, None)
 
-    def _start_agent(self, record: LabRecord, node: LabNode) -> int:
+    # -- agents ----------------------------------------------------------------------------------
+
+    def _start_supervisor(self, record: LabRecord, node: LabNode) -> None:
+        """Start the node's agent under its supervisor, inside the node namespace."""
         status = self.dir / f"status-{node.name}.json"
         status.unlink(missing_ok=True)
-        argv = [
-            "ip", "netns", "exec", node.netns,
+        state = self.supervisor_state_path(node.name)
+        state.unlink(missing_ok=True)
+        log = self.dir / f"agent-{node.name}.log"
+        agent = [
             sys.executable, "-m", "agent.cli", "run",
             "--source", "lab",
             "--lab-store", str(self.store_path),
@@ -705,42 +974,105 @@ class Lab:
             *_pod_cidr_v6_args(record, node),
             *(["--trace"] if record.trace else []),
         ]  # fmt: skip
-        with open(self.dir / f"agent-{node.name}.log", "ab") as log:
+        argv = [
+            "ip", "netns", "exec", node.netns,
+            sys.executable, "-m", "agent.lab.supervisor",
+            "--log", str(log), "--state", str(state), "--status-file", str(status),
+            "--", *agent,
+        ]  # fmt: skip
+        with open(log, "ab") as output:
             process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )  # fmt: skip
-        return process.pid
+        # Our unreaped child: its pid cannot have been reused yet.
+        ref = processes.identify(process.pid)
+        if ref is None:  # pragma: no cover - the child exists until we reap it
+            raise LabError(f"the agent supervisor of {node.name} vanished at once")
+        node.agent_pid, node.agent_start = ref.pid, ref.start
 
-    def _start_responder(self, netns: str, ports: list[list[Any]], what: str) -> int | None:
+    def _stop_agent(self, node: LabNode) -> None:
+        """Stop the node's supervisor and agent, each only if it is still the recorded process."""
+        processes.stop(node.supervisor, grace=supervisor.STOP_GRACE + 1.0)
+        # An agent whose supervisor was killed alone runs on, reparented: stop it by identity.
+        state = self.supervision(node.name)
+        agent = state.agent() if state is not None else None
+        processes.stop(agent, group=False)
+
+    def _revive_supervisors(self, record: LabRecord) -> None:
+        """Start a supervisor again for every node whose supervisor is gone (killed with its
+        agent, say), as an init system restarts a dead kubelet, and say so."""
+        if not record.agents:
+            return
+        for node in record.nodes:
+            ref = node.supervisor
+            if ref is not None and processes.is_running(ref):
+                continue
+            self._stop_agent(node)
+            self._log_line(node.name, "the agent's supervisor was not running: starting it again")
+            self._start_supervisor(record, node)
+            self._save(record)
+            self.messages.append(
+                f"{node.name}: the agent was not running (its supervisor was gone); started it "
+                "again"
+            )
+
+    def _log_line(self, node_name: str, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        with open(self.dir / f"agent-{node_name}.log", "a") as log:
+            log.write(f"{stamp} WARNING netpol-agent.lab: {message}\n")
+
+    def _start_responder(self, netns: str, ports: list[list[Any]], what: str) -> ProcessRef | None:
         if not ports:
             return None
         argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "agent.lab.responder"]
         for port, protocol in ports:
             argv += ["--port", f"{port}/{protocol}"]
         process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-        assert process.stdout is not None
-        line = process.stdout.readline()
+        assert process.stdout is not None and process.stderr is not None
+        ref = processes.identify(process.pid)
+        ready, _, _ = select.select([process.stdout], [], [], RESPONDER_START_SECONDS)
+        line = process.stdout.readline() if ready else b""
         process.stdout.close()
-        if line.strip() != b"ready":
-            _stop_process(process.pid)
-            raise LabError(f"the echo responder of {what} did not start")
-        return process.pid
+        if line.strip() != b"ready" or ref is None:
+            processes.stop(ref)
+            problem = process.stderr.read().decode(errors="replace").strip()
+            process.stderr.close()
+            process.wait()
+            reason = f": {problem.removeprefix('responder: ')}" if problem else ""
+            raise LabError(f"{what}: its echo responder did not start{reason}")
+        process.stderr.close()  # it writes to stderr only when it fails to start
+        return ref
 
-    def _wait_in_force(self, record: LabRecord, revision: int) -> None:
-        """Block until every node's agent reports store ``revision`` (or later) in force."""
-        deadline = time.monotonic() + WAIT_SECONDS
+    def _wait_in_force(
+        self, record: LabRecord, revision: int, timeout: float, *, first_start: bool = False
+    ) -> None:
+        """Block until every node's agent reports store ``revision`` (or later) in force.
+
+        An agent that exits is restarted by its supervisor, and this keeps waiting for the new
+        one, up to ``timeout`` seconds. It fails at once only when the agent cannot come back
+        (its supervisor is gone), or with ``first_start`` when the first agent exits (a lab
+        that cannot start its agents is not built)."""
+        deadline = time.monotonic() + timeout
         pending = {node.name for node in record.nodes} if record.agents else set()
         while pending:
             for node in record.nodes:
                 if node.name not in pending:
                     continue
-                if node.agent_pid is not None and not _alive(node.agent_pid):
+                ref = node.supervisor
+                if ref is None or not processes.is_running(ref):
                     raise LabError(
-                        f"the agent of {node.name} exited; its log:\n{self._log_tail(node.name)}"
+                        f"the agent of {node.name} is not running and cannot come back: its "
+                        f"supervisor has exited; its log:\n{self._log_tail(node.name)}"
+                    )
+                state = self.supervision(node.name)
+                if first_start and state is not None and state.last_exit is not None:
+                    raise LabError(
+                        f"the agent of {node.name} exited ({state.last_exit}) before it "
+                        f"enforced anything; its log:\n{self._log_tail(node.name)}"
                     )
                 with contextlib.suppress(OSError, ValueError):
                     status = json.loads((self.dir / f"status-{node.name}.json").read_text())
@@ -750,11 +1082,21 @@ class Lab:
             if not pending:
                 return
             if time.monotonic() > deadline:
-                names = ", ".join(sorted(pending))
+                details = "; ".join(self._waiting_for(name) for name in sorted(pending))
+                tails = "\n".join(
+                    f"-- log of {name}:\n{self._log_tail(name)}" for name in sorted(pending)
+                )
                 raise LabError(
-                    f"timed out waiting for the agents of {names} to enforce revision {revision}"
+                    f"timed out after {timeout:g} s waiting for the agents to enforce revision "
+                    f"{revision}: {details}\n{tails}"
                 )
             time.sleep(0.01)
+
+    def _waiting_for(self, node_name: str) -> str:
+        summary = self.restart_summary(node_name)
+        if summary is None:
+            return f"{node_name}: the agent runs but has not reported it"
+        return f"{node_name}: {summary}"
 
     def _log_tail(self, node_name: str, lines: int = 30) -> str:
         path = self.dir / f"agent-{node_name}.log"
@@ -763,20 +1105,83 @@ class Lab:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def _teardown(self, record: LabRecord) -> None:
+        """Stop the lab's processes (by recorded identity) and remove its namespaces (by exact
+        recorded name, plus any :func:`lab_namespace_pattern` finds)."""
         for pod in list(record.pods.values()):
-            _stop_process(pod.responder_pid)
+            processes.stop(pod.responder)
         for external in list(record.externals.values()):
-            _stop_process(external.responder_pid)
+            processes.stop(external.responder)
         for node in record.nodes:
-            _stop_process(node.agent_pid)
-        topology.remove_all(record.prefix)
+            self._stop_agent(node)
+        names = set(record.namespaces()) | set(self._pattern_namespaces())
+        topology.remove_namespaces(sorted(names))
         record.pods.clear()
         record.externals.clear()
+
+    def _pattern_namespaces(self) -> list[str]:
+        pattern = lab_namespace_pattern(self.name)
+        return [name for name in topology.list_namespaces() if pattern.fullmatch(name)]
+
+    def _already_exists(self) -> LabError:
+        return LabError(
+            f"lab {self.name} already exists: use 'lab apply' to change it or "
+            f"'lab down --lab {self.name}' first"
+        )
 
 
 def _pod_cidr_v6_args(record: LabRecord, node: LabNode) -> list[str]:
     cidr = node.spec.pod_cidr_v6
     return ["--pod-cidr", cidr] if record.ipv6 and cidr else []
+
+
+def _allocate(record: LabRecord, node: LabNode, used: set[str | None]) -> tuple[str, str | None]:
+    """The node's first free pod addresses (``used``: every address taken so far)."""
+    spec = node.spec
+    network_v4 = ipaddress.IPv4Network(spec.pod_cidr_v4)
+    network_v6 = ipaddress.IPv6Network(spec.pod_cidr_v6)
+    # .0 is the network and .1 is customarily the node's; pods start at .2.
+    for offset in range(2, network_v4.num_addresses - 1):
+        ipv4 = str(network_v4.network_address + offset)
+        ipv6 = str(network_v6.network_address + offset)
+        if ipv4 not in used:
+            return ipv4, (ipv6 if record.ipv6 else None)
+    raise LabError(
+        f"refused, nothing changed: node {node.name} has no pod addresses left in "
+        f"{network_v4} (delete pods or build the lab with more --nodes)"
+    )
+
+
+def _external_address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``address`` cannot be an external host's, or None if it can.
+
+    External hosts stand for machines outside the cluster, reached through the node's routes:
+    an address that is not global unicast would mean something else to the kernel (link-local
+    ones are the pods' gateway, 169.254.1.1 and fe80::1, and are never forwarded; loopback never
+    leaves a namespace), and the lab keeps to the documentation ranges so that it never claims
+    an address that exists on a real network."""
+    if address.is_unspecified:
+        return "the unspecified address is no host's"
+    if address.is_loopback:
+        return "loopback addresses never leave a network namespace"
+    if address.is_link_local:
+        return (
+            "link-local addresses are not routed (and 169.254.1.1 / fe80::1 are the pods' "
+            "gateway on every node)"
+        )
+    if address.is_multicast:
+        return "a multicast address is a group, not a host"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return "write an IPv4-mapped address as the IPv4 address it maps"
+    for reserved in (POD_CIDR_V4, POD_CIDR_V6, NODE_NET_V4, NODE_NET_V6):
+        if address.version == reserved.version and address in reserved:
+            return f"{address} is inside the lab's {reserved}; external hosts live outside it"
+    if not any(
+        address.version == network.version and address in network
+        for network in DOCUMENTATION_NETWORKS
+    ):
+        ranges = ", ".join(str(network) for network in DOCUMENTATION_NETWORKS)
+        return f"external hosts must use the documentation ranges ({ranges})"
+    return None
 
 
 def _validate_external(obj: dict[str, Any]) -> None:
@@ -787,27 +1192,35 @@ def _validate_external(obj: dict[str, Any]) -> None:
     spec = obj.get("spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("addresses"), list):
         raise LabError(f"{where}: spec.addresses: a list of IP addresses is required")
+    if not spec["addresses"]:
+        raise LabError(f"{where}: spec.addresses: at least one address is required")
     families = set()
     for index, text in enumerate(spec["addresses"]):
+        if not isinstance(text, str):
+            raise LabError(f"{where}: spec.addresses[{index}]: an IP address string is required")
         try:
-            address = ipaddress.ip_address(str(text))
+            address = ipaddress.ip_address(text)
         except ValueError as error:
-            raise LabError(f"{where}: spec.addresses[{index}]: {error}") from error
+            raise LabError(f"{where}: spec.addresses[{index}]: {error}") from None
         if address.version in families:
             raise LabError(f"{where}: spec.addresses[{index}]: at most one address per family")
         families.add(address.version)
-        for reserved in (POD_CIDR_V4, POD_CIDR_V6, NODE_NET_V4, NODE_NET_V6):
-            if address.version == reserved.version and address in reserved:
-                raise LabError(
-                    f"{where}: spec.addresses[{index}]: {address} is inside the lab's "
-                    f"{reserved}; external hosts live outside the cluster"
-                )
-    for index, port in enumerate(spec.get("ports") or []):
-        if not isinstance(port, dict) or not isinstance(port.get("port"), int):
+        problem = _external_address_problem(address)
+        if problem is not None:
+            raise LabError(f"{where}: spec.addresses[{index}]: {address}: {problem}")
+    ports = spec.get("ports") or []
+    if not isinstance(ports, list):
+        raise LabError(f"{where}: spec.ports: a list is required")
+    for index, port in enumerate(ports):
+        if (
+            not isinstance(port, dict)
+            or not isinstance(port.get("port"), int)
+            or isinstance(port.get("port"), bool)
+        ):
             raise LabError(f"{where}: spec.ports[{index}].port: an integer is required")
         if not 1 <= port["port"] <= 65535:
             raise LabError(f"{where}: spec.ports[{index}].port: must be between 1 and 65535")
-        if port.get("protocol", "TCP") not in ("TCP", "UDP"):
+        if port.get("protocol", "TCP") not in SERVED_PROTOCOLS:
             raise LabError(f"{where}: spec.ports[{index}].protocol: must be TCP or UDP")
 
 
@@ -819,39 +1232,25 @@ def _owner(obj: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def _short_hash(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+def _ref(pid: int | None, start: int | None) -> ProcessRef | None:
+    return ProcessRef(pid, start) if pid is not None and start is not None else None
+
+
+def _private_directory(path: Path) -> None:
+    """Make ``path`` (and its parents) 0700; tighten it if an older version made it wider."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for directory in (path.parent, path):
+        if directory.stat().st_mode & 0o077:
+            directory.chmod(0o700)
+
+
 def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file, then rename), mode 0600."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=1))
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(json.dumps(data, indent=1))
     os.replace(temporary, path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _status = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _stop_process(pid: int | None, grace: float = 3.0) -> None:
-    """SIGTERM a process group we started, then SIGKILL it if it lingers."""
-    if pid is None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)

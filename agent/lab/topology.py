@@ -263,7 +263,7 @@ def delete_node(node: NodeSpec) -> None:
     """Remove the node namespace after stopping every process left in it (the agent, if any).
 
     Its veths go with it, which also removes the peers in pod namespaces; the pod namespaces
-    themselves stay (use :func:`detach_pod` or :func:`remove_all`).
+    themselves stay (use :func:`detach_pod` or :func:`remove_namespaces`).
     """
     _remove_netns(node.netns)
 
@@ -348,12 +348,7 @@ def activate_pod_plan(node: NodeSpec, pod: PodAttachment) -> Plan:
 
 def attach_pod(node: NodeSpec, pod: PodAttachment, link_up: bool = True) -> None:
     """Create and wire the pod namespace; on failure remove it again and re-raise."""
-    try:
-        apply(attach_pod_plan(node, pod, link_up))
-    except BaseException:
-        with suppress(Exception):
-            _detach_leaf(None, pod.netns, pod.node_veth)  # only what this call created
-        raise
+    _apply_leaf_plan(attach_pod_plan(node, pod, link_up), pod.netns, pod.node_veth)
 
 
 def activate_pod(node: NodeSpec, pod: PodAttachment) -> None:
@@ -379,11 +374,22 @@ def attach_external_plan(node: NodeSpec, ext: ExternalAttachment) -> Plan:
 
 def attach_external(node: NodeSpec, ext: ExternalAttachment) -> None:
     """Create and wire an external host; on failure remove it again and re-raise."""
+    _apply_leaf_plan(attach_external_plan(node, ext), ext.netns, ext.node_veth)
+
+
+def _apply_leaf_plan(plan: Plan, netns: str, node_veth: str) -> None:
+    """Run a leaf's attach plan; on failure remove what *this call* created, and only that.
+
+    The first step creates the namespace (``netns add``): when it fails, the name belongs to
+    someone else (it existed already) and nothing is touched. After it, the namespace is ours and
+    a failure removes it again with its veth."""
+    first, rest = plan[0], plan[1:]
+    apply((first,))
     try:
-        apply(attach_external_plan(node, ext))
+        apply(rest)
     except BaseException:
         with suppress(Exception):
-            _detach_leaf(None, ext.netns, ext.node_veth)  # only what this call created
+            _detach_leaf(None, netns, node_veth)
         raise
 
 
@@ -493,39 +499,37 @@ def external_routes_plan(node: NodeSpec, gateway: NodeSpec, addresses: Sequence[
 # -- whole labs ---------------------------------------------------------------------------------
 
 
-def _check_prefix(prefix: str) -> None:
-    _netns.validate_netns_name(prefix)
+def list_namespaces() -> list[str]:
+    """Names of all named network namespaces on the machine, sorted."""
+    return _netns.list_netns()
 
 
-def list_lab_namespaces(prefix: str) -> list[str]:
-    """Names of all network namespaces starting with ``prefix`` (a lab's own prefix), sorted."""
-    _check_prefix(prefix)
-    return [name for name in _netns.list_netns() if name.startswith(prefix)]
+def remove_namespaces(names: Iterable[str]) -> list[str]:
+    """Delete exactly the named namespaces that exist; returns the names removed.
 
-
-def remove_all(prefix: str) -> list[str]:
-    """Delete every namespace whose name starts with ``prefix``; returns the names removed.
-
-    Processes still inside them are stopped first (TERM, then KILL) so no namespace lingers.
-    Raises CommandError if any of them could not be removed.
+    Never by prefix: a lab's name may be a prefix of another lab's (``relq`` and ``relq-x``),
+    so callers pass the exact names they recorded. Processes still inside them are stopped
+    first (TERM, then KILL) so no namespace lingers. Raises CommandError if any of them could
+    not be removed.
     """
-    names = list_lab_namespaces(prefix)
-    if not names:
+    wanted = [_netns.validate_netns_name(name) for name in dict.fromkeys(names)]
+    present = _still_there(wanted)
+    if not present:
         return []
-    pids = [pid for name in names for pid in _netns.pids_in(name)]
+    pids = [pid for name in present for pid in _netns.pids_in(name)]
     _netns.kill_pids(pids)
     try:
-        _netns.ip_batch([f"netns del {name}" for name in names], None)
+        _netns.ip_batch([f"netns del {name}" for name in present], None)
     except _netns.CommandError:
         # Something vanished or refused midway: go one by one and report what is left.
-        for name in _still_there(names):
+        for name in _still_there(present):
             _netns.run(["ip", "netns", "del", name], check=False)
-        left = _still_there(names)
+        left = _still_there(present)
         if left:
             raise _netns.CommandError(
                 ["ip", "netns", "del", *left], 1, "these namespaces could not be removed"
             ) from None
-    return names
+    return present
 
 
 def _still_there(names: Iterable[str]) -> list[str]:

@@ -329,9 +329,12 @@ def test_an_undeclared_address_in_the_pod_range_is_cut_off(lab: LabDriver) -> No
         ipv4="10.244.1.250", ipv6=None,
     )  # fmt: skip
     topology.attach_pod(node.spec, rogue)
-    assert not udp_delivered(rogue.netns, ("10.244.1.250", 4000), a.netns, (a.ipv4, 4001))
-    assert not udp_delivered(a.netns, (a.ipv4, 4001), rogue.netns, ("10.244.1.250", 4000))
-    assert everything(lab.probe(80)) == ALL_PAIRS
+    try:
+        assert not udp_delivered(rogue.netns, ("10.244.1.250", 4000), a.netns, (a.ipv4, 4001))
+        assert not udp_delivered(a.netns, (a.ipv4, 4001), rogue.netns, ("10.244.1.250", 4000))
+        assert everything(lab.probe(80)) == ALL_PAIRS
+    finally:
+        topology.detach_pod(rogue)  # not the lab's: 'lab down' removes only what it recorded
 
 
 def test_pod_to_service_is_enforced_after_kube_proxy_dnat(lab: LabDriver) -> None:

@@ -36,8 +36,8 @@ from agent.lab.topology import (
     create_node_plan,
     detach_external,
     detach_pod,
-    list_lab_namespaces,
-    remove_all,
+    list_namespaces,
+    remove_namespaces,
     veth_name,
 )
 
@@ -290,11 +290,15 @@ def test_attach_external_plan_routes_every_address() -> None:
     ]
 
 
-def test_lab_namespace_prefix_must_be_a_usable_name() -> None:
+@pytest.mark.parametrize("name", ["", "..", "a/b", "a b", "a\n"], ids=repr)
+def test_remove_namespaces_refuses_unusable_names(name: str) -> None:
     with pytest.raises(ValueError):
-        list_lab_namespaces("")
-    with pytest.raises(ValueError):
-        remove_all("")
+        remove_namespaces([name])
+
+
+def under(prefix: str) -> list[str]:
+    """The test's own namespaces (its prefix is random, so no one else's start with it)."""
+    return [name for name in list_namespaces() if name.startswith(prefix)]
 
 
 # -- root: real namespaces ----------------------------------------------------------------------
@@ -330,8 +334,8 @@ def built_lab(
         attach_external(node, external)
         yield LabNet(prefix, node, pods, external)
     finally:
-        remove_all(prefix)
-        assert list_lab_namespaces(prefix) == []
+        remove_namespaces(under(prefix))
+        assert under(prefix) == []
 
 
 def ping(source_netns: str, address: str) -> bool:
@@ -465,28 +469,42 @@ def test_failed_attach_leaves_nothing_behind(lab: LabNet) -> None:
 
 
 @pytest.mark.root
-def test_remove_all_deletes_namespaces_and_stops_their_processes() -> None:
+def test_attaching_over_an_existing_namespace_leaves_that_namespace_alone(lab: LabNet) -> None:
+    squatter = f"{lab.prefix}squat"
+    netns.ip_batch([f"netns add {squatter}"], None)
+    try:
+        pod = PodAttachment("default/squat", squatter, "npsquat0", "10.244.1.98", None)
+        with pytest.raises(netns.CommandError, match="exists"):
+            attach_pod(lab.node, pod)
+        assert netns.netns_exists(squatter), "a failed attach removed a namespace not its own"
+    finally:
+        remove_namespaces([squatter])
+
+
+@pytest.mark.root
+def test_remove_namespaces_deletes_exactly_the_named_ones_and_stops_their_processes() -> None:
     prefix = f"npt-{secrets.token_hex(3)}-"
     sleeper: subprocess.Popen[bytes] | None = None
     try:
         node = make_node(f"{prefix}node")
         create_node(node)
         attach_pod(node, make_pod(0, lab=prefix))
+        # A namespace whose name starts with another's (labs "relq" and "relq-x"): it stays.
+        netns.ip_batch([f"netns add {prefix}node-x"], None)
         sleeper = subprocess.Popen(["ip", "netns", "exec", f"{prefix}pod-a", "sleep", "60"])
-        assert list_lab_namespaces(prefix) == [f"{prefix}node", f"{prefix}pod-a"]
-        assert list_lab_namespaces(prefix + "pod") == [f"{prefix}pod-a"]
+        assert under(prefix) == [f"{prefix}node", f"{prefix}node-x", f"{prefix}pod-a"]
         # Wait until the sleeper has entered the namespace (ip netns exec execs sleep).
         for _ in range(100):
             if sleeper.pid in netns.pids_in(f"{prefix}pod-a"):
                 break
             threading.Event().wait(0.02)
-        removed = remove_all(prefix)
+        removed = remove_namespaces([f"{prefix}node", f"{prefix}pod-a", f"{prefix}gone"])
         assert removed == [f"{prefix}node", f"{prefix}pod-a"]
-        assert list_lab_namespaces(prefix) == []
+        assert under(prefix) == [f"{prefix}node-x"]
         assert sleeper.wait(timeout=5) != 0  # terminated by a signal
-        assert remove_all(prefix) == []
+        assert remove_namespaces([f"{prefix}node", f"{prefix}pod-a"]) == []
     finally:
         if sleeper is not None and sleeper.poll() is None:
             sleeper.kill()
             sleeper.wait()
-        remove_all(prefix)
+        remove_namespaces(under(prefix))
