@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.sources import Source
-from agent.state import ClusterState, StateView
+from agent.state import ClusterState, PodRanges, StateView
 from enforcement.compiler import compile_tables
 from enforcement.conntrack import KernelConntrack
-from enforcement.firewall import Firewall, FirewallConfig
+from enforcement.firewall import Firewall, FirewallConfig, FirewallError
 from enforcement.flows import FlowTable
 from enforcement.model import ClusterSnapshot
 from enforcement.queue import (
@@ -80,6 +80,9 @@ class AgentStatus:
     syncs: int = 0
     revoked: int = 0
     """Accepted connections cut because a change denied them (fast path)."""
+    pod_cidrs: list[str] = field(default_factory=list)
+    """This node's pod ranges the new-pod guard covers (``--pod-cidr`` or the Node's); empty:
+    the guard is off."""
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,6 +98,7 @@ class AgentStatus:
             "compile_seconds": self.compile_seconds,
             "syncs": self.syncs,
             "revoked": self.revoked,
+            "pod_cidrs": self.pod_cidrs,
             "errors": self.errors,
             "pid": os.getpid(),
         }
@@ -247,6 +251,7 @@ class Agent:
                           tables.generation)  # fmt: skip
         isolated = tables.isolated_local_addresses()
         self.firewall.sync(isolated, tables.local_addresses())
+        ranges_problem = None if view.pod_ranges is None else self._guard(view.pod_ranges)
         status = self.status
         if self.config.firewall.mode == "fast":
             # Tables first, then the cut: a connection deleted here is re-decided by new tables.
@@ -266,6 +271,9 @@ class Agent:
         status.errors = [error.message for error in self.state.errors()]
         for message in status.errors:
             log.warning("%s", message)
+        status.pod_cidrs = list(self.firewall.config.pod_cidrs)
+        if ranges_problem is not None:  # already logged where it was found
+            status.errors.append(ranges_problem)
         self._write_status()
         log.info(
             "in force: generation %d, source version %s, %d isolated addresses",
@@ -273,6 +281,20 @@ class Agent:
             view.source_version,
             len(isolated),
         )
+
+    def _guard(self, ranges: PodRanges) -> str | None:
+        """Put the node's pod ranges, read from its Node, into the new-pod guard; after ``sync``
+        filled the known set (see ``Firewall.set_pod_cidrs``). Returns the problem to report.
+
+        A failure to write them is logged and reported, and enforcement goes on without them:
+        the guard only ever adds drops, so going on never opens what policies close."""
+        try:
+            if self.firewall.set_pod_cidrs(ranges.cidrs):
+                log.info("new-pod guard on the pod ranges: %s", ", ".join(ranges.cidrs) or "none")
+        except (FirewallError, ValueError) as error:
+            log.error("could not set the pod ranges %s: %s", ", ".join(ranges.cidrs), error)
+            return f"could not set the pod ranges {', '.join(ranges.cidrs)}: {error}"
+        return ranges.problem
 
     def _write_status(self) -> None:
         path = self.config.status_file
