@@ -14,6 +14,7 @@ One thread per source and per queue worker; this loop is the only writer of tabl
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -250,7 +251,7 @@ class Agent:
                 log.error("queue worker %d did not take generation %d", worker.queue_num,
                           tables.generation)  # fmt: skip
         isolated = tables.isolated_local_addresses()
-        self.firewall.sync(isolated, tables.local_addresses())
+        self.firewall.sync(isolated, self._known(view, tables))
         ranges_problem = None if view.pod_ranges is None else self._guard(view.pod_ranges)
         status = self.status
         if self.config.firewall.mode == "fast":
@@ -281,6 +282,31 @@ class Agent:
             view.source_version,
             len(isolated),
         )
+
+    def _known(self, view: StateView, tables: AllowTables) -> frozenset[bytes]:
+        """The addresses the new-pod guard must take for known: this node's pods, and every pod
+        of another node that the tables know whose address lies in a guarded range.
+
+        The second part is empty when the ranges are this node's own. It matters when they are
+        wider (a plugin's cluster-wide range given as ``--pod-cidr``, or a Node range that the
+        network plugin does not allocate from): other nodes' known pods must pass, and only
+        pods that no one knows yet wait."""
+        local = tables.local_addresses()
+        cidrs = set(self.firewall.config.pod_cidrs)
+        if view.pod_ranges is not None:
+            cidrs.update(view.pod_ranges.cidrs)  # put in force right after this sync
+        if not cidrs:
+            return local
+        networks = [ipaddress.ip_network(cidr) for cidr in cidrs]
+        elsewhere = {
+            address.packed
+            for pod in view.snapshot.pods
+            if pod.node_name != self.config.node_name
+            for address in pod.ips
+            if any(address in network for network in networks)
+            and tables.endpoint(address.packed) is not None
+        }
+        return local | elsewhere
 
     def _guard(self, ranges: PodRanges) -> str | None:
         """Put the node's pod ranges, read from its Node, into the new-pod guard; after ``sync``
