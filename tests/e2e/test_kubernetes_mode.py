@@ -166,11 +166,11 @@ def lab_node(name: str, cidrs: Sequence[str]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def agent_without_pod_cidr(
-    tmp_path: Path, lab: LabDriver, server: FakeApiServer
+def agent_on_node_1(
+    tmp_path: Path, lab: LabDriver, server: FakeApiServer, *extra: str
 ) -> Iterator[RunningAgent]:
-    """``netpol-agent run --kubeconfig`` in the lab's node, with no ``--pod-cidr`` (the
-    DaemonSet's arguments), no health port; stopped and its log printed on failure."""
+    """``netpol-agent run --kubeconfig`` in the lab's first node, with the DaemonSet's arguments
+    (no ``--pod-cidr``) and ``extra``, no health port; stopped, log printed on failure."""
     node = Lab(lab.name).record().nodes[0]
     with entered(node.netns):
         server.start()
@@ -179,7 +179,8 @@ def agent_without_pod_cidr(
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             ["ip", "netns", "exec", node.netns, *COMMAND, "run", "--kubeconfig", str(kubeconfig),
-             "--node-name", node.name, "--status-file", str(status), "--health-port", "0"],
+             "--node-name", node.name, "--status-file", str(status), "--health-port", "0",
+             *extra],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "NO_PROXY": "*", "no_proxy": "*"},
         )  # fmt: skip
@@ -217,7 +218,7 @@ def test_the_node_pod_ranges_hold_a_pod_until_it_is_known(tmp_path: Path, assign
             if obj["kind"] == "Namespace" or (obj["kind"] == "Pod" and obj != withheld):
                 server.create(obj["kind"], obj)
         server.create("Node", lab_node(node.name, cidrs if assigned == "at-start" else []))
-        with agent_without_pod_cidr(tmp_path, lab, server) as agent:
+        with agent_on_node_1(tmp_path, lab, server) as agent:
             if assigned == "later":
                 agent.wait(lambda s: any("--pod-cidr" in e for e in s["errors"]), timeout=10)
                 assert agent.status()["pod_cidrs"] == []
@@ -238,3 +239,53 @@ def test_the_node_pod_ranges_hold_a_pod_until_it_is_known(tmp_path: Path, assign
             matrix = lab.probe(80)
             assert matrix[NEW_POD]["x/a"] and matrix["x/a"][NEW_POD], "known now: it passes"
             assert agent.status()["errors"] == []
+
+
+def pinned_pod(name: str, node: str) -> str:
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: x, labels: {{pod: {name}}}}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: serve
+    image: agnhost
+    ports:
+    - {{containerPort: 80, name: serve-80-tcp}}
+"""
+
+
+def test_a_cluster_wide_pod_cidr_override_holds_only_pods_no_one_knows(tmp_path: Path) -> None:
+    """``--pod-cidr`` replaces the Node's ranges (the Node is not read). A range wider than the
+    node's own, here the whole cluster's, as a DaemonSet's one value for every node would be:
+    known pods of the other node pass through it, a pod of the other node that the agent does
+    not know yet is held like a local one."""
+    with lab_session("k8swide", tmp_path) as lab:
+        namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}"
+        pods = [pinned_pod("a", "node-1"), pinned_pod("b", "node-2"), pinned_pod("far", "node-2")]
+        lab.up(namespace, *pods, nodes=2, extra=["--no-agent"])
+        server = FakeApiServer()
+        objects = read_store(Lab(lab.name).store_path)[1]
+        far = next(o for o in objects if o["kind"] == "Pod" and o["metadata"]["name"] == "far")
+        for obj in objects:
+            if obj["kind"] in ("Namespace", "Pod") and obj is not far:
+                server.create(obj["kind"], obj)
+        server.create("Node", lab_node("node-1", ["10.244.1.0/24"]))
+        wide = ["10.244.0.0/16", "fd00:10:244::/48"]
+        flags = [arg for cidr in wide for arg in ("--pod-cidr", cidr)]
+        with agent_on_node_1(tmp_path, lab, server, *flags) as agent:
+            agent.wait(lambda s: s["pods"] == 2, timeout=10)
+            assert sorted(agent.status()["pod_cidrs"]) == sorted(wide)
+            for family in (4, 6):
+                matrix = lab.probe(80, family=family)
+                assert matrix["x/a"]["x/b"] and matrix["x/b"]["x/a"], f"IPv{family}: known held"
+                assert not matrix["x/a"]["x/far"], f"IPv{family}: unknown destination passed"
+                assert not matrix["x/far"]["x/a"], f"IPv{family}: unknown source passed"
+
+            server.create("Pod", far)
+            agent.wait(lambda s: s["pods"] == 3, timeout=5)
+            matrix = lab.probe(80)
+            assert matrix["x/a"]["x/far"] and matrix["x/far"]["x/a"]
+            assert sorted(agent.status()["pod_cidrs"]) == sorted(wide), "the Node changed nothing"
+        assert server.requests_for("Node") == [], "with --pod-cidr the Node is not read"
