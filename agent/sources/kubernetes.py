@@ -537,12 +537,6 @@ def pod_cidrs_from_node(node: Mapping[str, Any]) -> tuple[tuple[str, ...], list[
     return tuple(str(network) for network in ordered), errors
 
 
-POD_CIDR_HINT = (
-    "pass --pod-cidr with this node's pod ranges to turn the guard on "
-    "(kubectl get node NODE -o jsonpath='{.spec.podCIDRs}')"
-)
-
-
 class _NodeRanges:
     """The agent's own Node, as its list/watch loop sees it, turned into pod ranges in the cache.
 
@@ -617,11 +611,12 @@ class _NodeRanges:
         problem = None
         if problems:
             if self._cidrs:
-                effect = f"keeping the pod ranges {', '.join(self._cidrs)}"
+                effect = f"the new-pod guard covers {', '.join(self._cidrs)}"
             else:
                 effect = (
                     "the new-pod guard is off: traffic of a pod too new for the agent to know "
-                    f"is not dropped; {POD_CIDR_HINT}"
+                    "is not dropped; pass --pod-cidr with this node's pod ranges to turn it on "
+                    f"(kubectl get node {self.node_name} -o jsonpath='{{.spec.podCIDRs}}')"
                 )
             problem = f"{'; '.join(problems)}; {effect}"
         ranges = PodRanges(self._cidrs, problem)

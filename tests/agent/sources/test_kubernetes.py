@@ -845,7 +845,7 @@ def test_no_access_to_nodes_is_reported_and_enforcement_goes_on(
         eventually(lambda: "403" in str(getattr(ranges(state), "problem", "")), "the loss reported")
         found = ranges(state)
         assert found is not None and found.cidrs == ("10.244.1.0/24",)
-        assert "keeping the pod ranges 10.244.1.0/24" in str(found.problem)
+        assert "the new-pod guard covers 10.244.1.0/24" in str(found.problem)
 
 
 def test_malformed_pod_cidrs_are_left_out_with_an_error(
@@ -894,6 +894,7 @@ def test_a_missing_node_is_reported_and_known_ranges_are_kept(
             )
             found = ranges(state)
             assert found is not None and found.cidrs == ("10.244.1.0/24",)
+            assert "the new-pod guard covers 10.244.1.0/24" in str(found.problem)
 
 
 def test_without_a_node_name_nodes_are_never_read(
