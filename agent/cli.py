@@ -7,6 +7,7 @@ Entry points stay thin: parsing arguments and printing results; the work lives i
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -214,8 +215,6 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _pod_cidr(text: str) -> str:
     """A ``--pod-cidr`` value: a network in CIDR notation, without host bits, narrower than /0."""
-    import ipaddress
-
     try:
         network = ipaddress.ip_network(text.strip())
     except ValueError as error:
