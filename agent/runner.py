@@ -284,26 +284,25 @@ class Agent:
         )
 
     def _known(self, view: StateView, tables: AllowTables) -> frozenset[bytes]:
-        """The addresses the new-pod guard must take for known: this node's pods, and every pod
-        of another node that the tables know whose address lies in a guarded range.
+        """The addresses the new-pod guard must take for known: this node's pods, and, for
+        ranges given with ``--pod-cidr``, every pod of another node inside them that the tables
+        know.
 
-        The second part is empty when the ranges are this node's own. It matters when they are
-        wider (a plugin's cluster-wide range given as ``--pod-cidr``, or a Node range that the
-        network plugin does not allocate from): other nodes' known pods must pass, and only
-        pods that no one knows yet wait."""
+        A ``--pod-cidr`` range may be wider than the node's own: a DaemonSet passes one value to
+        every node, so it is then the cluster's range. Other nodes' known pods must pass it;
+        only pods no one knows yet wait. A Node's ``spec.podCIDRs`` are this node's alone (the
+        IPAM controller hands out disjoint ranges), so they need no such pass over every pod,
+        which would cost time at every change on a large cluster."""
         local = tables.local_addresses()
-        cidrs = set(self.firewall.config.pod_cidrs)
-        if view.pod_ranges is not None:
-            cidrs.update(view.pod_ranges.cidrs)  # put in force right after this sync
-        if not cidrs:
+        declared = [ipaddress.ip_network(cidr) for cidr in self.config.firewall.pod_cidrs]
+        if not declared:
             return local
-        networks = [ipaddress.ip_network(cidr) for cidr in cidrs]
         elsewhere = {
             address.packed
             for pod in view.snapshot.pods
             if pod.node_name != self.config.node_name
             for address in pod.ips
-            if any(address in network for network in networks)
+            if any(address in network for network in declared)
             and tables.endpoint(address.packed) is not None
         }
         return local | elsewhere
