@@ -7,6 +7,7 @@ Entry points stay thin: parsing arguments and printing results; the work lives i
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -191,10 +192,13 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--pod-cidr",
         action="append",
         default=[],
+        type=_pod_cidr,
         metavar="CIDR",
-        help="this node's pod range (repeatable, e.g. the Node's spec.podCIDRs): traffic of "
-        "addresses in it that are no known pod yet is dropped until the pod is known, so a new "
-        "pod is enforced from its first packet",
+        help="this node's pod range (repeatable, one per family): traffic of addresses in it "
+        "that are no known pod yet is dropped until the pod is known, so a new pod is enforced "
+        "from its first packet. Default with --source kubernetes: the ranges of the Node's "
+        "spec.podCIDRs, followed as they change; giving --pod-cidr overrides them (the Node is "
+        "then not read), for network plugins that allocate pod addresses themselves",
     )
     run.add_argument(
         "--queue-workers",
@@ -223,6 +227,17 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _pod_cidr(text: str) -> str:
+    """A ``--pod-cidr`` value: a network in CIDR notation, without host bits, narrower than /0."""
+    try:
+        network = ipaddress.ip_network(text.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a network in CIDR notation: {error}") from None
+    if network.prefixlen == 0:
+        raise argparse.ArgumentTypeError(f"{text} covers every address, not a node's pod range")
+    return str(network)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,8 +300,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from agent.sources.kubernetes import KubernetesSource, api_client_from
 
+        # --pod-cidr overrides the Node's own ranges: then the Node is not read at all.
+        follow_node = None if args.pod_cidr else args.node_name
         try:
-            source = KubernetesSource(api_client_from(args.kubeconfig))
+            source = KubernetesSource(api_client_from(args.kubeconfig), node_name=follow_node)
         except Exception as error:  # no kubeconfig, no service account: say so and stop
             log.error("cannot configure the Kubernetes client: %s", error)
             return 2

@@ -92,6 +92,11 @@ class AgentCollector(Collector):
                 status.isolated_addresses,
             ),
             ("policies", "NetworkPolicies known in the cluster.", status.policies),
+            (
+                "pod_cidrs",
+                "This node's pod ranges guarded against unknown (too new) pods; 0: guard off.",
+                len(status.pod_cidrs),
+            ),
             ("object_errors", "Objects taken with an error (see the log).", len(status.errors)),
             ("last_sync_seconds", "Duration of the last firewall sync.", status.last_sync_seconds),
             ("last_compile_seconds", "Duration of the last compile.", status.compile_seconds),

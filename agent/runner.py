@@ -14,6 +14,7 @@ One thread per source and per queue worker; this loop is the only writer of tabl
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -25,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.sources import Source
-from agent.state import ClusterState, StateView
+from agent.state import ClusterState, PodRanges, StateView
 from enforcement.compiler import compile_tables
 from enforcement.conntrack import KernelConntrack
-from enforcement.firewall import Firewall, FirewallConfig
+from enforcement.firewall import Firewall, FirewallConfig, FirewallError
 from enforcement.flows import FlowTable
 from enforcement.model import ClusterSnapshot
 from enforcement.queue import (
@@ -80,6 +81,9 @@ class AgentStatus:
     syncs: int = 0
     revoked: int = 0
     """Accepted connections cut because a change denied them (fast path)."""
+    pod_cidrs: list[str] = field(default_factory=list)
+    """This node's pod ranges the new-pod guard covers (``--pod-cidr`` or the Node's); empty:
+    the guard is off."""
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,6 +99,7 @@ class AgentStatus:
             "compile_seconds": self.compile_seconds,
             "syncs": self.syncs,
             "revoked": self.revoked,
+            "pod_cidrs": self.pod_cidrs,
             "errors": self.errors,
             "pid": os.getpid(),
         }
@@ -246,7 +251,8 @@ class Agent:
                 log.error("queue worker %d did not take generation %d", worker.queue_num,
                           tables.generation)  # fmt: skip
         isolated = tables.isolated_local_addresses()
-        self.firewall.sync(isolated, tables.local_addresses())
+        self.firewall.sync(isolated, self._known(view, tables))
+        ranges_problem = None if view.pod_ranges is None else self._guard(view.pod_ranges)
         status = self.status
         if self.config.firewall.mode == "fast":
             # Tables first, then the cut: a connection deleted here is re-decided by new tables.
@@ -266,6 +272,9 @@ class Agent:
         status.errors = [error.message for error in self.state.errors()]
         for message in status.errors:
             log.warning("%s", message)
+        status.pod_cidrs = list(self.firewall.config.pod_cidrs)
+        if ranges_problem is not None:  # already logged where it was found
+            status.errors.append(ranges_problem)
         self._write_status()
         log.info(
             "in force: generation %d, source version %s, %d isolated addresses",
@@ -273,6 +282,44 @@ class Agent:
             view.source_version,
             len(isolated),
         )
+
+    def _known(self, view: StateView, tables: AllowTables) -> frozenset[bytes]:
+        """The addresses the new-pod guard must take for known: this node's pods, and, for
+        ranges given with ``--pod-cidr``, every pod of another node inside them that the tables
+        know.
+
+        A ``--pod-cidr`` range may be wider than the node's own: a DaemonSet passes one value to
+        every node, so it is then the cluster's range. Other nodes' known pods must pass it;
+        only pods no one knows yet wait. A Node's ``spec.podCIDRs`` are this node's alone (the
+        IPAM controller hands out disjoint ranges), so they need no such pass over every pod,
+        which would cost time at every change on a large cluster."""
+        local = tables.local_addresses()
+        declared = [ipaddress.ip_network(cidr) for cidr in self.config.firewall.pod_cidrs]
+        if not declared:
+            return local
+        elsewhere = {
+            address.packed
+            for pod in view.snapshot.pods
+            if pod.node_name != self.config.node_name
+            for address in pod.ips
+            if any(address in network for network in declared)
+            and tables.endpoint(address.packed) is not None
+        }
+        return local | elsewhere
+
+    def _guard(self, ranges: PodRanges) -> str | None:
+        """Put the node's pod ranges, read from its Node, into the new-pod guard; after ``sync``
+        filled the known set (see ``Firewall.set_pod_cidrs``). Returns the problem to report.
+
+        A failure to write them is logged and reported, and enforcement goes on without them:
+        the guard only ever adds drops, so going on never opens what policies close."""
+        try:
+            if self.firewall.set_pod_cidrs(ranges.cidrs):
+                log.info("new-pod guard on the pod ranges: %s", ", ".join(ranges.cidrs) or "none")
+        except (FirewallError, ValueError) as error:
+            log.error("could not set the pod ranges %s: %s", ", ".join(ranges.cidrs), error)
+            return f"could not set the pod ranges {', '.join(ranges.cidrs)}: {error}"
+        return ranges.problem
 
     def _write_status(self) -> None:
         path = self.config.status_file

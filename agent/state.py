@@ -43,6 +43,17 @@ class ObjectError:
 
 
 @dataclass(frozen=True, slots=True)
+class PodRanges:
+    """This node's pod ranges, as the source read them from the node's own Node object."""
+
+    cidrs: tuple[str, ...]
+    """Valid, normalised networks (``ipaddress`` notation), IPv4 and IPv6; empty: none known."""
+    problem: str | None = None
+    """What keeps them from being complete (no Node, no podCIDRs, a malformed value, no access
+    to Nodes), or None."""
+
+
+@dataclass(frozen=True, slots=True)
 class StateView:
     """One consistent reading of the cache."""
 
@@ -51,6 +62,9 @@ class StateView:
     snapshot: ClusterSnapshot
     source_version: str | None
     """What the source said this state corresponds to (the lab store's revision), if anything."""
+    pod_ranges: PodRanges | None = None
+    """This node's pod ranges from its Node object; None when the source does not read Nodes
+    (the lab's store, or ``--pod-cidr`` given)."""
 
 
 def object_key(obj: Mapping[str, Any]) -> ObjectKey:
@@ -70,6 +84,7 @@ class ClusterState:
         self._synced: set[Kind] = set()
         self._revision = 0
         self._source_version: str | None = None
+        self._pod_ranges: PodRanges | None = None
         self._on_change = on_change
 
     # -- writers (sources) -------------------------------------------------------------------
@@ -106,6 +121,16 @@ class ClusterState:
             self._errors.pop((kind, key), None)
             self._changed()
 
+    def set_pod_ranges(self, ranges: PodRanges) -> None:
+        """Set this node's pod ranges; a change only when they (or their problem) differ, so a
+        Node's frequent status updates do not cause recompiles. Not part of readiness: a cluster
+        whose Nodes carry no podCIDRs must still be enforced."""
+        with self._lock:
+            if ranges == self._pod_ranges:
+                return
+            self._pod_ranges = ranges
+            self._changed()
+
     # -- readers ------------------------------------------------------------------------------
 
     @property
@@ -132,7 +157,7 @@ class ClusterState:
                 pods=tuple(self._pods.values()),
                 policies=tuple(self._policies.values()),
             )
-            return StateView(self._revision, snapshot, self._source_version)
+            return StateView(self._revision, snapshot, self._source_version, self._pod_ranges)
 
     # -- internals (lock held) ------------------------------------------------------------
 

@@ -38,6 +38,7 @@ program listens on the queue (xt_NFQUEUE), otherwise it drops them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
@@ -211,6 +212,26 @@ def render_members(
     return "\n".join(lines)
 
 
+def render_networks(name: str, family: Family, networks: Iterable[str]) -> str:
+    """An ``ipset restore`` payload that atomically replaces the members of the ``hash:net`` set
+    ``name`` (a family's pod ranges) with ``networks``; a network of the other family raises
+    ``ValueError``."""
+    staging = f"{name}-new"
+    create = _set_type(family, "hash:net")
+    lines = [f"create {name} {create} -exist", f"create {staging} {create} -exist"]
+    lines.append(f"flush {staging}")
+    for network in networks:
+        if ipaddress.ip_network(network).version != family:
+            raise ValueError(f"set {name} holds IPv{family} ranges, not {network}")
+        lines.append(f"add {staging} {network}")
+    lines += [f"swap {staging} {name}", f"destroy {staging}", ""]
+    return "\n".join(lines)
+
+
+def _network_order(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int, int]:
+    return (network.version, int(network.network_address), network.prefixlen)
+
+
 def subprocess_runner(argv: Sequence[str], stdin: str | None) -> str:
     result = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -270,6 +291,36 @@ class Firewall:
                 self._run(["ipset", "restore"], render_members(name, family, members))
                 self._members[name] = members
                 changed = True
+        return changed
+
+    def set_pod_cidrs(self, cidrs: Iterable[str]) -> bool:
+        """Make this node's pod ranges (the new-pod guard) exactly ``cidrs``, after ``install``;
+        returns whether anything changed.
+
+        For ranges learnt after start (a Node's ``spec.podCIDRs`` assigned late). Each family's
+        range set is replaced with one ``ipset`` swap; when a family's ranges appear or all go,
+        its chains are then rewritten in one ``iptables-restore`` transaction (the guard's rules
+        are rendered only for a family with ranges). An empty set matches nothing, so the state
+        between the two steps is safe either way. Call it after ``sync`` filled the known set:
+        a known pod missing from it would be taken for an unknown one and dropped. A malformed
+        CIDR raises ``ValueError`` before anything is written.
+        """
+        networks = sorted({ipaddress.ip_network(c) for c in cidrs}, key=_network_order)
+        wanted = dataclasses.replace(self.config, pod_cidrs=tuple(str(n) for n in networks))
+        changed = False
+        for family in FAMILIES:
+            before, after = self.config.family_pod_cidrs(family), wanted.family_pod_cidrs(family)
+            if set(map(ipaddress.ip_network, before)) == set(map(ipaddress.ip_network, after)):
+                continue
+            payload = render_networks(wanted.pod_cidr_set(family), family, after)
+            self._run(["ipset", "restore"], payload)
+            if bool(before) != bool(after):
+                self._run(
+                    [wanted.restore_command(family), "--noflush"], render_rules(wanted, family)
+                )
+            others = [c for c in self.config.pod_cidrs if c not in before]
+            self.config = dataclasses.replace(self.config, pod_cidrs=(*others, *after))
+            changed = True
         return changed
 
     def remove(self) -> None:

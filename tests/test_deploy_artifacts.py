@@ -15,6 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -136,20 +138,78 @@ def test_manifest_holds_the_agent_and_its_rbac_in_kube_system() -> None:
             assert metadata["namespace"] == "kube-system", describe(doc)
 
 
-def test_cluster_role_only_reads_pods_namespaces_and_networkpolicies() -> None:
-    granted: dict[tuple[str, str], set[str]] = {}
+READ_ONLY = {"get", "list", "watch"}
+
+
+def granted() -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) to the verbs the ClusterRole grants on it."""
+    result: dict[tuple[str, str], set[str]] = {}
     for rule in the("ClusterRole")["rules"]:
         assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected rule fields: {rule}"
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                granted.setdefault((group, resource), set()).update(rule["verbs"])
-    assert set(granted) == {
+                result.setdefault((group, resource), set()).update(rule["verbs"])
+    return result
+
+
+def test_cluster_role_only_reads_what_the_agent_watches() -> None:
+    assert set(granted()) == {
         ("", "pods"),
         ("", "namespaces"),
         ("networking.k8s.io", "networkpolicies"),
+        ("", "nodes"),
     }
-    for resource, verbs in granted.items():
-        assert verbs == {"get", "list", "watch"}, f"{resource}: {sorted(verbs)}"
+    for resource, verbs in granted().items():
+        assert verbs == READ_ONLY, f"{resource}: {sorted(verbs)}"
+
+
+def test_cluster_role_reads_nodes_and_nothing_beneath_them() -> None:
+    """The pod ranges come from the Node; its subresources (nodes/proxy reaches the kubelet's
+    API, nodes/status is written by the kubelet) are never needed."""
+    assert granted()[("", "nodes")] == READ_ONLY
+    assert not any(resource.startswith("nodes/") for _, resource in granted())
+    assert not any("*" in group or "*" in resource for group, resource in granted())
+
+
+def test_cluster_role_grants_every_request_the_agent_makes() -> None:
+    """The Kubernetes source, following its own Node as the DaemonSet runs it, against the fake
+    API server: every (group, resource, verb) it asks for is granted."""
+    from kubernetes.client import ApiClient, Configuration
+
+    from agent.sources.kubernetes import KubernetesSource
+    from agent.state import ClusterState
+    from tests.agent.sources.fake_apiserver import RESOURCES, FakeApiServer
+
+    with FakeApiServer() as server:
+        server.create("Node", {"metadata": {"name": "node-a"}, "spec": {"podCIDR": "10.0.1.0/24"}})
+        configuration = Configuration()
+        configuration.host = server.url
+        api = ApiClient(configuration)
+        source = KubernetesSource(api, node_name="node-a", watch_timeout=30, backoff_max=0.2)
+        state, stop = ClusterState(), threading.Event()
+        thread = threading.Thread(target=source.run, args=(state, stop), daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while server.open_watches() < len(RESOURCES) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server.open_watches() == len(RESOURCES), "the source watches every kind"
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            api.close()
+        asked = {
+            (
+                RESOURCES[r.kind].api_version.rpartition("/")[0],  # "" for the core group
+                RESOURCES[r.kind].plural,
+                "watch" if r.watch else "list",
+            )
+            for r in server.requests
+            if r.kind is not None
+        }
+    assert ("", "nodes", "watch") in asked
+    for group, resource, verb in sorted(asked):
+        assert verb in granted().get((group, resource), set()), f"{verb} {group}/{resource}"
 
 
 def test_binding_gives_the_role_to_the_agents_service_account() -> None:
@@ -216,6 +276,14 @@ def test_container_runs_the_image_in_kubernetes_mode() -> None:
 def test_node_name_comes_from_the_downward_api() -> None:
     env = {entry["name"]: entry for entry in container()["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+
+def test_pod_ranges_come_from_the_node_not_from_a_fixed_flag() -> None:
+    """One DaemonSet serves every node, and each node has its own pod range: a --pod-cidr in
+    the shipped arguments would be wrong on all nodes but one. The agent reads its Node's."""
+    args = container()["args"]
+    assert option(args, "--pod-cidr") is None
+    assert "--pod-cidr" not in " ".join(args)
 
 
 def health_port() -> int:
@@ -285,6 +353,7 @@ def test_daemonset_arguments_are_accepted_by_the_cli(monkeypatch: pytest.MonkeyP
     except SystemExit as exit_:
         pytest.fail(f"netpol-agent rejects the DaemonSet's arguments (exit {exit_.code})")
     assert parsed.node_name == "node-a", "--node-name defaults to $NODE_NAME"
+    assert parsed.pod_cidr == [], "the pod ranges come from the Node"
     assert parsed.fail_open is False
     assert getattr(parsed, "health_port", DEFAULT_HEALTH_PORT) == health_port()
 
@@ -485,6 +554,8 @@ STEPS = {
         f"kind load docker-image {IMAGE}",
         "kubectl apply -f daemonset.yaml",
         "rollout status ds/netpol-agent",
+        "{.spec.podCIDRs}",
+        "npa-podcidr-v4",
         "kubectl exec",
         "kubectl apply -f examples/frontend-backend/policies.yaml",
         "probe other backend",
@@ -505,6 +576,9 @@ STEPS = {
         f"minikube image load {IMAGE}",
         "kubectl apply -f daemonset.yaml",
         "rollout status ds/netpol-agent",
+        "{.spec.podCIDRs}",
+        "npa-podcidr-v4",
+        "--pod-cidr=10.244.0.0/16",
         "kubectl exec",
         "kubectl apply -f examples/frontend-backend/policies.yaml",
         "probe other backend",

@@ -1,7 +1,7 @@
 """The Kubernetes API as a source of cluster state: list, then watch, per kind.
 
-One thread per kind (Namespaces, Pods in all namespaces, NetworkPolicies in all namespaces) runs
-the list/watch loop every controller runs:
+One thread per kind (Namespaces, Pods in all namespaces, NetworkPolicies in all namespaces, and
+the agent's own Node) runs the list/watch loop every controller runs:
 
 1. **List** the kind in pages (``limit`` / ``continue``; a 410 on a continue token restarts the
    list) and hand the full list to the cache with ``ClusterState.replace``: whatever is not in
@@ -14,6 +14,14 @@ the list/watch loop every controller runs:
 4. An unreachable API server, a 5xx or any other failure is retried with capped exponential
    backoff with jitter. The cache keeps the last known state meanwhile; it is never cleared.
 
+The Node is read for its pod ranges only (``spec.podCIDRs``, the legacy ``spec.podCIDR``), through
+a list/watch with the field selector ``metadata.name=NODE``, so the agent sees one object and not
+the whole cluster's. Its ranges turn on the new-pod guard (``enforcement.firewall``); it is not
+part of readiness: a missing Node, a Node without podCIDRs (some network plugins allocate pod
+addresses themselves), a malformed value or no permission to read Nodes is reported (logged,
+in the status, in the metrics) and enforcement goes on, with the ranges last known or without
+the guard. ``--pod-cidr`` replaces all of this (the Node is then not read).
+
 Handlers only write into the cache (which marks the agent dirty); compiling happens elsewhere,
 coalesced. Responses are read raw (``_preload_content=False``) and parsed here as JSON, so the
 objects reach the cache in the API's own camelCase shape; list items get back the ``kind`` and
@@ -25,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import ipaddress
 import json
 import logging
 import random
@@ -33,13 +43,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from kubernetes import client, config
 from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 
-from agent.state import ClusterState, Kind
+from agent.state import ClusterState, Kind, PodRanges
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,12 @@ STOP_GRACE = 2.0
 
 MAX_LIST_RESTARTS = 5
 """How often one list restarts after its continue token expired before it counts as failed."""
+
+SourceKind = Kind | Literal["Node"]
+"""What the source lists and watches: the cache's kinds, and the agent's own Node."""
+
+ACCESS_DENIED = (401, 403)
+"""HTTP statuses that no retry cures: the credentials or the ClusterRole must change."""
 
 
 def api_client_from(kubeconfig: str | None) -> ApiClient:
@@ -75,7 +91,7 @@ def api_client_from(kubeconfig: str | None) -> ApiClient:
 class WatchStats:
     """Counters of one kind's list/watch loop (all monotonic, since the source was made)."""
 
-    kind: Kind
+    kind: SourceKind
     lists: int = 0
     """Complete lists handed to the cache (the first one and every relist)."""
     relists: int = 0
@@ -126,10 +142,53 @@ def _lines(response: Any) -> Iterator[bytes]:
 
 @dataclass(frozen=True, slots=True)
 class _Resource:
-    kind: Kind
+    kind: SourceKind
     api_version: str
     list_all: Callable[..., Any]
     """The client's list function for the kind across all namespaces (lists and watches)."""
+
+
+class _Sink(Protocol):
+    """Where one kind's list/watch loop hands what it learns."""
+
+    def replace(self, objects: list[dict[str, Any]]) -> None:
+        """The complete list (the first one and every relist)."""
+        ...
+
+    def upsert(self, obj: dict[str, Any]) -> None: ...
+
+    def delete(self, obj: dict[str, Any]) -> None: ...
+
+    def failed(self, error: BaseException) -> None:
+        """A request failed (it is retried with backoff; the sink keeps what it has)."""
+        ...
+
+    def reached(self) -> None:
+        """The API server answered a request again after a failure."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheSink:
+    """A kind of the cache: objects go into ``ClusterState`` as they are."""
+
+    state: ClusterState
+    kind: Kind
+
+    def replace(self, objects: list[dict[str, Any]]) -> None:
+        self.state.replace(self.kind, objects)
+
+    def upsert(self, obj: dict[str, Any]) -> None:
+        self.state.upsert(self.kind, obj)
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        self.state.delete(self.kind, obj)
+
+    def failed(self, error: BaseException) -> None:
+        pass  # the loop logs it; the cache keeps the last known state
+
+    def reached(self) -> None:
+        pass
 
 
 class _KindLoop:
@@ -202,15 +261,15 @@ class _KindLoop:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def run(self, state: ClusterState, stop: threading.Event) -> None:
+    def run(self, sink: _Sink, stop: threading.Event) -> None:
         need_list = True
         while not stop.is_set():
             try:
                 if need_list:
-                    self._list(state, stop)
+                    self._list(sink, stop)
                     need_list = False
                     self._failures = 0
-                elif self._watch(state, stop):
+                elif self._watch(sink, stop):
                     self._failures = 0
             except _Gone as gone:
                 if stop.is_set():
@@ -225,6 +284,7 @@ class _KindLoop:
                 if isinstance(error, _WatchError):
                     need_list = True
                 self._down = True
+                sink.failed(error)
                 delay = self.source.backoff(self._failures)
                 log.log(
                     logging.DEBUG if isinstance(error, _Dropped) else logging.WARNING,
@@ -236,12 +296,13 @@ class _KindLoop:
                 )
                 stop.wait(delay)
 
-    def _connected(self) -> None:
+    def _connected(self, sink: _Sink) -> None:
         if self._down:
             self._down = False
             log.info("%s: reached the API server again", self.kind)
+            sink.reached()
 
-    def _list(self, state: ClusterState, stop: threading.Event) -> None:
+    def _list(self, sink: _Sink, stop: threading.Event) -> None:
         items: list[dict[str, Any]] = []
         token: str | None = None
         restarts = 0
@@ -258,7 +319,7 @@ class _KindLoop:
             if stop.is_set():
                 return
             if token is None:
-                self._connected()
+                self._connected(sink)
             metadata = page.get("metadata")
             metadata = metadata if isinstance(metadata, Mapping) else {}
             raw_items = page.get("items")
@@ -274,7 +335,7 @@ class _KindLoop:
                 raise ValueError("list response without metadata.resourceVersion")
             break
         first = self.stats().lists == 0
-        state.replace(self.kind, items)
+        sink.replace(items)
         self._set_version(version)
         self._count(lists=1, relists=0 if first else 1)
         log.info(
@@ -305,7 +366,7 @@ class _KindLoop:
             raise ValueError(f"list response is not a JSON object: {type(page).__name__}")
         return page
 
-    def _watch(self, state: ClusterState, stop: threading.Event) -> bool:
+    def _watch(self, sink: _Sink, stop: threading.Event) -> bool:
         """Watch from the last resourceVersion until the stream ends; True if it was healthy.
 
         Raises ``_Gone`` when the server no longer has that resourceVersion, ``_WatchError``
@@ -327,7 +388,7 @@ class _KindLoop:
                 raise _Gone(f"watch from resourceVersion {version} answered 410 Gone") from None
             raise
         self._hold(response, stop)
-        self._connected()
+        self._connected(sink)
         self._count(watches=1)
         log.debug("%s: watching from resourceVersion %s", self.kind, version)
         applied = 0
@@ -335,7 +396,7 @@ class _KindLoop:
             for line in _lines(response):
                 if stop.is_set():
                     break
-                if self._apply(state, line):
+                if self._apply(sink, line):
                     applied += 1
         except (_Gone, _WatchError):
             raise
@@ -357,7 +418,7 @@ class _KindLoop:
         log.debug("%s: watch ended; resuming from resourceVersion %s", self.kind, self._version)
         return True
 
-    def _apply(self, state: ClusterState, line: bytes) -> bool:
+    def _apply(self, sink: _Sink, line: bytes) -> bool:
         """Apply one watch event line; True if it was a well-formed event."""
         if not line.strip():
             return False
@@ -384,11 +445,11 @@ class _KindLoop:
             self._count(bookmarks=1)
             log.debug("%s: bookmark at resourceVersion %s", self.kind, version)
         elif event_type in ("ADDED", "MODIFIED"):
-            state.upsert(self.kind, self._complete(obj))
+            sink.upsert(self._complete(obj))
             self._count(events=1)
             log.debug("%s: %s %s", self.kind, event_type, _name(obj))
         elif event_type == "DELETED":
-            state.delete(self.kind, self._complete(obj))
+            sink.delete(self._complete(obj))
             self._count(events=1)
             log.debug("%s: DELETED %s", self.kind, _name(obj))
         else:
@@ -420,8 +481,160 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+# -- the agent's own Node: its pod ranges ----------------------------------------------------
+
+
+def _decimal_octets(text: str) -> str:
+    """An IPv4 CIDR whose octets carry leading zeros, with them read as decimal, the way the API
+    server's own parser reads them (k8s.io/utils/net ParseCIDRSloppy, which Node validation
+    uses); anything else unchanged. Python's ``ipaddress`` refuses such octets outright."""
+    address, slash, prefix = text.partition("/")
+    octets = address.split(".")
+    if len(octets) == 4 and all(octet.isdigit() and octet.isascii() for octet in octets):
+        return ".".join(str(int(octet)) for octet in octets) + slash + prefix
+    return text
+
+
+def pod_cidrs_from_node(node: Mapping[str, Any]) -> tuple[tuple[str, ...], list[str]]:
+    """A Node's pod ranges and what is wrong with its values.
+
+    Reads ``spec.podCIDRs`` and the legacy ``spec.podCIDR`` (which the API server keeps equal to
+    the first entry; both are read in case an old or odd writer set only one). Returns the valid
+    networks, normalised and sorted, without duplicates, and one message per value that is not
+    a valid network: such a value is left out, so it can never widen or narrow anything. Host
+    bits are cleared, as Go's CIDR parser does for the API server. A prefix of length 0 is
+    refused: it is no node's range, and the kernel's ``hash:net`` sets cannot hold it.
+    """
+    spec = node.get("spec")
+    if spec is None:
+        return (), []
+    if not isinstance(spec, Mapping):
+        return (), [f"spec is not an object: {spec!r:.80}"]
+    values: list[tuple[str, object]] = []
+    errors: list[str] = []
+    listed = spec.get("podCIDRs")
+    if isinstance(listed, list):
+        values += [(f"spec.podCIDRs[{index}]", value) for index, value in enumerate(listed)]
+    elif listed is not None:
+        errors.append(f"spec.podCIDRs is not a list: {listed!r:.80}")
+    if spec.get("podCIDR") not in (None, ""):
+        values.append(("spec.podCIDR", spec.get("podCIDR")))
+    networks: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+    for where, value in values:
+        if not isinstance(value, str):
+            errors.append(f"{where} is not a string: {value!r:.80}")
+            continue
+        try:
+            network = ipaddress.ip_network(_decimal_octets(value.strip()), strict=False)
+        except ValueError:
+            errors.append(f"{where} is not a CIDR: {value!r:.80}")
+            continue
+        if network.prefixlen == 0:
+            errors.append(f"{where} covers every address, which is no node's pod range: {value}")
+            continue
+        networks.add(network)
+    ordered = sorted(networks, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    return tuple(str(network) for network in ordered), errors
+
+
+class _NodeRanges:
+    """The agent's own Node, as its list/watch loop sees it, turned into pod ranges in the cache.
+
+    A Node that exists gives its valid ranges. Ranges once known are kept while the Node cannot be
+    read or is gone, so a failure never drops the guard; every problem is logged once, when it
+    appears, and handed to the cache with the ranges (the runner puts it in the status).
+    Only the loop's own thread calls it.
+    """
+
+    def __init__(self, node_name: str, state: ClusterState) -> None:
+        self.node_name = node_name
+        self.state = state
+        self._cidrs: tuple[str, ...] = ()
+        self._object_problem: str | None = None
+        """What is wrong with the Node object (missing, no podCIDRs, malformed values)."""
+        self._malformed = False
+        self._access_problem: str | None = None
+        """Why the Node cannot be read (HTTP 401/403), until it can again."""
+        self._reported: PodRanges | None = None
+
+    def replace(self, objects: list[dict[str, Any]]) -> None:
+        self._access_problem = None
+        mine = [obj for obj in objects if _name(obj) == self.node_name]
+        if mine:
+            self._take(mine[0])
+        else:
+            self._gone(f"Node {self.node_name} does not exist")
+
+    def upsert(self, obj: dict[str, Any]) -> None:
+        if _name(obj) == self.node_name:  # the field selector sends no other; be sure anyway
+            self._take(obj)
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        if _name(obj) == self.node_name:
+            self._gone(f"Node {self.node_name} was deleted")
+
+    def failed(self, error: BaseException) -> None:
+        if isinstance(error, ApiException) and error.status in ACCESS_DENIED:
+            self._access_problem = (
+                f"cannot read Node {self.node_name} ({_describe(error)}): the agent's "
+                "ClusterRole must allow get, list and watch on nodes (daemonset.yaml)"
+            )
+            self._report()
+
+    def reached(self) -> None:
+        if self._access_problem is not None:
+            self._access_problem = None
+            self._report()
+
+    def _take(self, node: Mapping[str, Any]) -> None:
+        cidrs, errors = pod_cidrs_from_node(node)
+        self._cidrs = cidrs
+        self._malformed = bool(errors)
+        if errors:
+            self._object_problem = f"Node {self.node_name}: ignored " + "; ".join(errors)
+        elif not cidrs:
+            self._object_problem = (
+                f"Node {self.node_name} has no spec.podCIDRs (the network plugin may allocate "
+                "pod addresses itself)"
+            )
+        else:
+            self._object_problem = None
+        self._report()
+
+    def _gone(self, what: str) -> None:
+        self._malformed = False
+        self._object_problem = what
+        self._report()
+
+    def _report(self) -> None:
+        problems = [p for p in (self._access_problem, self._object_problem) if p is not None]
+        problem = None
+        if problems:
+            if self._cidrs:
+                effect = f"the new-pod guard covers {', '.join(self._cidrs)}"
+            else:
+                effect = (
+                    "the new-pod guard is off: traffic of a pod too new for the agent to know "
+                    "is not dropped; pass --pod-cidr with this node's pod ranges to turn it on "
+                    f"(kubectl get node {self.node_name} -o jsonpath='{{.spec.podCIDRs}}')"
+                )
+            problem = f"{'; '.join(problems)}; {effect}"
+        ranges = PodRanges(self._cidrs, problem)
+        if ranges == self._reported:
+            return
+        self._reported = ranges
+        if problem is None:
+            log.info("Node %s: pod ranges %s", self.node_name, ", ".join(self._cidrs))
+        elif self._access_problem is not None or self._malformed:
+            log.error("%s", problem)
+        else:
+            log.warning("%s", problem)
+        self.state.set_pod_ranges(ranges)
+
+
 class KubernetesSource:
-    """Feeds Namespaces, Pods and NetworkPolicies from the Kubernetes API into the cache."""
+    """Feeds Namespaces, Pods and NetworkPolicies from the Kubernetes API into the cache, and the
+    pod ranges of the agent's own Node when it is told which node that is."""
 
     def __init__(
         self,
@@ -435,6 +648,7 @@ class KubernetesSource:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         jitter: Callable[[], float] = random.random,
+        node_name: str | None = None,
     ) -> None:
         """
         :param watch_timeout: seconds a watch asks the server to keep it open (timeoutSeconds).
@@ -445,6 +659,8 @@ class KubernetesSource:
         :param backoff_initial: seconds to wait after the first failure in a row.
         :param backoff_max: the cap on the doubling wait, in seconds.
         :param jitter: a random number in [0, 1); the wait is scaled by 0.5 + jitter / 2.
+        :param node_name: the node whose pod ranges (``spec.podCIDRs``) to follow; None: Nodes
+            are not read (the ranges come from ``--pod-cidr``, or there is no guard).
         """
         self.watch_timeout = watch_timeout
         self.page_size = page_size
@@ -454,9 +670,10 @@ class KubernetesSource:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._jitter = jitter
+        self.node_name = node_name
         core = client.CoreV1Api(api_client)
         networking = client.NetworkingV1Api(api_client)
-        resources = (
+        resources = [
             _Resource("Namespace", "v1", core.list_namespace),
             _Resource("Pod", "v1", core.list_pod_for_all_namespaces),
             _Resource(
@@ -464,7 +681,13 @@ class KubernetesSource:
                 "networking.k8s.io/v1",
                 networking.list_network_policy_for_all_namespaces,
             ),
-        )
+        ]
+        if node_name is not None:
+            # One object, not every Node of the cluster: a field selector on the name, which
+            # lists and watches honour alike.
+            selector = f"metadata.name={node_name}"
+            only_this_node = functools.partial(core.list_node, field_selector=selector)
+            resources.append(_Resource("Node", "v1", only_this_node))
         self._loops = {resource.kind: _KindLoop(self, resource) for resource in resources}
 
     def backoff(self, failures: int) -> float:
@@ -472,7 +695,7 @@ class KubernetesSource:
         base = min(self.backoff_max, self.backoff_initial * 2.0 ** min(failures - 1, 32))
         return base * (0.5 + self._jitter() / 2)
 
-    def stats(self) -> dict[Kind, WatchStats]:
+    def stats(self) -> dict[SourceKind, WatchStats]:
         """The counters of each kind's loop, for metrics and tests."""
         return {kind: loop.stats() for kind, loop in self._loops.items()}
 
@@ -481,7 +704,7 @@ class KubernetesSource:
         threads = [
             threading.Thread(
                 target=self._run_loop,
-                args=(loop, state, stop),
+                args=(loop, self._sink(loop.kind, state), stop),
                 name=f"kubernetes-{kind}",
                 daemon=True,
             )
@@ -500,10 +723,16 @@ class KubernetesSource:
                 # set, writes nothing more into the cache.
                 log.warning("%s did not stop within %.0f s", thread.name, STOP_GRACE)
 
-    def _run_loop(self, loop: _KindLoop, state: ClusterState, stop: threading.Event) -> None:
+    def _sink(self, kind: SourceKind, state: ClusterState) -> _Sink:
+        if kind == "Node":
+            assert self.node_name is not None  # the Node loop exists only with a node name
+            return _NodeRanges(self.node_name, state)
+        return _CacheSink(state, kind)
+
+    def _run_loop(self, loop: _KindLoop, sink: _Sink, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                loop.run(state, stop)
+                loop.run(sink, stop)
             except Exception:  # a bug in the loop itself: log it, wait, start over
                 log.exception("%s: list/watch loop failed; restarting it", loop.kind)
                 stop.wait(self.backoff_max)

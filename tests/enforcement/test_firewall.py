@@ -140,3 +140,109 @@ def test_jumps_are_put_back_on_top(namespace: str) -> None:
     forward = [line for line in run(["iptables", "-S", "FORWARD"], None).splitlines()]
     assert forward[1:] == ["-A FORWARD -j NETPOL-AGENT-FORWARD", "-A FORWARD -j ACCEPT"]
     assert firewall.ensure_first() == []
+
+
+class Recorder:
+    """A runner that records commands instead of running them (``-S`` listings are empty)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], str | None]] = []
+
+    def __call__(self, argv: Sequence[str], stdin: str | None) -> str:
+        self.calls.append((list(argv), stdin))
+        return ""
+
+    def take(self) -> list[tuple[list[str], str | None]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def test_pod_cidrs_set_at_runtime_swap_the_set_and_add_the_rules_after_it() -> None:
+    recorder = Recorder()
+    firewall = Firewall(FirewallConfig(), run=recorder)
+    firewall.install()
+    recorder.take()
+
+    assert firewall.set_pod_cidrs(["10.244.1.0/24"])
+    (ipset, ipset_input), (restore, rules) = recorder.take()
+    assert ipset == ["ipset", "restore"] and ipset_input is not None
+    assert ipset_input.splitlines()[2:] == [
+        "flush npa-podcidr-v4-new",
+        "add npa-podcidr-v4-new 10.244.1.0/24",
+        "swap npa-podcidr-v4-new npa-podcidr-v4",
+        "destroy npa-podcidr-v4-new",
+    ]
+    assert "hash:net family inet " in ipset_input
+    assert restore == ["iptables-restore", "--noflush"]
+    assert rules == render_rules(FirewallConfig(pod_cidrs=("10.244.1.0/24",)), 4)
+    assert firewall.config.pod_cidrs == ("10.244.1.0/24",)
+
+    assert not firewall.set_pod_cidrs(["10.244.1.0/24"]), "the same ranges: nothing to do"
+    assert recorder.take() == []
+
+    # A second family: its own set and chains; IPv4 is left alone.
+    assert firewall.set_pod_cidrs(["fd00:10:244:1::/64", "10.244.1.0/24"])
+    calls = recorder.take()
+    assert [argv for argv, _ in calls] == [["ipset", "restore"], ["ip6tables-restore", "--noflush"]]
+    assert "add npa-podcidr-v6-new fd00:10:244:1::/64" in str(calls[0][1])
+
+    # Another IPv4 range: only the set changes, the rules that use it stay as they are.
+    assert firewall.set_pod_cidrs(["fd00:10:244:1::/64", "10.244.7.0/24"])
+    calls = recorder.take()
+    assert [argv for argv, _ in calls] == [["ipset", "restore"]]
+    assert "add npa-podcidr-v4-new 10.244.7.0/24" in str(calls[0][1])
+
+    # None left: the set is emptied, then the guard's rules go.
+    assert firewall.set_pod_cidrs([])
+    calls = recorder.take()
+    assert [argv[0] for argv, _ in calls] == [
+        "ipset",
+        "iptables-restore",
+        "ipset",
+        "ip6tables-restore",
+    ]
+    assert "npa-podcidr" not in str(calls[1][1])
+    assert firewall.config.pod_cidrs == ()
+
+
+@pytest.mark.parametrize(
+    "cidrs",
+    [
+        pytest.param(["10.244.1.0/33"], id="prefix-too-long"),
+        pytest.param(["10.244.1.5/24"], id="host-bits"),
+        pytest.param(["10.244.1.0/24", "garbage"], id="one-bad-of-two"),
+    ],
+)
+def test_malformed_pod_cidrs_are_refused_before_anything_is_written(cidrs: list[str]) -> None:
+    recorder = Recorder()
+    firewall = Firewall(FirewallConfig(), run=recorder)
+    with pytest.raises(ValueError):
+        firewall.set_pod_cidrs(cidrs)
+    assert recorder.calls == []
+    assert firewall.config.pod_cidrs == ()
+
+
+@pytest.mark.root
+def test_pod_cidrs_set_at_runtime_in_a_namespace(namespace: str) -> None:
+    run = in_namespace(namespace)
+    firewall = Firewall(FirewallConfig(), run=run)
+    firewall.install()
+    assert "NETPOL-AGENT-UNKNOWN" not in run(["iptables", "-S", "NETPOL-AGENT-FORWARD"], None)
+
+    assert firewall.set_pod_cidrs(["10.244.1.0/24", "fd00:10:244:1::/64"])
+    assert "10.244.1.0/24" in run(["ipset", "list", "npa-podcidr-v4"], None)
+    assert "fd00:10:244:1::/64" in run(["ipset", "list", "npa-podcidr-v6"], None)
+    for command in ("iptables", "ip6tables"):
+        forward = run([command, "-S", "NETPOL-AGENT-FORWARD"], None)
+        assert "-j NETPOL-AGENT-UNKNOWN" in forward, command
+
+    assert firewall.set_pod_cidrs(["10.244.2.0/24"])
+    members = run(["ipset", "list", "npa-podcidr-v4"], None)
+    assert "10.244.2.0/24" in members and "10.244.1.0/24" not in members
+    assert "fd00" not in run(["ipset", "list", "npa-podcidr-v6"], None)
+    assert "NETPOL-AGENT-UNKNOWN" not in run(["ip6tables", "-S", "NETPOL-AGENT-FORWARD"], None)
+    assert "npa-podcidr-v4-new" not in run(["ipset", "list", "-n"], None), "staging removed"
+
+    firewall.remove()
+    assert "npa-" not in run(["ipset", "list", "-n"], None)
+    assert "NETPOL" not in run(["iptables-save"], None)

@@ -1,11 +1,14 @@
 """A fake Kubernetes API server on 127.0.0.1 speaking the list/watch protocol over real HTTP.
 
-It serves Namespaces, Pods and NetworkPolicies the way kube-apiserver does, closely enough that
-the official client cannot tell:
+It serves Namespaces, Pods, NetworkPolicies and Nodes the way kube-apiserver does, closely enough
+that the official client cannot tell:
 
-- ``GET /api/v1/namespaces``, ``/api/v1/pods``, ``/apis/networking.k8s.io/v1/networkpolicies``
-  and the namespaced variants (``/api/v1/namespaces/{ns}/pods``, ...); ``/version``, ``/api``
-  and ``/apis`` answer minimal discovery documents.
+- ``GET /api/v1/namespaces``, ``/api/v1/pods``, ``/apis/networking.k8s.io/v1/networkpolicies``,
+  ``/api/v1/nodes`` and the namespaced variants (``/api/v1/namespaces/{ns}/pods``, ...);
+  ``/version``, ``/api`` and ``/apis`` answer minimal discovery documents.
+- ``fieldSelector`` ``metadata.name=NAME`` (also ``==`` and ``!=``, comma-separated terms ANDed)
+  filters lists and watches; any other field is refused with 400, as the real server refuses a
+  field it does not index for that kind.
 - Lists are consistent snapshots, paginated with ``limit`` and an opaque ``continue`` token. Items
   come without ``kind``/``apiVersion``; the list carries ``metadata.resourceVersion``. A continue
   token older than the compaction point is answered with HTTP 410 ``Expired``.
@@ -23,7 +26,8 @@ tests keep changing objects.
 
 Test controls: ``create``/``update``/``delete``, ``compact()``, ``bookmark()``, ``drop_watches()``,
 ``inject_raw()`` (a raw line into open watch streams), ``fail_next()`` (canned error answers),
-``stop()``/``start()`` and the request log ``requests``.
+``forbid()``/``permit()`` (403 for a kind, as when RBAC does not grant it), ``stop()``/``start()``
+and the request log ``requests``.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-Kind = Literal["Namespace", "Pod", "NetworkPolicy"]
+Kind = Literal["Namespace", "Pod", "NetworkPolicy", "Node"]
 Phase = Literal["any", "list", "continue", "watch"]
 
 
@@ -64,7 +68,37 @@ RESOURCES: dict[Kind, Resource] = {
     "Namespace": Resource("Namespace", "v1", "namespaces", namespaced=False),
     "Pod": Resource("Pod", "v1", "pods", namespaced=True),
     "NetworkPolicy": Resource("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", True),
+    "Node": Resource("Node", "v1", "nodes", namespaced=False),
 }
+
+SELECTABLE_FIELDS = ("metadata.name",)
+"""The fields ``fieldSelector`` may name (the real server adds per-kind ones we do not need)."""
+
+FieldSelector = tuple[tuple[str, bool, str], ...]
+"""(field, equal?, value) terms, all of which must hold."""
+
+
+def parse_field_selector(text: str) -> FieldSelector:
+    """``metadata.name=x,metadata.name!=y`` into terms; ``ValueError`` names what is wrong."""
+    terms = []
+    for term in filter(None, (part.strip() for part in text.split(","))):
+        match = re.fullmatch(r"([\w.]+)\s*(==|=|!=)\s*(.*)", term)
+        if match is None:
+            raise ValueError(f"invalid field selector term {term!r}")
+        name, operator, value = match.groups()
+        if name not in SELECTABLE_FIELDS:
+            raise ValueError(f'field label not supported: "{name}"')
+        terms.append((name, operator != "!=", value))
+    return tuple(terms)
+
+
+def selected(obj: Mapping[str, Any], selector: FieldSelector) -> bool:
+    for name, equal, value in selector:
+        actual = obj.get("metadata", {}).get("name") if name == "metadata.name" else None
+        if (actual == value) != equal:
+            return False
+    return True
+
 
 _ROUTES: list[tuple[re.Pattern[str], Kind]] = []
 for _resource in RESOURCES.values():
@@ -116,6 +150,7 @@ class _Fault:
 class _Watcher:
     kind: Kind
     namespace: str | None
+    selector: FieldSelector
     connection: socket.socket
     allow_bookmarks: bool
     raw_lines: list[tuple[int, bytes]] = field(default_factory=list)
@@ -160,6 +195,7 @@ class FakeApiServer:
         """Consistent list snapshots behind continue tokens, by snapshot id."""
         self._watchers: list[_Watcher] = []
         self._faults: list[_Fault] = []
+        self._forbidden: set[Kind] = set()
         self._bookmarks = 0
         self._drops = 0
         self._expiries = 0
@@ -321,6 +357,17 @@ class FakeApiServer:
         with self._cond:
             self._faults.append(_Fault(kind, status, when, count))
 
+    def forbid(self, kind: Kind) -> None:
+        """Answer every request for ``kind`` with 403 Forbidden until ``permit`` (no RBAC grant);
+        open watches of the kind are cut, as when a role binding is removed."""
+        with self._cond:
+            self._forbidden.add(kind)
+            self._cond.notify_all()  # the watches of the kind see it and are cut
+
+    def permit(self, kind: Kind) -> None:
+        with self._cond:
+            self._forbidden.discard(kind)
+
     # -- request log -------------------------------------------------------------------------
 
     def requests_for(self, kind: Kind, *, watch: bool | None = None) -> list[RequestRecord]:
@@ -371,7 +418,12 @@ class FakeApiServer:
     # -- request handling (called by the handler threads) --------------------------------------
 
     def list_page(
-        self, kind: Kind, namespace: str | None, limit: int | None, token: str | None
+        self,
+        kind: Kind,
+        namespace: str | None,
+        limit: int | None,
+        token: str | None,
+        selector: FieldSelector = (),
     ) -> tuple[int, dict[str, Any]]:
         resource = RESOURCES[kind]
         with self._cond:
@@ -398,7 +450,7 @@ class FakeApiServer:
                 items = [
                     obj
                     for key, obj in sorted(self._objects[kind].items())
-                    if namespace is None or key[0] == namespace
+                    if (namespace is None or key[0] == namespace) and selected(obj, selector)
                 ]
                 snapshot_id = uuid.uuid4().hex
             end = len(items) if not limit else min(len(items), offset + limit)
@@ -497,6 +549,7 @@ class _Handler(BaseHTTPRequestHandler):
         reasons = {
             400: "BadRequest",
             401: "Unauthorized",
+            403: "Forbidden",
             404: "NotFound",
             405: "MethodNotAllowed",
             410: "Expired",
@@ -590,12 +643,31 @@ class _Handler(BaseHTTPRequestHandler):
         phase: Phase = "watch" if watch else ("continue" if query.get("continue") else "list")
         with fake._cond:
             fault = fake._take_fault(kind, phase)
+            forbidden = kind in fake._forbidden
+        if forbidden:
+            log(403)
+            verb = "watch" if watch else "list"
+            resource = RESOURCES[kind]
+            group = "" if resource.api_version == "v1" else resource.api_version.split("/")[0]
+            self._send_status(
+                403,
+                f'{resource.plural} is forbidden: User "system:serviceaccount:kube-system:'
+                f'netpol-agent" cannot {verb} resource "{resource.plural}" in API group '
+                f'"{group}" at the cluster scope',
+            )
+            return
         if fault is not None:
             log(fault)
             self._send_status(fault, f"injected failure {fault}")
             return
+        try:
+            selector = parse_field_selector(query.get("fieldSelector") or "")
+        except ValueError as error:
+            log(400)
+            self._send_status(400, str(error))
+            return
         if watch:
-            self._watch(kind, namespace, query, log)
+            self._watch(kind, namespace, selector, query, log)
             return
         try:
             limit = int(query["limit"]) if query.get("limit") else None
@@ -603,7 +675,9 @@ class _Handler(BaseHTTPRequestHandler):
             log(400)
             self._send_status(400, "limit must be an integer")
             return
-        status, body = fake.list_page(kind, namespace, limit, query.get("continue") or None)
+        status, body = fake.list_page(
+            kind, namespace, limit, query.get("continue") or None, selector
+        )
         log(status)
         self._send_json(status, body)
 
@@ -611,6 +685,7 @@ class _Handler(BaseHTTPRequestHandler):
         self,
         kind: Kind,
         namespace: str | None,
+        selector: FieldSelector,
         query: Mapping[str, str],
         log: Callable[[int], None],
     ) -> None:
@@ -631,7 +706,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
         def matches(event: Event) -> bool:
-            if event.kind != kind:
+            if event.kind != kind or not selected(event.object, selector):
                 return False
             return namespace is None or event.object["metadata"].get("namespace") == namespace
 
@@ -641,7 +716,7 @@ class _Handler(BaseHTTPRequestHandler):
             if requested in ("", "0"):
                 # "Any version": synthetic ADDED events for the current state, then changes.
                 for key, obj in sorted(fake._objects[kind].items()):
-                    if namespace is None or key[0] == namespace:
+                    if (namespace is None or key[0] == namespace) and selected(obj, selector):
                         pending.append(_event_line("ADDED", obj))
                 since = fake._revision
             else:
@@ -652,7 +727,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if since < fake._compacted:
                     gone = _gone_line(f"too old resource version: {requested} ({fake._compacted})")
             watcher = _Watcher(
-                kind, namespace, self.connection, bookmarks, bookmarks=fake._bookmarks
+                kind, namespace, selector, self.connection, bookmarks, bookmarks=fake._bookmarks
             )
             drops, expiries, expired = fake._drops, fake._expiries, False
             if gone is None:
@@ -665,7 +740,7 @@ class _Handler(BaseHTTPRequestHandler):
             while True:
                 with fake._cond:
                     while True:
-                        if fake._drops != drops:
+                        if fake._drops != drops or kind in fake._forbidden:
                             self.close_connection = True
                             _cut(self.connection)  # abrupt: no final chunk
                             return

@@ -15,8 +15,13 @@ from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import ConfigException
 
-from agent.sources.kubernetes import KubernetesSource, WatchStats, api_client_from
-from agent.state import KINDS, ClusterState, Kind
+from agent.sources.kubernetes import (
+    KubernetesSource,
+    WatchStats,
+    api_client_from,
+    pod_cidrs_from_node,
+)
+from agent.state import KINDS, ClusterState, Kind, PodRanges
 from tests.agent.sources.fake_apiserver import FakeApiServer
 
 TOKEN = "test-token"
@@ -649,3 +654,306 @@ def test_backoff_doubles_up_to_the_cap_with_jitter(api_client: ApiClient) -> Non
     high = make_source(api_client, backoff_initial=0.5, backoff_max=4.0, jitter=lambda: 1.0)
     assert [low.backoff(n) for n in range(1, 7)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
     assert [high.backoff(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+# -- the agent's own Node: its pod ranges ------------------------------------------------------
+
+NODE = "node-1"
+
+
+def node(name: str, *cidrs: object, legacy: object = None, **status: str) -> dict[str, Any]:
+    """A Node as the API server stores it; ``status`` stands for its frequent status updates."""
+    spec: dict[str, Any] = {}
+    if cidrs:
+        spec["podCIDRs"] = list(cidrs)
+    if legacy is not None:
+        spec["podCIDR"] = legacy
+    return {
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": spec,
+        "status": {"conditions": [{"type": "Ready", "status": "True", **status}]},
+    }
+
+
+def ranges(state: ClusterState) -> PodRanges | None:
+    return state.view().pod_ranges
+
+
+def ranges_are(state: ClusterState, *cidrs: str) -> Callable[[], bool]:
+    return lambda: (found := ranges(state)) is not None and found.cidrs == cidrs
+
+
+@pytest.mark.parametrize(
+    ("spec", "cidrs", "errors"),
+    [
+        pytest.param(
+            node(NODE, "10.244.1.0/24", "fd00:10:244:1::/64", legacy="10.244.1.0/24"),
+            ("10.244.1.0/24", "fd00:10:244:1::/64"),
+            [],
+            id="dual-stack-with-legacy-field",
+        ),
+        pytest.param(node(NODE, legacy="10.244.2.0/24"), ("10.244.2.0/24",), [], id="legacy-only"),
+        pytest.param(node(NODE), (), [], id="none-assigned"),
+        pytest.param({"metadata": {"name": NODE}}, (), [], id="no-spec"),
+        pytest.param(
+            node(NODE, "10.244.1.7/24"), ("10.244.1.0/24",), [], id="host-bits-cleared-like-go"
+        ),
+        pytest.param(
+            node(NODE, "010.244.001.000/24"),
+            ("10.244.1.0/24",),
+            [],
+            id="leading-zeros-decimal-like-the-api-server",
+        ),
+        pytest.param(
+            node(NODE, "fd00:10:244:1::/64", "10.244.1.0/24", "10.244.1.0/24"),
+            ("10.244.1.0/24", "fd00:10:244:1::/64"),
+            [],
+            id="sorted-without-duplicates",
+        ),
+        pytest.param(
+            node(NODE, "10.244.1.0/24", "10.244.1.0/33"),
+            ("10.244.1.0/24",),
+            ["spec.podCIDRs[1] is not a CIDR: '10.244.1.0/33'"],
+            id="prefix-too-long",
+        ),
+        pytest.param(
+            node(NODE, "not-a-cidr", 24, None),
+            (),
+            [
+                "spec.podCIDRs[0] is not a CIDR: 'not-a-cidr'",
+                "spec.podCIDRs[1] is not a string: 24",
+                "spec.podCIDRs[2] is not a string: None",
+            ],
+            id="garbage",
+        ),
+        pytest.param(
+            node(NODE, "0.0.0.0/0", "::/0", "fd00::/8"),
+            ("fd00::/8",),
+            [
+                "spec.podCIDRs[0] covers every address, which is no node's pod range: 0.0.0.0/0",
+                "spec.podCIDRs[1] covers every address, which is no node's pod range: ::/0",
+            ],
+            id="whole-address-space-refused",
+        ),
+        pytest.param(
+            {"metadata": {"name": NODE}, "spec": {"podCIDRs": "10.244.1.0/24"}},
+            (),
+            ["spec.podCIDRs is not a list: '10.244.1.0/24'"],
+            id="not-a-list",
+        ),
+        pytest.param(
+            {"metadata": {"name": NODE}, "spec": ["10.244.1.0/24"]},
+            (),
+            ["spec is not an object: ['10.244.1.0/24']"],
+            id="spec-not-an-object",
+        ),
+    ],
+)
+def test_pod_cidrs_from_node(
+    spec: dict[str, Any], cidrs: tuple[str, ...], errors: list[str]
+) -> None:
+    assert pod_cidrs_from_node(spec) == (cidrs, errors)
+
+
+def test_the_source_learns_the_pod_ranges_of_its_own_node_only(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    seed(server)
+    server.create("Node", node(NODE, "10.244.1.0/24", "fd00:10:244:1::/64"))
+    server.create("Node", node("node-2", "10.244.2.0/24"))
+    state = ClusterState()
+    source = make_source(api_client, node_name=NODE)
+    with running(source, state):
+        eventually(ranges_are(state, "10.244.1.0/24", "fd00:10:244:1::/64"), "the node's ranges")
+        eventually(lambda: state.ready, "state ready")
+        assert matches_server(state, server)
+        found = ranges(state)
+        assert found is not None and found.problem is None
+        eventually(lambda: server.open_watches("Node") == 1, "watching the Node")
+
+        # Nodes change all the time (conditions, heartbeats): neither the agent's own Node's
+        # status nor another Node may cause a recompile.
+        revision = state.revision
+        server.update("Node", node(NODE, "10.244.1.0/24", "fd00:10:244:1::/64", reason="x"))
+        server.update("Node", node("node-2", "10.244.9.0/24"))
+        server.create("Namespace", namespace("marker"))
+        eventually(lambda: "marker" in keys(state, "Namespace"), "a later event")
+        eventually(lambda: stats(source, "Node").events == 1, "the own Node's update seen")
+        assert state.revision == revision + 1, "only the namespace changed the cache"
+    requests = server.requests_for("Node")
+    assert requests and all(r.query["fieldSelector"] == f"metadata.name={NODE}" for r in requests)
+    assert {r.watch for r in requests} == {False, True}
+    assert stats(source, "Node").errors == 0
+
+
+def test_pod_ranges_assigned_after_start_are_followed(
+    server: FakeApiServer, api_client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(server)
+    server.create("Node", node(NODE))  # joined, but the IPAM controller has not got to it yet
+    state = ClusterState()
+    with running(make_source(api_client, node_name=NODE), state):
+        eventually(lambda: ranges(state) is not None, "the Node read")
+        eventually(lambda: state.ready, "ready: a Node without podCIDRs holds nothing up")
+        found = ranges(state)
+        assert found is not None and found.cidrs == ()
+        assert found.problem is not None
+        assert "has no spec.podCIDRs" in found.problem and "--pod-cidr" in found.problem
+        assert "new-pod guard is off" in found.problem
+        assert any(
+            r.levelname == "WARNING" and "--pod-cidr" in r.getMessage() for r in caplog.records
+        )
+
+        server.update("Node", node(NODE, "10.244.1.0/24"))
+        eventually(ranges_are(state, "10.244.1.0/24"), "ranges assigned late")
+        found = ranges(state)
+        assert found is not None and found.problem is None
+
+        server.update("Node", node(NODE, "10.244.1.0/24", "fd00:10:244:1::/64"))
+        eventually(ranges_are(state, "10.244.1.0/24", "fd00:10:244:1::/64"), "second family")
+
+
+def test_no_access_to_nodes_is_reported_and_enforcement_goes_on(
+    server: FakeApiServer, api_client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(server)
+    server.create("Node", node(NODE, "10.244.1.0/24"))
+    server.forbid("Node")
+    state = ClusterState()
+    source = make_source(api_client, node_name=NODE)
+    with running(source, state):
+        eventually(lambda: ranges(state) is not None, "the failure reported")
+        found = ranges(state)
+        assert found is not None and found.cidrs == ()
+        assert found.problem is not None
+        assert "cannot read Node node-1 (HTTP 403 Forbidden)" in found.problem
+        assert "get, list and watch on nodes" in found.problem and "--pod-cidr" in found.problem
+        eventually(lambda: state.ready, "the other kinds listed all the same")
+        server.create("Pod", pod("ns-0", "while-forbidden", "10.0.5.1"))
+        eventually(lambda: "ns-0/while-forbidden" in keys(state, "Pod"), "pods still followed")
+        eventually(lambda: stats(source, "Node").errors >= 3, "retried with backoff")
+        errors = [r for r in caplog.records if r.levelname == "ERROR" and "403" in r.getMessage()]
+        assert len(errors) == 1, "logged once as an error, not at every retry"
+
+        server.permit("Node")  # the ClusterRole is fixed
+        eventually(ranges_are(state, "10.244.1.0/24"), "ranges once allowed")
+        found = ranges(state)
+        assert found is not None and found.problem is None
+
+        # Losing access later keeps what was learnt: a failure never drops the guard.
+        server.forbid("Node")
+        eventually(lambda: "403" in str(getattr(ranges(state), "problem", "")), "the loss reported")
+        found = ranges(state)
+        assert found is not None and found.cidrs == ("10.244.1.0/24",)
+        assert "the new-pod guard covers 10.244.1.0/24" in str(found.problem)
+
+
+def test_malformed_pod_cidrs_are_left_out_with_an_error(
+    server: FakeApiServer, api_client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(server)
+    server.create("Node", node(NODE, "10.244.1.0/24", "10.244.1.0/33", legacy="garbage"))
+    state = ClusterState()
+    with running(make_source(api_client, node_name=NODE), state):
+        eventually(ranges_are(state, "10.244.1.0/24"), "the valid range")
+        found = ranges(state)
+        assert found is not None and found.problem is not None
+        assert "spec.podCIDRs[1] is not a CIDR: '10.244.1.0/33'" in found.problem
+        assert "spec.podCIDR is not a CIDR: 'garbage'" in found.problem
+        assert any(
+            r.levelname == "ERROR" and "'10.244.1.0/33'" in r.getMessage() for r in caplog.records
+        )
+        # Only garbage: nothing enters the guard, and the agent says the guard is off.
+        server.update("Node", node(NODE, "10.244.1.0/33"))
+        eventually(ranges_are(state), "no valid range left")
+        assert "new-pod guard is off" in str(getattr(ranges(state), "problem", ""))
+
+
+@pytest.mark.parametrize("how", ["missing-at-start", "deleted-later"])
+def test_a_missing_node_is_reported_and_known_ranges_are_kept(
+    server: FakeApiServer, api_client: ApiClient, how: str
+) -> None:
+    seed(server)
+    if how == "deleted-later":
+        server.create("Node", node(NODE, "10.244.1.0/24"))
+    state = ClusterState()
+    with running(make_source(api_client, node_name=NODE), state):
+        eventually(lambda: ranges(state) is not None, "the Node looked for")
+        eventually(lambda: state.ready, "ready without the Node")
+        if how == "missing-at-start":
+            found = ranges(state)
+            assert found is not None and found.cidrs == ()
+            assert "Node node-1 does not exist" in str(found.problem)
+            server.create("Node", node(NODE, "10.244.1.0/24"))  # the node registers itself
+            eventually(ranges_are(state, "10.244.1.0/24"), "the registered Node's ranges")
+        else:
+            eventually(lambda: server.open_watches("Node") == 1, "watching the Node")
+            server.delete("Node", NODE)
+            eventually(
+                lambda: "was deleted" in str(getattr(ranges(state), "problem", "")), "deletion"
+            )
+            found = ranges(state)
+            assert found is not None and found.cidrs == ("10.244.1.0/24",)
+            assert "the new-pod guard covers 10.244.1.0/24" in str(found.problem)
+
+
+def test_without_a_node_name_nodes_are_never_read(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    """--pod-cidr given: the Node is not consulted, and no RBAC for Nodes is needed."""
+    seed(server)
+    server.forbid("Node")
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(lambda: state.ready, "state ready")
+    assert "Node" not in source.stats()
+    assert server.requests_for("Node") == []
+    assert state.view().pod_ranges is None
+
+
+@pytest.mark.parametrize(
+    ("selector", "listed", "watched"),
+    [
+        pytest.param("metadata.name=node-1", ["node-1"], ["node-1"], id="equals"),
+        pytest.param("metadata.name==node-2", ["node-2"], ["node-2"], id="double-equals"),
+        pytest.param(
+            "metadata.name!=node-1", ["node-2", "node-3"], ["node-4", "node-2"], id="not-equals"
+        ),
+        pytest.param("metadata.name=nowhere", [], [], id="no-match"),
+        pytest.param(
+            "", ["node-1", "node-2", "node-3"], ["node-4", "node-1", "node-2"], id="empty"
+        ),
+    ],
+)
+def test_fake_server_field_selector(
+    server: FakeApiServer,
+    api_client: ApiClient,
+    selector: str,
+    listed: list[str],
+    watched: list[str],
+) -> None:
+    for name in ("node-1", "node-2", "node-3"):
+        server.create("Node", node(name))
+    core = client.CoreV1Api(api_client)
+    nodes = core.list_node(field_selector=selector)
+    assert [n.metadata.name for n in nodes.items] == listed
+    server.create("Node", node("node-4"))
+    for name in ("node-1", "node-2"):
+        server.update("Node", node(name, "10.244.0.0/24"))
+    events = watch.Watch().stream(
+        core.list_node,
+        field_selector=selector,
+        resource_version=nodes.metadata.resource_version,
+        timeout_seconds=1,
+    )
+    assert [e["object"].metadata.name for e in events] == watched
+
+
+def test_fake_server_refuses_an_unknown_field_selector(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    with pytest.raises(ApiException) as raised:
+        client.CoreV1Api(api_client).list_node(field_selector="spec.podCIDR=10.0.0.0/24")
+    assert raised.value.status == 400
+    assert "field label not supported" in raised.value.body

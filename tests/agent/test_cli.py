@@ -1,0 +1,50 @@
+"""The ``netpol-agent`` command line: options of ``run`` parsed as the daemon needs them."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.cli import build_parser
+
+
+def run_args(*args: str) -> list[str]:
+    return ["run", "--node-name", "node-1", *args]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        pytest.param([], [], id="none-the-node-gives-them"),
+        pytest.param(["10.244.1.0/24"], ["10.244.1.0/24"], id="ipv4"),
+        pytest.param(
+            ["10.244.1.0/24", "fd00:10:244:1::/64"],
+            ["10.244.1.0/24", "fd00:10:244:1::/64"],
+            id="dual-stack",
+        ),
+        pytest.param(["FD00:10:244:1:0::/64"], ["fd00:10:244:1::/64"], id="normalised"),
+        pytest.param([" 10.244.0.0/16"], ["10.244.0.0/16"], id="blank-stripped"),
+    ],
+)
+def test_pod_cidr_values(values: list[str], expected: list[str]) -> None:
+    args = [arg for value in values for arg in ("--pod-cidr", value)]
+    assert build_parser().parse_args(run_args(*args)).pod_cidr == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param("10.244.1.5/24", "has host bits set", id="host-bits"),
+        pytest.param("10.244.1.0/33", "not a network in CIDR notation", id="prefix-too-long"),
+        pytest.param("pods", "not a network in CIDR notation", id="garbage"),
+        pytest.param("0.0.0.0/0", "covers every address", id="whole-ipv4-space"),
+        pytest.param("::/0", "covers every address", id="whole-ipv6-space"),
+    ],
+)
+def test_a_bad_pod_cidr_is_refused_with_a_clear_message(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(run_args("--pod-cidr", value))
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "--pod-cidr" in error and message in error
