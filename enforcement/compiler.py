@@ -31,6 +31,14 @@ when two pods claim one address the local pod wins, then the smaller "namespace/
 whose Namespace is not in the snapshot is taken to be in a namespace labelled only with
 ``kubernetes.io/metadata.name`` (which the API server always sets).
 
+Pods whose objects could not be read (``ClusterSnapshot.unreadable_pods``) are unknown
+endpoints, fail-closed: their labels are unknown, so whether a policy selects them or admits
+them cannot be known. Each address one claims goes into the ipcache as an unknown endpoint
+(whoever else claims it: an address in doubt is unknown); if it runs here (or its node is
+unknown, or a local pod shares the address) it is isolated both ways by tables that allow
+nothing, and ``evaluate`` answers UNKNOWN_ENDPOINT for every flow that touches it; elsewhere it
+is a peer that no selector matches and only ipBlocks admit.
+
 :func:`explain` is the slow path for humans: a plain walk over the policies, sharing nothing
 with the tables but model.py, that says why a flow is allowed or denied.
 """

@@ -28,6 +28,11 @@ ingress table, and egress entries keyed by a peer identity); the remaining ones 
 for ipBlocks, namespaces and all pods) are resolved at lookup against the destination endpoint's
 named ports, through :attr:`Endpoint.port_names`. A named port never matches a destination that
 is not a pod.
+
+An :class:`Endpoint` marked ``unknown`` stands for a pod whose object could not be read: no
+selector part of a table matches it (only addresses do), and a local one carries
+:data:`UNKNOWN_INGRESS` / :data:`UNKNOWN_EGRESS`, which allow nothing and make ``evaluate``
+answer UNKNOWN_ENDPOINT.
 """
 
 from __future__ import annotations
