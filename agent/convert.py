@@ -21,11 +21,24 @@ rejected here too, with the field path the API would name. Where a choice had to
   not a pointer, so the API server decodes a missing selector as the empty one and accepts it;
   kubernetes/kubernetes#131354 made the docs and OpenAPI schema say so. A missing ``spec`` is
   likewise the empty spec (select all, Ingress, no rules).
-- ``ipBlock`` CIDRs are parsed like ``netutils.ParseCIDRSloppy`` (the API's legacy CIDR
-  validation, ``IsValidCIDRForLegacyField``): host bits may be set (``10.0.0.1/24`` means
-  ``10.0.0.0/24``; we normalise with ``strict=False``). Unlike the legacy parser we reject IPv4
-  octets with leading zeros (``010.0.0.0/8``): they are ambiguous (octal or decimal?) and the
-  API's strict mode (feature gate StrictIPCIDRValidation) rejects them as well.
+- Addresses (``status.podIPs``) and ``ipBlock`` CIDRs are legacy fields for the API server:
+  it validates them with ``IsValidIPForLegacyField`` / ``IsValidCIDRForLegacyField``
+  (apimachinery ``pkg/api/validation/ip.go``), which parse with k8s.io/utils/net
+  ``ParseIPSloppy`` / ``ParseCIDRSloppy``: Go 1.16's parser, kept for values already stored.
+  It reads IPv4 octets with leading zeros as *decimal* (``010.244.1.3`` is 10.244.1.3, never
+  octal 8.244.1.3), takes an IPv4-mapped IPv6 address (``::ffff:10.244.1.3``) as the IPv4
+  address (Go's ``net.IP.To4``; a mapped CIDR such as ``::ffff:10.0.0.0/104`` is 10.0.0.0/8),
+  and allows leading zeros in a prefix length (``/08``). Only with the feature gate
+  StrictIPCIDRValidation does the API refuse those forms, and then only in new values (an
+  unchanged old value is let through on update: ratcheting), so objects read from a cluster
+  may carry them whatever its version: ``strict=False`` (objects from the API server) accepts
+  them with the sloppy parser's meaning. ``strict=True`` (files people write) refuses them, as
+  the strict gate does for new objects: they are ambiguous to the eye (octal or decimal?).
+  In both modes host bits may be set in a CIDR (``10.0.0.1/24`` means ``10.0.0.0/24``), as the
+  legacy validation allows, and zones (``fe80::1%eth0``) are refused.
+- Container port names must be unique within one container (``validateContainerPorts``
+  refuses a duplicate); across containers the API only warns ("services and probes that
+  select ports by name will use" the first), so there the first declaration wins.
 - A string ``port`` is always a port *name*, as with the API's IntOrString: ``"80"`` is a name,
   and fails IANA_SVC_NAME validation because it has no letter.
 - A ``null`` entry in a list of structs (``ingress: [null]``) is the zero struct, as Go's JSON
@@ -78,6 +91,7 @@ from enforcement.model import (
     PortProtocol,
     Rule,
     SelectorOperator,
+    UnreadablePod,
 )
 
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
@@ -160,6 +174,10 @@ def namespace_from_k8s(obj: Mapping[str, Any]) -> Namespace:
 def pod_from_k8s(obj: Mapping[str, Any], *, strict: bool = False) -> Pod:
     """A v1 Pod: labels, addresses, node, hostNetwork and the declared container ports.
 
+    A Pod this refuses must not simply be left out by a caller that enforces: that would take
+    its addresses out of the tables and un-isolate it. ``fail_closed_pod`` gives what to
+    enforce instead.
+
     Addresses come from ``status.podIPs`` or else ``status.podIP``; a pod without status has
     none yet. A pod in phase Succeeded or Failed has none either: it no longer runs, and its
     address may already belong to a new pod, which must not be mistaken for the old one.
@@ -167,12 +185,58 @@ def pod_from_k8s(obj: Mapping[str, Any], *, strict: bool = False) -> Pod:
     ``restartPolicy: Always``); plain init containers have finished before the pod serves.
 
     ``strict=True`` rejects unknown fields in those ports' entries (they define the named ports
-    policies refer to); the rest of a Pod is lenient in both modes (see the module docstring).
+    policies refer to) and addresses in the sloppy legacy forms; the rest of a Pod is lenient
+    in both modes (see the module docstring).
     """
     try:
         return _pod(obj, strict=strict)
     except FieldError as error:
         raise error.within("Pod", object_name(obj)) from None
+
+
+def fail_closed_pod(obj: Any, error: str = "") -> UnreadablePod:
+    """The stand-in enforced for a Pod that ``pod_from_k8s`` rejects; never raises.
+
+    Why: a pod is isolated through its addresses; dropping a pod that cannot be read would
+    leave its traffic un-isolated (fail-open). The stand-in keeps every address that can be
+    read leniently (each parseable entry of ``status.podIPs`` and ``status.podIP``, with the
+    sloppy parser) and the node, and is enforced as an unknown endpoint
+    (``enforcement.model.UnreadablePod``): all its traffic denied on its node, matched by no
+    selector elsewhere. As for a readable pod, a pod in phase Succeeded or Failed, or with
+    ``hostNetwork: true``, claims no address; a node that cannot be read is None (every node
+    then treats the pod as its own).
+    """
+    metadata = _mapping_or_empty(obj.get("metadata") if isinstance(obj, Mapping) else None)
+    spec = _mapping_or_empty(obj.get("spec") if isinstance(obj, Mapping) else None)
+    status = _mapping_or_empty(obj.get("status") if isinstance(obj, Mapping) else None)
+    namespace, name, node = (
+        value if isinstance(value, str) else ""
+        for value in (metadata.get("namespace"), metadata.get("name"), spec.get("nodeName"))
+    )
+    ips: list[IPAddress] = []
+    phase = status.get("phase")
+    terminal = isinstance(phase, str) and phase in TERMINAL_PHASES
+    if spec.get("hostNetwork") is not True and not terminal:
+        raw_entries = status.get("podIPs")
+        entries = list(raw_entries) if isinstance(raw_entries, list | tuple) else []
+        texts = [entry.get("ip") for entry in entries if isinstance(entry, Mapping)]
+        texts.append(status.get("podIP"))
+        for text in texts:
+            if not isinstance(text, str):
+                continue
+            try:
+                address = parse_ip(text, strict=False)
+            except ValueError:
+                continue
+            if address not in ips:
+                ips.append(address)
+    return UnreadablePod(
+        namespace=namespace,
+        name=name,
+        ips=tuple(ips),
+        node_name=node or None,
+        error=error,
+    )
 
 
 def policy_from_k8s(obj: Mapping[str, Any], *, strict: bool = False) -> NetworkPolicy:
@@ -186,7 +250,7 @@ def policy_from_k8s(obj: Mapping[str, Any], *, strict: bool = False) -> NetworkP
     try:
         if strict:
             _reject_unknown_fields(obj, _NETWORK_POLICY, "")
-        return _policy(obj)
+        return _policy(obj, strict=strict)
     except FieldError as error:
         raise error.within("NetworkPolicy", object_name(obj)) from None
 
@@ -272,7 +336,7 @@ def _pod(obj: Mapping[str, Any], *, strict: bool) -> Pod:
             ports.extend(_container_ports(container, field, strict=strict))
 
     phase = _string(status.get("phase"), "status.phase")
-    ips = _pod_ips(status)
+    ips = _pod_ips(status, strict=strict)
     return Pod(
         namespace=namespace,
         name=name,
@@ -284,8 +348,11 @@ def _pod(obj: Mapping[str, Any], *, strict: bool) -> Pod:
     )
 
 
-def _container_ports(value: Any, field: str, *, strict: bool) -> Iterator[ContainerPort]:
+def _container_ports(value: Any, field: str, *, strict: bool) -> list[ContainerPort]:
+    """One container's ports, validated as ``validateContainerPorts`` does (names unique)."""
     container = _mapping(value, field)
+    ports: list[ContainerPort] = []
+    named: dict[str, str] = {}
     for index, item in _items(container.get("ports"), f"{field}.ports"):
         port_field = f"{field}.ports[{index}]"
         entry = _mapping(item, port_field)
@@ -301,10 +368,18 @@ def _container_ports(value: Any, field: str, *, strict: bool) -> Iterator[Contai
             problem = _port_name_problem(name)
             if problem is not None:
                 raise FieldError(f"{port_field}.name", f"{problem}, got {_show(name)}")
-        yield ContainerPort(port=number, protocol=protocol, name=name)
+            if name in named:
+                raise FieldError(
+                    f"{port_field}.name",
+                    f"duplicate port name {_show(name)} (also {named[name]}): port names must "
+                    "be unique within a container",
+                )
+            named[name] = f"{port_field}.name"
+        ports.append(ContainerPort(port=number, protocol=protocol, name=name))
+    return ports
 
 
-def _pod_ips(status: Mapping[str, Any]) -> tuple[IPAddress, ...]:
+def _pod_ips(status: Mapping[str, Any], *, strict: bool) -> tuple[IPAddress, ...]:
     texts: list[tuple[str, Any]] = []
     for index, item in _items(status.get("podIPs"), "status.podIPs"):
         field = f"status.podIPs[{index}]"
@@ -316,7 +391,7 @@ def _pod_ips(status: Mapping[str, Any]) -> tuple[IPAddress, ...]:
     for field, text in texts:
         if not isinstance(text, str) or not text:
             raise FieldError(field, f"must be an IP address, got {_show(text)}")
-        address = _ip_address(text, field)
+        address = _ip_address(text, field, strict=strict)
         for other in ips:
             if other.version == address.version:
                 raise FieldError(
@@ -326,7 +401,7 @@ def _pod_ips(status: Mapping[str, Any]) -> tuple[IPAddress, ...]:
     return tuple(ips)
 
 
-def _policy(obj: Mapping[str, Any]) -> NetworkPolicy:
+def _policy(obj: Mapping[str, Any], *, strict: bool) -> NetworkPolicy:
     metadata = _metadata(obj)
     name = _name(metadata, "metadata.name", _dns_subdomain_problem)
     namespace = _name(metadata, "metadata.namespace", _dns_label_problem)
@@ -334,11 +409,11 @@ def _policy(obj: Mapping[str, Any]) -> NetworkPolicy:
     spec = _mapping(obj.get("spec"), "spec")
     pod_selector = selector_from_k8s(spec.get("podSelector"), "spec.podSelector")
     ingress = tuple(
-        _rule(item, f"spec.ingress[{index}]", "from")
+        _rule(item, f"spec.ingress[{index}]", "from", strict=strict)
         for index, item in _items(spec.get("ingress"), "spec.ingress")
     )
     egress = tuple(
-        _rule(item, f"spec.egress[{index}]", "to")
+        _rule(item, f"spec.egress[{index}]", "to", strict=strict)
         for index, item in _items(spec.get("egress"), "spec.egress")
     )
     return NetworkPolicy(
@@ -372,20 +447,20 @@ def _policy_types(spec: Mapping[str, Any]) -> frozenset[Direction]:
     return frozenset(types)
 
 
-def _rule(value: Any, field: str, peers_key: str) -> Rule:
+def _rule(value: Any, field: str, peers_key: str, *, strict: bool) -> Rule:
     rule = _mapping(value, field)
     ports = tuple(
         _policy_port(item, f"{field}.ports[{index}]")
         for index, item in _items(rule.get("ports"), f"{field}.ports")
     )
     peers = tuple(
-        _peer(item, f"{field}.{peers_key}[{index}]")
+        _peer(item, f"{field}.{peers_key}[{index}]", strict=strict)
         for index, item in _items(rule.get(peers_key), f"{field}.{peers_key}")
     )
     return Rule(peers=peers, ports=ports)
 
 
-def _peer(value: Any, field: str) -> Peer:
+def _peer(value: Any, field: str, *, strict: bool) -> Peer:
     peer = _mapping(value, field)
     pod_selector = namespace_selector = None
     ip_block = None
@@ -396,7 +471,7 @@ def _peer(value: Any, field: str) -> Peer:
             peer["namespaceSelector"], f"{field}.namespaceSelector"
         )
     if peer.get("ipBlock") is not None:
-        ip_block = _ip_block(peer["ipBlock"], f"{field}.ipBlock")
+        ip_block = _ip_block(peer["ipBlock"], f"{field}.ipBlock", strict=strict)
     count = sum(part is not None for part in (pod_selector, namespace_selector, ip_block))
     if count == 0:
         reason = "must specify a peer: podSelector, namespaceSelector or ipBlock"
@@ -409,15 +484,15 @@ def _peer(value: Any, field: str) -> Peer:
     return Peer(pod_selector=pod_selector, namespace_selector=namespace_selector, ip_block=ip_block)
 
 
-def _ip_block(value: Any, field: str) -> IPBlock:
+def _ip_block(value: Any, field: str, *, strict: bool) -> IPBlock:
     block = _mapping(value, field)
     if block.get("cidr") in (None, ""):
         raise FieldError(f"{field}.cidr", "required")
-    cidr = _cidr(block["cidr"], f"{field}.cidr")
+    cidr = _cidr(block["cidr"], f"{field}.cidr", strict=strict)
     excepts: list[IPNetwork] = []
     for index, item in _items(block.get("except"), f"{field}.except"):
         except_field = f"{field}.except[{index}]"
-        excluded = _cidr(item, except_field)
+        excluded = _cidr(item, except_field, strict=strict)
         if excluded.version != cidr.version:
             raise FieldError(
                 except_field, f"must be in the same IP family as cidr {cidr}, got {_show(item)}"
@@ -755,26 +830,118 @@ def _label_value(value: Any, field: str) -> str:
     return value
 
 
-def _cidr(value: Any, field: str) -> IPNetwork:
+def _cidr(value: Any, field: str, *, strict: bool) -> IPNetwork:
     if not isinstance(value, str):
         raise FieldError(field, f"must be a CIDR string, got {_type_name(value)}")
-    address, slash, prefix = value.partition("/")
-    problem = f"must be a valid CIDR such as 10.0.0.0/16 or 2001:db8::/64, got {_show(value)}"
-    if not slash or not _DIGITS.fullmatch(prefix) or "%" in address:
-        raise FieldError(field, problem)
     try:
-        return ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise FieldError(field, problem) from None
+        return parse_cidr(value, strict=strict)
+    except ValueError as error:
+        raise FieldError(field, f"{error}, got {_show(value)}") from None
 
 
-def _ip_address(value: str, field: str) -> IPAddress:
+def _ip_address(value: str, field: str, *, strict: bool) -> IPAddress:
     try:
-        if "%" in value:
-            raise ValueError(value)
-        return ipaddress.ip_address(value)
+        return parse_ip(value, strict=strict)
+    except ValueError as error:
+        raise FieldError(field, f"{error}, got {_show(value)}") from None
+
+
+# -- addresses (k8s.io/utils/net ParseIPSloppy / ParseCIDRSloppy, netip for strict) ----------
+
+_SLOPPY_IPV4 = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)")
+_MAPPED_PREFIX = 96
+"""Bits before the IPv4 part of an IPv4-mapped IPv6 address (RFC 4291 section 2.5.5.2)."""
+_NOT_AN_IP = "must be a valid IP address"
+_NOT_A_CIDR = "must be a valid CIDR such as 10.0.0.0/16 or 2001:db8::/64"
+
+
+def parse_ip(text: str, *, strict: bool) -> IPAddress:
+    """An address as the API server reads it; ValueError (with the reason) if it is none.
+
+    ``strict=False`` is ``ParseIPSloppy``: IPv4 octets may have leading zeros, read as decimal
+    (``010.244.1.3`` is 10.244.1.3), also in the IPv4 tail of an IPv6 address; an IPv4-mapped
+    IPv6 address is its IPv4 address, as Go's ``net.IP`` treats it. ``strict=True`` refuses
+    both forms, as the API does under StrictIPCIDRValidation. Zones are refused either way.
+    """
+    if "%" in text:
+        raise ValueError(f"{_NOT_AN_IP} (without a zone)")
+    if strict:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            if _sloppy_ip(text) is not None:
+                raise ValueError(f"{_NOT_AN_IP}, without leading zeros") from None
+            raise ValueError(_NOT_AN_IP) from None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            raise ValueError(f"{_NOT_AN_IP}, not an IPv4-mapped IPv6 address")
+        return address
+    sloppy = _sloppy_ip(text)
+    if sloppy is None:
+        raise ValueError(_NOT_AN_IP)
+    return sloppy
+
+
+def parse_cidr(text: str, *, strict: bool) -> IPNetwork:
+    """A CIDR as the API server reads it (``ParseCIDRSloppy``); host bits may be set.
+
+    ``strict=False`` reads the address as :func:`parse_ip` does and allows leading zeros in the
+    prefix length; an IPv4-mapped network (``::ffff:10.0.0.0/104``) is the IPv4 one
+    (10.0.0.0/8), as Go's ``net.IPNet`` matches it. ``strict=True`` refuses those forms.
+    """
+    address_text, slash, prefix_text = text.partition("/")
+    if not slash or not _DIGITS.fullmatch(prefix_text):
+        raise ValueError(_NOT_A_CIDR)
+    try:
+        address = parse_ip(address_text, strict=strict)
+    except ValueError as error:
+        raise ValueError(_NOT_A_CIDR + str(error).removeprefix(_NOT_AN_IP)) from None
+    if strict and len(prefix_text) > 1 and prefix_text.startswith("0"):
+        raise ValueError(f"{_NOT_A_CIDR}, without leading zeros in the prefix length")
+    prefix = int(prefix_text)
+    if isinstance(address, ipaddress.IPv4Address) and ":" in address_text:
+        # An IPv4-mapped address: its prefix counts the 96 bits before the IPv4 part.
+        if prefix > 128:
+            raise ValueError(_NOT_A_CIDR)
+        if prefix < _MAPPED_PREFIX:
+            # Masking clears the ::ffff: marker: an IPv6 network (as Go's ParseCIDR makes it).
+            mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + address.packed)
+            return ipaddress.IPv6Network((mapped, prefix), strict=False)
+        prefix -= _MAPPED_PREFIX
+    if prefix > address.max_prefixlen:
+        raise ValueError(_NOT_A_CIDR)
+    return ipaddress.ip_network((address, prefix), strict=False)
+
+
+def _sloppy_ip(text: str) -> IPAddress | None:
+    """Go 1.16's ``net.ParseIP`` (k8s.io/utils/net ``ParseIPSloppy``), or None."""
+    if ":" not in text:
+        return _sloppy_ipv4(text)
+    head, _, tail = text.rpartition(":")
+    if "." in tail:
+        embedded = _sloppy_ipv4(tail)
+        if embedded is None:
+            return None
+        text = f"{head}:{embedded}"
+    try:
+        address = ipaddress.IPv6Address(text)
     except ValueError:
-        raise FieldError(field, f"must be a valid IP address, got {_show(value)}") from None
+        return None
+    return address.ipv4_mapped or address
+
+
+def _sloppy_ipv4(text: str) -> ipaddress.IPv4Address | None:
+    """Four decimal octets, each any number of ASCII digits (leading zeros ignored), <= 255."""
+    match = _SLOPPY_IPV4.fullmatch(text)
+    if match is None:
+        return None
+    # Go's dtoi stops at 0xFFFFFF; dropping the zeros first also keeps int() off huge strings.
+    digits = [octet.lstrip("0") for octet in match.groups()]
+    if any(len(octet) > 3 for octet in digits):
+        return None
+    octets = [int(octet or "0") for octet in digits]
+    if any(octet > 255 for octet in octets):
+        return None
+    return ipaddress.IPv4Address(bytes(octets))
 
 
 def _string(value: Any, field: str) -> str:

@@ -5,9 +5,20 @@ they are converted to our own records here, at the edge, once. The cache hands o
 ``ClusterSnapshot`` values to the compiler and tells a listener that something changed; it never
 compiles anything itself (watch handlers only mark state dirty, see STYLE.md habit 7).
 
-Bad input loses nothing: a Pod or Namespace that cannot be converted is left out with an error
-recorded, and a NetworkPolicy that cannot be converted is replaced by its fail-closed stand-in
-(``agent.convert.fail_closed_policy``), so a malformed policy can only ever close traffic.
+Bad input loses nothing and opens nothing; every object that cannot be converted has its error
+recorded (``errors()``, logged by the runner on every sync) and is enforced fail-closed:
+
+- a NetworkPolicy by its stand-in (``agent.convert.fail_closed_policy``): it isolates what it
+  selects and allows nothing, so a malformed policy can only ever close traffic;
+- a Pod as an *unreadable pod* (``agent.convert.fail_closed_pod``): the addresses that can be
+  read stay known, as an unknown endpoint (all its traffic denied on its node, matched by no
+  selector). Leaving it out instead would take its addresses out of the tables and un-isolate
+  it. An update that makes a readable pod unreadable replaces it the same way, and back;
+- a Namespace is left out (its pods are then in a namespace labelled only with its name).
+
+Conversion never raises out of the cache, whatever the object holds: a bug or an unexpected
+shape is an error of that object, not of the whole list (a relist that stopped halfway would
+drop every object after the bad one).
 """
 
 from __future__ import annotations
@@ -19,12 +30,13 @@ from typing import Any, Literal
 
 from agent.convert import (
     ConversionError,
+    fail_closed_pod,
     fail_closed_policy,
     namespace_from_k8s,
     pod_from_k8s,
     policy_from_k8s,
 )
-from enforcement.model import ClusterSnapshot, Namespace, NetworkPolicy, Pod
+from enforcement.model import ClusterSnapshot, Namespace, NetworkPolicy, Pod, UnreadablePod
 
 Kind = Literal["Namespace", "Pod", "NetworkPolicy"]
 KINDS: tuple[Kind, ...] = ("Namespace", "Pod", "NetworkPolicy")
@@ -68,7 +80,10 @@ class StateView:
 
 
 def object_key(obj: Mapping[str, Any]) -> ObjectKey:
-    metadata = obj.get("metadata") or {}
+    """(namespace, name) of any object, however malformed; never raises."""
+    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if not isinstance(metadata, Mapping):
+        return ("", "")
     return (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
 
 
@@ -78,7 +93,7 @@ class ClusterState:
     def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._namespaces: dict[ObjectKey, Namespace] = {}
-        self._pods: dict[ObjectKey, Pod] = {}
+        self._pods: dict[ObjectKey, Pod | UnreadablePod] = {}
         self._policies: dict[ObjectKey, NetworkPolicy] = {}
         self._errors: dict[tuple[Kind, ObjectKey], ObjectError] = {}
         self._synced: set[Kind] = set()
@@ -152,10 +167,12 @@ class ClusterState:
     def view(self) -> StateView:
         """The current revision and an immutable snapshot of it, taken atomically."""
         with self._lock:
+            pods = self._pods.values()
             snapshot = ClusterSnapshot(
                 namespaces=tuple(self._namespaces.values()),
-                pods=tuple(self._pods.values()),
+                pods=tuple(pod for pod in pods if isinstance(pod, Pod)),
                 policies=tuple(self._policies.values()),
+                unreadable_pods=tuple(pod for pod in pods if isinstance(pod, UnreadablePod)),
             )
             return StateView(self._revision, snapshot, self._source_version, self._pod_ranges)
 
@@ -186,14 +203,25 @@ class ClusterState:
                 self._pods[key] = pod_from_k8s(obj)
             else:
                 self._policies[key] = policy_from_k8s(obj)
-        except ConversionError as error:
+        except Exception as error:  # any failure is this object's own: fail-closed
+            if isinstance(error, ConversionError):
+                message = str(error)
+            else:
+                message = f"{kind} {key[0]}/{key[1]}: cannot be read ({type(error).__name__})"
             if kind == "NetworkPolicy":
                 self._policies[key] = fail_closed_policy(obj)
                 what = "enforced fail-closed (isolates what it selects, allows nothing)"
+            elif kind == "Pod":
+                pod = self._pods[key] = fail_closed_pod(obj, message)
+                addresses = ", ".join(str(address) for address in pod.ips) or "none readable"
+                what = (
+                    f"enforced fail-closed as an unknown endpoint (addresses: {addresses}; all "
+                    "their traffic denied on its node, matched by no selector)"
+                )
             else:
-                self._table(kind).pop(key, None)
+                self._namespaces.pop(key, None)
                 what = "left out"
-            self._errors[(kind, key)] = ObjectError(kind, key, f"{error}; {what}")
+            self._errors[(kind, key)] = ObjectError(kind, key, f"{message}; {what}")
 
     def _changed(self) -> None:
         self._revision += 1

@@ -31,6 +31,14 @@ when two pods claim one address the local pod wins, then the smaller "namespace/
 whose Namespace is not in the snapshot is taken to be in a namespace labelled only with
 ``kubernetes.io/metadata.name`` (which the API server always sets).
 
+Pods whose objects could not be read (``ClusterSnapshot.unreadable_pods``) are unknown
+endpoints, fail-closed: their labels are unknown, so whether a policy selects them or admits
+them cannot be known. Each address one claims goes into the ipcache as an unknown endpoint
+(whoever else claims it: an address in doubt is unknown); if it runs here (or its node is
+unknown, or a local pod shares the address) it is isolated both ways by tables that allow
+nothing, and ``evaluate`` answers UNKNOWN_ENDPOINT for every flow that touches it; elsewhere it
+is a peer that no selector matches and only ipBlocks admit.
+
 :func:`explain` is the slow path for humans: a plain walk over the policies, sharing nothing
 with the tables but model.py, that says why a flow is allowed or denied.
 """
@@ -59,10 +67,15 @@ from enforcement.model import (
     Pod,
     PolicyPort,
     Rule,
+    UnreadablePod,
 )
 from enforcement.tables import (
     ALL_TRAFFIC,
     MAX_PORT,
+    NO_PORT_NAMES,
+    UNKNOWN_EGRESS,
+    UNKNOWN_IDENTITY,
+    UNKNOWN_INGRESS,
     AddressMap,
     AllowTables,
     Endpoint,
@@ -383,11 +396,18 @@ class _Compiler:
                 other = ipcache.get(packed)
                 if other is None or _preferred(endpoint, other):
                     ipcache[packed] = endpoint
+        unknown = 0
+        for unreadable in self._snapshot.unreadable_pods:
+            if unreadable.ips:
+                unknown += 1
+            for address in unreadable.ips:
+                packed = address.packed
+                ipcache[packed] = _unknown_endpoint(unreadable, node_name, ipcache.get(packed))
         return AllowTables(
             generation=generation,
             node_name=self._node_name,
             ipcache=ipcache,
-            pod_count=len(self._pods),
+            pod_count=len(self._pods) + unknown,
             identity_count=len(self._identities),
             table_count=len(interned),
             policy_count=len(self._policies),
@@ -577,6 +597,30 @@ class _Compiler:
         return result
 
 
+def _unknown_endpoint(pod: UnreadablePod, node_name: str, other: Endpoint | None) -> Endpoint:
+    """The endpoint of an address an unreadable pod claims, ``other`` being its owner so far.
+
+    An address in doubt is unknown, whoever else claims it; it is local (denied both ways
+    here) when any claimant is local: a local pod sharing it must not be opened by it.
+    """
+    local = pod.runs_on(node_name) or (other is not None and other.local)
+    namespace, name, key, node = pod.namespace, pod.name, pod.key, pod.node_name
+    if other is not None and other.unknown and other.key < key:
+        namespace, name, key, node = other.namespace, other.name, other.key, other.node_name
+    return Endpoint(
+        namespace,
+        name,
+        key,
+        node,
+        local,
+        UNKNOWN_IDENTITY,
+        NO_PORT_NAMES,
+        UNKNOWN_INGRESS if local else None,
+        UNKNOWN_EGRESS if local else None,
+        unknown=True,
+    )
+
+
 def _preferred(candidate: Endpoint, current: Endpoint) -> bool:
     """Which pod owns an address two pods claim: the local one, then the smaller key."""
     if candidate.local != current.local:
@@ -650,13 +694,28 @@ def explain(
     """
     source, destination = _address(src), _address(dst)
     ns_labels = namespace_labels(snapshot)
-    pods = _pods_by_address(snapshot, node_name)
-    source_pod, destination_pod = pods.get(source), pods.get(destination)
+    owners = _pods_by_address(snapshot, node_name)
+    source_owner, destination_owner = owners.get(source), owners.get(destination)
     port_text = "" if dst_port is None else f"/{dst_port}"
     protocol_text = PROTOCOL_NAMES.get(protocol, str(protocol))
     lines = [f"flow {source} -> {destination} {protocol_text}{port_text} on node {node_name}"]
-    lines.append(f"source {source}: {_describe(source_pod, node_name)}")
-    lines.append(f"destination {destination}: {_describe(destination_pod, node_name)}")
+    lines.append(f"source {source}: {_describe(source_owner, node_name)}")
+    lines.append(f"destination {destination}: {_describe(destination_owner, node_name)}")
+    unknown_local = [
+        owner[0].key
+        for owner in (source_owner, destination_owner)
+        if owner is not None and isinstance(owner[0], UnreadablePod) and owner[1]
+    ]
+    if unknown_local:
+        lines.append(
+            f"{' and '.join(unknown_local)}: unreadable pod on this node, all its traffic is "
+            "denied (fail-closed)"
+        )
+        lines.append(f"verdict: {Reason.UNKNOWN_ENDPOINT.value}")
+        return lines
+    # From here on an unreadable pod is a remote peer: it matches no selector.
+    source_pod = _readable(source_owner)
+    destination_pod = _readable(destination_owner)
 
     verdict: Reason | None = None
     enforced = False
@@ -719,28 +778,51 @@ def _address(value: bytes | str | IPAddress) -> IPAddress:
     return value
 
 
-def _pods_by_address(snapshot: ClusterSnapshot, node_name: str) -> dict[IPAddress, Pod]:
-    owners: dict[IPAddress, Pod] = {}
+_Owner = tuple[Pod | UnreadablePod, bool]
+"""The pod an address stands for, and whether it is local (enforced on this node)."""
+
+
+def _pods_by_address(snapshot: ClusterSnapshot, node_name: str) -> dict[IPAddress, _Owner]:
+    owners: dict[IPAddress, _Owner] = {}
     for pod in snapshot.pods:
         if pod.host_network:
             continue
         for address in pod.ips:
-            other = owners.get(address)
+            current = owners.get(address)
             local = pod.node_name == node_name
-            other_local = other is not None and other.node_name == node_name
             if (
-                other is None
-                or (local and not other_local)
-                or (local == other_local and pod.key < other.key)
+                current is None
+                or (local and not current[1])
+                or (local == current[1] and pod.key < current[0].key)
             ):
-                owners[address] = pod
+                owners[address] = (pod, local)
+    # An address an unreadable pod claims is unknown, local when any claimant is local.
+    for unreadable in snapshot.unreadable_pods:
+        for address in unreadable.ips:
+            current = owners.get(address)
+            local = unreadable.runs_on(node_name) or (current is not None and current[1])
+            owner: Pod | UnreadablePod = unreadable
+            if (
+                current is not None
+                and isinstance(current[0], UnreadablePod)
+                and current[0].key < unreadable.key
+            ):
+                owner = current[0]
+            owners[address] = (owner, local)
     return owners
 
 
-def _describe(pod: Pod | None, node_name: str) -> str:
-    if pod is None:
+def _readable(owner: _Owner | None) -> Pod | None:
+    return owner[0] if owner is not None and isinstance(owner[0], Pod) else None
+
+
+def _describe(owner: _Owner | None, node_name: str) -> str:
+    if owner is None:
         return "not a pod (an address outside the cluster, a node, or a hostNetwork pod)"
-    where = "local" if pod.node_name == node_name else f"remote, node {pod.node_name}"
+    pod, local = owner
+    where = "local" if local else f"remote, node {pod.node_name}"
+    if isinstance(pod, UnreadablePod):
+        return f"unreadable pod {pod.key} ({where}; labels unknown: matches no selector)"
     return f"pod {pod.key} ({where})"
 
 

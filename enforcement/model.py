@@ -173,6 +173,45 @@ class Pod:
 
 
 @dataclass(frozen=True, slots=True)
+class UnreadablePod:
+    """A Pod object that could not be read fully: an *unknown endpoint*, enforced fail-closed.
+
+    Its labels and named ports are unknown (``agent/convert.py`` failed on some field), so no
+    selector may match it and no policy may be trusted to isolate or open it. The addresses it
+    claims still matter: leaving them out would make its traffic look like a non-pod's and go
+    through un-isolated. So, for every address here:
+
+    - on the node that runs it (``node_name``, or every node when that is unknown), all traffic
+      to and from the address is denied, whatever the policies say (only the node's own
+      traffic passes, as for every pod);
+    - elsewhere it is a peer that matches no pod or namespace selector; ``ipBlock`` rules
+      still match it by address;
+    - it wins every address it shares with a readable pod: an address in doubt is unknown.
+    """
+
+    namespace: str
+    """Empty when the object does not say (readably)."""
+    name: str
+    """Empty when the object does not say (readably)."""
+    ips: tuple[IPAddress, ...] = ()
+    """Every address that could be read from ``status.podIPs``/``status.podIP``, leniently;
+    empty for a pod in a terminal phase or with ``hostNetwork: true`` (as for :class:`Pod`)."""
+    node_name: str | None = None
+    """The node that runs it; None when unknown (unreadable or unset): every node then enforces
+    it as its own, since any of them may be the one."""
+    error: str = ""
+    """Why the object could not be read, for logs and humans."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def runs_on(self, node_name: str) -> bool:
+        """Whether node ``node_name`` must enforce this pod as its own (fail-closed)."""
+        return self.node_name is None or self.node_name == node_name
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyPort:
     """One ``ports[]`` entry of a NetworkPolicy rule."""
 
@@ -245,3 +284,5 @@ class ClusterSnapshot:
     namespaces: tuple[Namespace, ...] = ()
     pods: tuple[Pod, ...] = ()
     policies: tuple[NetworkPolicy, ...] = ()
+    unreadable_pods: tuple[UnreadablePod, ...] = ()
+    """Pods whose objects could not be read fully: unknown endpoints (see UnreadablePod)."""

@@ -28,6 +28,11 @@ ingress table, and egress entries keyed by a peer identity); the remaining ones 
 for ipBlocks, namespaces and all pods) are resolved at lookup against the destination endpoint's
 named ports, through :attr:`Endpoint.port_names`. A named port never matches a destination that
 is not a pod.
+
+An :class:`Endpoint` marked ``unknown`` stands for a pod whose object could not be read: no
+selector part of a table matches it (only addresses do), and a local one carries
+:data:`UNKNOWN_INGRESS` / :data:`UNKNOWN_EGRESS`, which allow nothing and make ``evaluate``
+answer UNKNOWN_ENDPOINT.
 """
 
 from __future__ import annotations
@@ -281,8 +286,8 @@ class PolicyTable:
             match = addresses.lookup(int.from_bytes(address, "big"))
             if match is not None and match.allows(protocol, port, port_names):
                 return True
-        if peer is None:
-            return False
+        if peer is None or peer.unknown:
+            return False  # selectors only match pods whose labels are known
         match = self.identities.get(peer.identity)
         if match is not None and match.allows(protocol, port, port_names):
             return True
@@ -319,6 +324,9 @@ class Endpoint:
     """Set only for a local pod isolated for ingress."""
     egress_table: PolicyTable | None = None
     """Set only for a local pod isolated for egress."""
+    unknown: bool = False
+    """A pod whose object could not be read (model.UnreadablePod): it matches no selector, and
+    when local its tables are :data:`UNKNOWN_INGRESS` and :data:`UNKNOWN_EGRESS`."""
 
     @property
     def ingress_isolated(self) -> bool:
@@ -329,6 +337,16 @@ class Endpoint:
     def egress_isolated(self) -> bool:
         """Some policy selects this local pod for egress (always False for remote pods)."""
         return self.egress_table is not None
+
+
+UNKNOWN_IDENTITY = -1
+"""The identity number of unknown endpoints: no table keys an entry by it."""
+
+UNKNOWN_INGRESS = PolicyTable(Direction.INGRESS, ())
+"""The ingress table of a local unknown endpoint: allows nothing (fail-closed)."""
+
+UNKNOWN_EGRESS = PolicyTable(Direction.EGRESS, ())
+"""The egress table of a local unknown endpoint: allows nothing (fail-closed)."""
 
 
 class AllowTables:
@@ -390,7 +408,8 @@ class AllowTables:
         """Decide a new flow from packed ``src`` to packed ``dst`` (4 or 16 bytes).
 
         NOT_ISOLATED when neither a local isolated source (egress) nor a local isolated
-        destination (ingress) is involved; otherwise the source's egress is checked first
+        destination (ingress) is involved; UNKNOWN_ENDPOINT when either end is a local pod whose
+        object could not be read (fail-closed); otherwise the source's egress is checked first
         (DENIED_EGRESS), then the destination's ingress (DENIED_INGRESS), else ALLOWED.
         ``dst_port`` is None for packets without ports (ICMP, non-first fragments).
         """
@@ -400,6 +419,8 @@ class AllowTables:
         ingress = destination.ingress_table if destination is not None else None
         if egress is None and ingress is None:
             return Reason.NOT_ISOLATED
+        if egress is UNKNOWN_EGRESS or ingress is UNKNOWN_INGRESS:
+            return Reason.UNKNOWN_ENDPOINT
         port_names = destination.port_names if destination is not None else None
         if egress is not None and not egress.allows(
             destination, dst, protocol, dst_port, port_names
@@ -418,7 +439,8 @@ class AllowTables:
         return self._local
 
     def isolated_local_addresses(self) -> frozenset[bytes]:
-        """Packed addresses of this node's pods isolated in at least one direction."""
+        """Packed addresses of this node's pods isolated in at least one direction (local
+        unknown endpoints included: isolated both ways)."""
         return self._isolated_local
 
     @property

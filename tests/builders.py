@@ -32,6 +32,7 @@ from enforcement.model import (
     PortProtocol,
     Rule,
     SelectorOperator,
+    UnreadablePod,
 )
 
 METADATA_NAME = "kubernetes.io/metadata.name"
@@ -71,6 +72,19 @@ def make_pod(
         ports=container_ports,
         node_name=node,
         host_network=host_network,
+    )
+
+
+def make_unreadable_pod(
+    ns: str, name: str, *ips: str, node: str | None = "node-1", error: str = "test"
+) -> UnreadablePod:
+    """A pod whose object could not be read (an unknown endpoint); ``node`` None: unknown."""
+    return UnreadablePod(
+        namespace=ns,
+        name=name,
+        ips=tuple(ipaddress.ip_address(a) for a in ips),
+        node_name=node,
+        error=error,
     )
 
 
@@ -150,10 +164,11 @@ def port(
     return PolicyPort(protocol=protocol, port=number, end_port=end)
 
 
-def cluster(*objects: Namespace | Pod | NetworkPolicy) -> ClusterSnapshot:
+def cluster(*objects: Namespace | Pod | NetworkPolicy | UnreadablePod) -> ClusterSnapshot:
     """A snapshot of the given objects, in the given order."""
     return ClusterSnapshot(
         namespaces=tuple(o for o in objects if isinstance(o, Namespace)),
         pods=tuple(o for o in objects if isinstance(o, Pod)),
         policies=tuple(o for o in objects if isinstance(o, NetworkPolicy)),
+        unreadable_pods=tuple(o for o in objects if isinstance(o, UnreadablePod)),
     )

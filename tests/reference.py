@@ -9,6 +9,12 @@ Conventions the API leaves open, chosen to match the compiler's documented ones:
 pod addresses too; if two pods claim one address, the local pod, then the smaller
 "namespace/name", owns it; a namespace missing from the snapshot carries only the
 ``kubernetes.io/metadata.name`` label.
+
+Unreadable pods (``ClusterSnapshot.unreadable_pods``) are unknown endpoints, fail-closed: an
+address any of them claims is unknown, whoever else claims it. On a node where some claimant of
+that address runs (an unreadable pod whose node is unknown runs everywhere), nothing to or from
+the address is allowed. Elsewhere it is a peer without labels that no selector matches, and
+only ipBlocks match it, by address.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ def reference_allows(
     """
     src = ipaddress.ip_address(src_ip)
     dst = ipaddress.ip_address(dst_ip)
+    if unknown_here(snapshot, node_name, src) or unknown_here(snapshot, node_name, dst):
+        return False
     src_pod = find_pod(snapshot, node_name, src)
     dst_pod = find_pod(snapshot, node_name, dst)
 
@@ -66,8 +74,24 @@ def reference_allows(
     return True
 
 
+def unknown_here(snapshot: ClusterSnapshot, node_name: str, address: IPAddress) -> bool:
+    """Whether ``address`` is an unknown endpoint that node ``node_name`` enforces as its own."""
+    unreadable = [pod for pod in snapshot.unreadable_pods if address in pod.ips]
+    if not unreadable:
+        return False
+    if any(pod.node_name is None or pod.node_name == node_name for pod in unreadable):
+        return True
+    return any(
+        not pod.host_network and address in pod.ips and pod.node_name == node_name
+        for pod in snapshot.pods
+    )
+
+
 def find_pod(snapshot: ClusterSnapshot, node_name: str, address: IPAddress) -> Pod | None:
-    """The pod that has this address, if any. hostNetwork pods are the node, not pods."""
+    """The pod that has this address, if any. hostNetwork pods are the node, not pods; an
+    address an unreadable pod claims belongs to no pod we know (no selector matches it)."""
+    if any(address in pod.ips for pod in snapshot.unreadable_pods):
+        return None
     owners = [pod for pod in snapshot.pods if not pod.host_network and address in pod.ips]
     if not owners:
         return None

@@ -11,13 +11,24 @@ import pytest
 
 from agent.convert import (
     ConversionError,
+    fail_closed_pod,
     fail_closed_policy,
     namespace_from_k8s,
     object_label,
+    parse_cidr,
+    parse_ip,
     pod_from_k8s,
     policy_from_k8s,
 )
-from enforcement.model import SELECT_ALL, ContainerPort, Direction, Labels, Rule
+from enforcement.model import (
+    SELECT_ALL,
+    ContainerPort,
+    Direction,
+    IPBlock,
+    Labels,
+    Rule,
+    UnreadablePod,
+)
 from tests.builders import expr, make_namespace, peer, port, rule, selector
 
 INGRESS = frozenset({Direction.INGRESS})
@@ -713,12 +724,6 @@ BAD_POLICIES = [
         "spec.ingress[0].from[0].ipBlock.cidr",
         "must be a valid CIDR",
         id="cidr-netmask-form",
-    ),
-    pytest.param(
-        k8s_policy(ingress_from({"ipBlock": {"cidr": "010.0.0.0/8"}})),
-        "spec.ingress[0].from[0].ipBlock.cidr",
-        "must be a valid CIDR",
-        id="cidr-leading-zero",
     ),
     pytest.param(
         k8s_policy(ingress_from({"ipBlock": {"cidr": "fe80::/10%eth0"}})),
@@ -1512,3 +1517,304 @@ def test_pod_strict_checks_only_the_ports_it_reads() -> None:
     obj["metadata"]["uid"] = "u"
     obj["metadata"]["futureField"] = 1
     assert pod_from_k8s(obj, strict=True) == pod_from_k8s(obj)
+
+
+# -- addresses as the API server reads them (ParseIPSloppy, ParseCIDRSloppy) -------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("010.244.1.3", "10.244.1.3", id="leading-zero-is-decimal-not-octal"),
+        pytest.param("010.010.010.010", "10.10.10.10", id="every-octet"),
+        pytest.param("0000000000255.0.0.01", "255.0.0.1", id="many-zeros"),
+        pytest.param("000.0.0.0", "0.0.0.0", id="zeros-only"),
+        pytest.param("10.244.1.3", "10.244.1.3", id="plain-ipv4"),
+        pytest.param("::ffff:10.244.1.3", "10.244.1.3", id="ipv4-mapped-is-ipv4"),
+        pytest.param("::ffff:010.244.1.3", "10.244.1.3", id="ipv4-mapped-with-leading-zero"),
+        pytest.param("::FFFF:af4:103", "10.244.1.3", id="ipv4-mapped-in-hex"),
+        pytest.param("::10.244.1.3", "::af4:103", id="ipv4-compatible-stays-ipv6"),
+        pytest.param("64:ff9b::010.0.0.1", "64:ff9b::a00:1", id="embedded-ipv4-leading-zero"),
+        pytest.param("FD00:0:0:0:0:0:0:1", "fd00::1", id="non-canonical-ipv6"),
+    ],
+)
+def test_parse_ip_sloppy(text: str, expected: str) -> None:
+    assert parse_ip(text, strict=False) == ipaddress.ip_address(expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("10.244.1.256", id="octet-too-big"),
+        pytest.param("0777.1.1.1", id="octal-looking-too-big"),
+        pytest.param("1.2.3", id="three-octets"),
+        pytest.param("1.2.3.4.5", id="five-octets"),
+        pytest.param("", id="empty"),
+        pytest.param("0x0a.1.2.3", id="hex-octet"),
+        pytest.param("1_0.1.2.3", id="underscore"),
+        pytest.param("\uff11.2.3.4", id="non-ascii-digit"),
+        pytest.param(" 10.0.0.1", id="leading-space"),
+        pytest.param("10.0.0.1\n", id="trailing-newline"),
+        pytest.param("fe80::1%eth0", id="zone"),
+        pytest.param("::ffff:1.2.3", id="short-embedded-ipv4"),
+        pytest.param("1" + "0" * 5000 + ".0.0.1", id="huge-octet"),
+    ],
+)
+@pytest.mark.parametrize("strict", MODES)
+def test_parse_ip_refuses(text: str, strict: bool) -> None:
+    with pytest.raises(ValueError, match="must be a valid IP address"):
+        parse_ip(text, strict=strict)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        pytest.param("010.244.1.3", "without leading zeros", id="leading-zero"),
+        pytest.param("::ffff:010.1.2.3", "without leading zeros", id="mapped-leading-zero"),
+        pytest.param("::ffff:10.244.1.3", "not an IPv4-mapped IPv6 address", id="mapped"),
+    ],
+)
+def test_parse_ip_strict_refuses_the_sloppy_forms(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_ip(text, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("010.0.0.0/8", "10.0.0.0/8", id="leading-zero-is-decimal"),
+        pytest.param("10.0.0.0/08", "10.0.0.0/8", id="prefix-leading-zero"),
+        pytest.param("10.0.0.1/24", "10.0.0.0/24", id="host-bits"),
+        pytest.param("::ffff:10.0.0.0/104", "10.0.0.0/8", id="ipv4-mapped-is-ipv4"),
+        pytest.param("::ffff:10.1.2.3/128", "10.1.2.3/32", id="ipv4-mapped-host"),
+        pytest.param("::ffff:10.0.0.0/90", "::ffc0:0:0/90", id="mapped-prefix-below-96"),
+        pytest.param("2001:db8::1/64", "2001:db8::/64", id="ipv6"),
+    ],
+)
+def test_parse_cidr_sloppy(text: str, expected: str) -> None:
+    assert parse_cidr(text, strict=False) == ipaddress.ip_network(expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("10.0.0.0/33", id="prefix-too-long"),
+        pytest.param("::ffff:10.0.0.0/129", id="mapped-prefix-too-long"),
+        pytest.param("10.0.0.0", id="no-prefix"),
+        pytest.param("10.0.0.0/", id="empty-prefix"),
+        pytest.param("10.0.0.0/-1", id="negative-prefix"),
+        pytest.param("10.0.0.0/255.0.0.0", id="netmask"),
+        pytest.param("fe80::/10%eth0", id="zone"),
+        pytest.param("10.0.0.0/8 ", id="trailing-space"),
+        pytest.param("010.0.0.256/8", id="bad-address"),
+    ],
+)
+@pytest.mark.parametrize("strict", MODES)
+def test_parse_cidr_refuses(text: str, strict: bool) -> None:
+    with pytest.raises(ValueError, match="must be a valid CIDR"):
+        parse_cidr(text, strict=strict)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        pytest.param("010.0.0.0/8", "without leading zeros", id="leading-zero"),
+        pytest.param("10.0.0.0/08", "without leading zeros in the prefix", id="prefix-zero"),
+        pytest.param("::ffff:10.0.0.0/104", "not an IPv4-mapped", id="mapped"),
+    ],
+)
+def test_parse_cidr_strict_refuses_the_sloppy_forms(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_cidr(text, strict=True)
+
+
+def test_pod_ip_with_leading_zeros_is_read_as_the_api_server_reads_it() -> None:
+    # The attack of issue 7: the API server stores "010.244.1.3" (sloppy legacy validation);
+    # every Go component reads 10.244.1.3. So must we, or the pod drops out of the tables.
+    obj = k8s_pod(status={"podIP": "010.244.1.3", "podIPs": [{"ip": "010.244.1.3"}]})
+    assert pod_from_k8s(obj).ips == addresses("10.244.1.3")
+    # A file a person writes is held to the strict rule, with a clear error.
+    with pytest.raises(ConversionError) as caught:
+        pod_from_k8s(obj, strict=True)
+    assert caught.value.field == "status.podIPs[0].ip"
+    assert "without leading zeros" in caught.value.reason
+
+
+def test_pod_ipv4_mapped_address_counts_as_ipv4() -> None:
+    obj = k8s_pod(status={"podIPs": [{"ip": "::ffff:10.0.0.5"}, {"ip": "10.0.0.6"}]})
+    with pytest.raises(ConversionError) as caught:
+        pod_from_k8s(obj)
+    assert caught.value.field == "status.podIPs[1].ip"
+    assert "at most one address per IP family" in caught.value.reason
+
+
+def test_ip_block_with_leading_zeros_is_read_as_the_api_server_reads_it() -> None:
+    obj = k8s_policy(
+        ingress_from({"ipBlock": {"cidr": "010.0.0.0/08", "except": ["010.1.0.0/16"]}})
+    )
+    block = policy_from_k8s(obj).ingress[0].peers[0].ip_block
+    expected = IPBlock(ipaddress.ip_network("10.0.0.0/8"), (ipaddress.ip_network("10.1.0.0/16"),))
+    assert block == expected
+    with pytest.raises(ConversionError) as caught:
+        policy_from_k8s(obj, strict=True)
+    assert caught.value.field == "spec.ingress[0].from[0].ipBlock.cidr"
+    assert "without leading zeros" in caught.value.reason
+
+
+def test_ip_block_ipv4_mapped_except_is_ipv4() -> None:
+    # Go matches a mapped except against IPv4 addresses: it must cut the IPv4 range here too.
+    obj = k8s_policy(
+        ingress_from({"ipBlock": {"cidr": "10.0.0.0/8", "except": ["::ffff:10.1.0.0/112"]}})
+    )
+    block = policy_from_k8s(obj).ingress[0].peers[0].ip_block
+    assert block is not None and block.excepts == (ipaddress.ip_network("10.1.0.0/16"),)
+    assert not block.contains(ipaddress.ip_address("10.1.2.3"))
+
+
+# -- container port names (validateContainerPorts) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        pytest.param(
+            {
+                "containers": [
+                    {
+                        "name": "app",
+                        "ports": [
+                            {"containerPort": 8080, "name": "http"},
+                            {"containerPort": 8081, "name": "http"},
+                        ],
+                    }
+                ]
+            },
+            "spec.containers[0].ports[1].name",
+            id="same-container",
+        ),
+        pytest.param(
+            {
+                "containers": [
+                    {
+                        "name": "app",
+                        "ports": [
+                            {"containerPort": 53, "name": "dns"},
+                            {"containerPort": 53, "protocol": "UDP", "name": "dns"},
+                        ],
+                    }
+                ]
+            },
+            "spec.containers[0].ports[1].name",
+            id="same-container-other-protocol",
+        ),
+        pytest.param(
+            {
+                "containers": [{"name": "app"}],
+                "initContainers": [
+                    {
+                        "name": "proxy",
+                        "restartPolicy": "Always",
+                        "ports": [
+                            {"containerPort": 15001, "name": "proxy"},
+                            {"containerPort": 15002, "name": "proxy"},
+                        ],
+                    }
+                ],
+            },
+            "spec.initContainers[0].ports[1].name",
+            id="same-sidecar",
+        ),
+    ],
+)
+@pytest.mark.parametrize("strict", MODES)
+def test_duplicate_port_names_in_one_container_are_refused(
+    spec: dict[str, Any], field: str, strict: bool
+) -> None:
+    with pytest.raises(ConversionError) as caught:
+        pod_from_k8s(k8s_pod(spec), strict=strict)
+    assert caught.value.field == field
+    assert "duplicate port name" in caught.value.reason
+    assert field.replace("[1]", "[0]") in caught.value.reason  # names the first one too
+
+
+@pytest.mark.parametrize("strict", MODES)
+def test_duplicate_port_names_across_containers_are_accepted_first_wins(strict: bool) -> None:
+    # The API server only warns here ("services and probes that select ports by name will use"
+    # the first); a NetworkPolicy named port resolves to the first declaration as well.
+    spec = {
+        "containers": [
+            {"name": "a", "ports": [{"containerPort": 8080, "name": "http"}]},
+            {"name": "b", "ports": [{"containerPort": 9090, "name": "http"}]},
+        ],
+        "initContainers": [
+            {
+                "name": "proxy",
+                "restartPolicy": "Always",
+                "ports": [{"containerPort": 15001, "name": "http"}],
+            }
+        ],
+    }
+    pod = pod_from_k8s(k8s_pod(spec), strict=strict)
+    assert pod.named_port("http", "TCP") == 8080
+    assert len(pod.ports) == 3
+
+
+# -- fail_closed_pod: what is enforced for a pod that cannot be read -----------------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        pytest.param(
+            k8s_pod(
+                {"nodeName": "node-1"},
+                status={"podIP": "10.0.0.5"},
+                labels={"app": "bad value!"},
+            ),
+            UnreadablePod("prod", "web", addresses("10.0.0.5"), "node-1"),
+            id="bad-label",
+        ),
+        pytest.param(
+            k8s_pod(
+                {"nodeName": "node-1", "containers": "not a list"},
+                status={
+                    "podIP": "10.0.0.7",
+                    "podIPs": [{"ip": "010.0.0.5"}, {"ip": "junk"}, "text", {"ip": "fd00::5"}],
+                },
+            ),
+            UnreadablePod("prod", "web", addresses("10.0.0.5", "fd00::5", "10.0.0.7"), "node-1"),
+            id="every-readable-address",
+        ),
+        pytest.param(
+            k8s_pod({"nodeName": 7}, status={"podIPs": "10.0.0.5", "podIP": "10.0.0.5"}),
+            UnreadablePod("prod", "web", addresses("10.0.0.5"), None),
+            id="node-unknown",
+        ),
+        pytest.param(
+            k8s_pod({"hostNetwork": True, "nodeName": "n"}, status={"podIP": "10.0.0.5"}),
+            UnreadablePod("prod", "web", (), "n"),
+            id="host-network-claims-no-address",
+        ),
+        pytest.param(
+            k8s_pod({"nodeName": "n"}, status={"phase": "Succeeded", "podIP": "10.0.0.5"}),
+            UnreadablePod("prod", "web", (), "n"),
+            id="terminal-claims-no-address",
+        ),
+        pytest.param(
+            k8s_pod(
+                {"hostNetwork": "yes", "nodeName": "n"},
+                status={"phase": ["Succeeded"], "podIP": "10.0.0.5"},
+            ),
+            UnreadablePod("prod", "web", addresses("10.0.0.5"), "n"),
+            id="unreadable-host-network-and-phase-keep-the-address",
+        ),
+        pytest.param(
+            {"metadata": "x", "spec": [], "status": 5}, UnreadablePod("", "", (), None), id="junk"
+        ),
+        pytest.param(["not", "an", "object"], UnreadablePod("", "", (), None), id="not-a-map"),
+    ],
+)
+def test_fail_closed_pod(obj: Any, expected: UnreadablePod) -> None:
+    assert fail_closed_pod(obj, "why") == UnreadablePod(
+        expected.namespace, expected.name, expected.ips, expected.node_name, "why"
+    )

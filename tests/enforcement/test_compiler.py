@@ -20,6 +20,7 @@ from enforcement.model import (
     ClusterSnapshot,
     NetworkPolicy,
     Pod,
+    UnreadablePod,
 )
 from enforcement.verdict import Reason
 from tests.builders import (
@@ -30,6 +31,7 @@ from tests.builders import (
     make_namespace,
     make_pod,
     make_policy,
+    make_unreadable_pod,
     peer,
     port,
     rule,
@@ -41,6 +43,7 @@ A = Reason.ALLOWED
 N = Reason.NOT_ISOLATED
 DE = Reason.DENIED_EGRESS
 DI = Reason.DENIED_INGRESS
+U = Reason.UNKNOWN_ENDPOINT
 
 TCP, UDP, SCTP, ICMP, ICMPV6 = IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMP, IPPROTO_ICMPV6
 
@@ -55,6 +58,7 @@ PROM = "10.0.3.1"  # mon/prom    app=prom
 REMOTE_WEB = "10.0.9.1"  # prod/remote-web app=web, http=8081, on node-2
 HOST_POD = "10.1.0.1"  # prod/hostpod app=web, hostNetwork (has the node's address)
 OUTSIDE, OUTSIDE6 = "192.0.2.10", "2001:db8::10"
+UNREADABLE, UNREADABLE6 = "10.0.8.1", "fd00::8:1"  # prod/bad, an unreadable pod (per case)
 
 BASE = (
     make_namespace("prod", team="a", env="prod"),
@@ -103,8 +107,12 @@ class Case:
     node: str = "node-1"
 
 
-def base(*policies: NetworkPolicy, extra: tuple[Pod, ...] = ()) -> ClusterSnapshot:
-    return cluster(*BASE, *extra, *policies)
+def base(
+    *policies: NetworkPolicy,
+    extra: tuple[Pod, ...] = (),
+    unreadable: tuple[UnreadablePod, ...] = (),
+) -> ClusterSnapshot:
+    return cluster(*BASE, *extra, *policies, *unreadable)
 
 
 deny_ingress = make_policy("prod", "deny-in", selector())
@@ -625,6 +633,90 @@ CASES = [
         ),
         (f("10.5.0.2", "10.5.0.1", A), f("10.5.0.3", "10.5.0.1", DI)),
     ),
+    # Unreadable pods (model.UnreadablePod): unknown endpoints, enforced fail-closed.
+    Case(
+        "unreadable-local-pod-denied-both-ways-without-policies",
+        base(unreadable=(make_unreadable_pod("prod", "bad", UNREADABLE, UNREADABLE6),)),
+        (
+            f(WEB, UNREADABLE, U),
+            f(UNREADABLE, WEB, U),
+            f(OUTSIDE, UNREADABLE, U, ICMP, None),
+            f(UNREADABLE, OUTSIDE, U, UDP, 53),
+            f(WEB6, UNREADABLE6, U),
+            f(REMOTE_WEB, UNREADABLE, U),
+            f(WEB, API, N),  # nothing else changes
+        ),
+    ),
+    Case(
+        "unreadable-local-pod-not-opened-by-allow-all",
+        base(
+            make_policy("prod", "allow-all", selector(), [rule()], [rule()]),
+            unreadable=(make_unreadable_pod("prod", "bad", UNREADABLE),),
+        ),
+        (f(WEB, UNREADABLE, U), f(UNREADABLE, WEB, U), f(WEB, API, A)),
+    ),
+    Case(
+        "unreadable-pod-on-an-unknown-node-is-local-everywhere",
+        base(unreadable=(make_unreadable_pod("prod", "bad", UNREADABLE, node=None),)),
+        (f(WEB, UNREADABLE, U), f(UNREADABLE, WEB, U)),
+        node="node-2",
+    ),
+    Case(
+        "unreadable-remote-pod-matches-no-selector",
+        base(
+            make_policy(
+                "prod",
+                "selectors",
+                selector(),
+                [
+                    rule(peer(pods=selector())),
+                    rule(peer(namespaces=selector())),
+                    rule(peer(pods=selector(), namespaces=selector(team="a"))),
+                    rule(peer(pods=selector(expr("app", "DoesNotExist")))),
+                ],
+                [rule(peer(namespaces=selector()))],
+            ),
+            unreadable=(make_unreadable_pod("prod", "bad", UNREADABLE, node="node-2"),),
+        ),
+        (
+            f(UNREADABLE, WEB, DI),
+            f(WEB, UNREADABLE, DE),
+            f(BARE, WEB, A),  # the same rules admit a readable pod without labels
+            f(REMOTE_WEB, WEB, A),
+        ),
+    ),
+    Case(
+        "unreadable-remote-pod-matched-by-ipblock",
+        base(
+            make_policy(
+                "prod", "cidr", selector(), [rule(peer(cidr="10.0.8.0/24"), ports=[port(80)])]
+            ),
+            unreadable=(make_unreadable_pod("prod", "bad", UNREADABLE, node="node-2"),),
+        ),
+        (f(UNREADABLE, WEB, A), f(UNREADABLE, WEB, DI, TCP, 81), f(BARE, WEB, DI)),
+    ),
+    Case(
+        "unreadable-remote-pod-named-ports-unknown",
+        base(
+            make_policy("prod", "out", selector(), egress=[rule(ports=[port("http")])]),
+            unreadable=(make_unreadable_pod("prod", "bad", UNREADABLE, node="node-2"),),
+        ),
+        (f(WEB, UNREADABLE, DE, TCP, 8080), f(WEB, REMOTE_WEB, A, TCP, 8081)),
+    ),
+    Case(
+        "address-shared-with-a-local-pod-is-unknown-and-local",
+        # A remote unreadable pod claims web's address: in doubt, the address is denied here.
+        base(unreadable=(make_unreadable_pod("prod", "bad", WEB, node="node-2"),)),
+        (f(WEB, API, U), f(API, WEB, U), f(API, DB, N)),
+    ),
+    Case(
+        "address-shared-with-a-remote-pod-matches-no-selector",
+        base(
+            make_policy("prod", "from-web", selector(app="api"), [rule(peer(pods=selector()))]),
+            unreadable=(make_unreadable_pod("prod", "bad", REMOTE_WEB, node="node-3"),),
+        ),
+        (f(REMOTE_WEB, API, DI), f(WEB, API, A)),
+    ),
 ]
 
 
@@ -726,3 +818,31 @@ def test_block_ranges(cidr: str, excepts: tuple[str, ...], expected: list[tuple[
         (int.from_bytes(ip(first), "big"), int.from_bytes(ip(last), "big"))
         for first, last in expected
     )
+
+
+def test_unreadable_local_pod_addresses_are_queued() -> None:
+    # The firewall queues the isolated set: a local unreadable pod's traffic must reach the
+    # agent (and be dropped there); a remote one's is not this node's to queue.
+    snapshot = base(
+        unreadable=(
+            make_unreadable_pod("prod", "bad", UNREADABLE, UNREADABLE6),
+            make_unreadable_pod("prod", "far", "10.0.8.2", node="node-2"),
+        )
+    )
+    tables = compile_tables(snapshot, "node-1")
+    for address in (UNREADABLE, UNREADABLE6):
+        assert ip(address) in tables.isolated_local_addresses()
+        assert ip(address) in tables.local_addresses()
+    assert ip("10.0.8.2") not in tables.isolated_local_addresses() | tables.local_addresses()
+    local, remote = tables.endpoint(ip(UNREADABLE)), tables.endpoint(ip("10.0.8.2"))
+    assert local is not None and local.unknown and local.key == "prod/bad" and local.local
+    assert remote is not None and remote.unknown and not remote.local
+    assert not remote.ingress_isolated and not remote.egress_isolated
+
+
+def test_explain_names_the_unreadable_pod() -> None:
+    snapshot = base(unreadable=(make_unreadable_pod("prod", "bad", UNREADABLE),))
+    lines = explain(snapshot, "node-1", WEB, UNREADABLE, TCP, 80)
+    assert f"destination {UNREADABLE}: unreadable pod prod/bad" in lines[2]
+    assert "all its traffic is denied" in lines[-2]
+    assert lines[-1] == f"verdict: {U.value}"

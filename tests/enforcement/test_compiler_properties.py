@@ -2,7 +2,9 @@
 
 Hypothesis builds small random clusters (namespaces and pods labelled from a tiny alphabet so
 selectors often match; dual-stack, named ports whose numbers differ between pods, pods on
-another node, hostNetwork pods, pods without addresses, addresses shared by two pods) and
+another node, hostNetwork pods, pods without addresses, addresses shared by two pods, and
+unreadable pods: unknown endpoints on a node, on another or on an unknown one, now and then on
+an address a readable pod claims too) and
 random policies (selectors with every matchExpressions operator, every peer shape, ipBlocks with
 excepts around the pod addresses, numeric, ranged and named ports, every policyTypes
 combination). For each cluster every pair of addresses (pods' and outside ones) is tried with a
@@ -51,10 +53,11 @@ from enforcement.model import (
     PortProtocol,
     Rule,
     SelectorOperator,
+    UnreadablePod,
 )
 from enforcement.verdict import Reason
 from tests.builders import METADATA_NAME, ip
-from tests.reference import reference_allows
+from tests.reference import reference_allows, unknown_here
 
 settings.register_profile(
     "compiler",
@@ -178,6 +181,26 @@ def pod_st(draw: st.DrawFn, index: int) -> Pod:
 
 
 @st.composite
+def unreadable_pod_st(draw: st.DrawFn, index: int, pod_count: int) -> UnreadablePod:
+    """A pod whose object could not be read: its own addresses, or now and then a readable
+    pod's (the address is then in doubt), on a node, another, or an unknown one (None)."""
+    shared = draw(sometimes(4))
+    number = draw(st.integers(1, pod_count)) if shared else pod_count + index + 1
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    if not draw(sometimes(8)):
+        addresses.append(ipaddress.IPv4Address(v4(number)))
+    if draw(st.booleans()):
+        addresses.append(ipaddress.IPv6Address(v6(number)))
+    return UnreadablePod(
+        namespace=draw(st.sampled_from(NAMESPACES)),
+        name=f"unreadable-{index}",
+        ips=tuple(addresses),
+        node_name=draw(st.sampled_from((*NODES, NODES[0], None))),
+        error="test",
+    )
+
+
+@st.composite
 def network_st(draw: st.DrawFn, version: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """A network around the pod addresses, or wider, or unrelated."""
     bits = 32 if version == 4 else 128
@@ -292,11 +315,14 @@ def snapshot_st(draw: st.DrawFn, single_rule: bool = False) -> ClusterSnapshot:
     )
     pod_count = draw(st.integers(2, 8))
     pods = tuple(draw(pod_st(i)) for i in range(pod_count))
+    # Most clusters have an unreadable pod or two (a local one masks what it touches).
+    unreadable_count = draw(st.sampled_from((0, 1, 1, 2)))
+    unreadable = tuple(draw(unreadable_pod_st(i, pod_count)) for i in range(unreadable_count))
     if single_rule:
-        return ClusterSnapshot(namespaces, pods, (draw(single_rule_policy_st()),))
+        return ClusterSnapshot(namespaces, pods, (draw(single_rule_policy_st()),), unreadable)
     policy_count = draw(st.integers(1, 5))
     policies = tuple(draw(policy_st(i)) for i in range(policy_count))
-    return ClusterSnapshot(namespaces, pods, policies)
+    return ClusterSnapshot(namespaces, pods, policies, unreadable)
 
 
 # --- flows ---------------------------------------------------------------------------------
@@ -329,7 +355,8 @@ def all_flows(snapshot: ClusterSnapshot) -> list[Flow]:
     """
     flows = []
     for version, outside, icmp in ((4, OUTSIDE_V4, IPPROTO_ICMP), (6, OUTSIDE_V6, IPPROTO_ICMPV6)):
-        pods = {str(a) for p in snapshot.pods for a in p.ips if a.version == version}
+        claimants = (*snapshot.pods, *snapshot.unreadable_pods)
+        pods = {str(a) for p in claimants for a in p.ips if a.version == version}
         packed = {address: ip(address) for address in sorted(pods | set(outside))}
         for src, src_bytes in packed.items():
             for dst, dst_bytes in packed.items():
@@ -369,6 +396,11 @@ def check_against_reference(
         verdict = tables.evaluate(flow.packed_src, flow.packed_dst, flow.protocol, flow.port)
         expected = reference_allows(snapshot, node, flow.src, flow.dst, flow.protocol, flow.port)
         assert (verdict in (Reason.ALLOWED, Reason.NOT_ISOLATED)) == expected, (flow, verdict)
+        unknown = any(
+            unknown_here(snapshot, node, ipaddress.ip_address(address))
+            for address in (flow.src, flow.dst)
+        )
+        assert (verdict is Reason.UNKNOWN_ENDPOINT) == unknown, (flow, verdict)
 
 
 LARGE_SELECTIONS = st.sampled_from((0, None, 1))
@@ -420,9 +452,16 @@ def test_address_sets_match_endpoints(snapshot: ClusterSnapshot, node: str) -> N
     tables = compile_tables(snapshot, node)
     expected_local = {
         a.packed for p in snapshot.pods if p.node_name == node and not p.host_network for a in p.ips
-    }
+    } | {a.packed for p in snapshot.unreadable_pods if p.runs_on(node) for a in p.ips}
     # A shared address belongs to a local pod whenever any local pod claims it.
     assert tables.local_addresses() == expected_local
+    # Every address a local unreadable pod claims is queued (isolated both ways) and unknown.
+    for unreadable in snapshot.unreadable_pods:
+        for address in unreadable.ips:
+            endpoint = tables.endpoint(address.packed)
+            assert endpoint is not None and endpoint.unknown
+            if unreadable.runs_on(node):
+                assert address.packed in tables.isolated_local_addresses()
     for address in tables.isolated_local_addresses():
         endpoint = tables.endpoint(address)
         assert endpoint is not None and endpoint.local

@@ -6,7 +6,17 @@ import pytest
 
 from enforcement.compiler import compile_tables
 from enforcement.model import IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Direction
-from enforcement.tables import ALL_TRAFFIC, AddressMap, AllowTables, PortMatch
+from enforcement.tables import (
+    ALL_TRAFFIC,
+    UNKNOWN_EGRESS,
+    UNKNOWN_IDENTITY,
+    UNKNOWN_INGRESS,
+    AddressMap,
+    AllowTables,
+    Endpoint,
+    PolicyTable,
+    PortMatch,
+)
 from enforcement.verdict import Reason
 from tests.builders import (
     cluster,
@@ -14,6 +24,7 @@ from tests.builders import (
     make_namespace,
     make_pod,
     make_policy,
+    make_unreadable_pod,
     peer,
     port,
     rule,
@@ -302,3 +313,68 @@ def test_tables_are_read_only() -> None:
     assert endpoint.ingress_table is not None
     with pytest.raises(TypeError):
         endpoint.ingress_table.identities[0] = ALL_TRAFFIC  # type: ignore[index]
+
+
+# --- unknown endpoints (pods whose objects could not be read) ------------------------------
+
+
+def _number(address: str) -> int:
+    return int.from_bytes(ip(address), "big")
+
+
+def _endpoint(identity: int, unknown: bool, local: bool = False) -> Endpoint:
+    return Endpoint("prod", "p", "prod/p", "node-2", local, identity, unknown=unknown)
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        pytest.param(PolicyTable(Direction.INGRESS, (), all_pods=ALL_TRAFFIC), id="all-pods"),
+        pytest.param(
+            PolicyTable(Direction.INGRESS, (), namespaces={"prod": ALL_TRAFFIC}), id="namespace"
+        ),
+        pytest.param(
+            PolicyTable(Direction.INGRESS, (), identities={UNKNOWN_IDENTITY: ALL_TRAFFIC}),
+            id="identity",
+        ),
+    ],
+)
+def test_selector_parts_never_match_an_unknown_peer(table: PolicyTable) -> None:
+    address = ip("10.0.8.1")
+    assert not table.allows(_endpoint(UNKNOWN_IDENTITY, True), address, TCP, 80, None)
+    # The same table admits a readable pod of that namespace and identity.
+    assert table.allows(_endpoint(UNKNOWN_IDENTITY, False), address, TCP, 80, None)
+
+
+def test_address_parts_still_match_an_unknown_peer() -> None:
+    unknown = _endpoint(UNKNOWN_IDENTITY, True)
+    any_peer = PolicyTable(Direction.INGRESS, (), any_peer=ALL_TRAFFIC)
+    block = PolicyTable(
+        Direction.INGRESS,
+        (),
+        v4=AddressMap([(_number("10.0.8.0"), _number("10.0.8.255"), ALL_TRAFFIC)]),
+    )
+    assert any_peer.allows(unknown, ip("10.0.8.1"), TCP, 80, None)
+    assert block.allows(unknown, ip("10.0.8.1"), TCP, 80, None)
+    assert not block.allows(unknown, ip("10.0.9.1"), TCP, 80, None)
+
+
+def test_unknown_tables_allow_nothing() -> None:
+    for table in (UNKNOWN_INGRESS, UNKNOWN_EGRESS):
+        assert not table.allows(None, ip("192.0.2.1"), TCP, 80, None)
+        assert not table.allows(_endpoint(0, False), ip("10.0.1.1"), IPPROTO_ICMP, None, None)
+
+
+def test_evaluate_names_the_unknown_endpoint_first() -> None:
+    # web is isolated and denies everything too: the unknown endpoint is still the reason given,
+    # whichever end it is.
+    snapshot = cluster(
+        make_pod("prod", "web", "10.0.1.1"),
+        make_policy("prod", "deny", selector(), egress=[]),
+        make_unreadable_pod("prod", "bad", "10.0.8.1"),
+    )
+    tables = compile_tables(snapshot, "node-1")
+    for src, dst in (("10.0.1.1", "10.0.8.1"), ("10.0.8.1", "10.0.1.1")):
+        assert tables.evaluate(ip(src), ip(dst), TCP, 80) is Reason.UNKNOWN_ENDPOINT
+    assert tables.evaluate(ip("10.0.1.1"), ip("192.0.2.1"), TCP, 80) is Reason.DENIED_EGRESS
+    assert tables.pod_count == 2 and tables.local_pod_count == 2
