@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -748,7 +751,7 @@ CORPUS_EXPECTED: dict[str, str] = {
     "duplicate-key.json": "JSON error: duplicate key 'name'",
     "merge-key.yaml": "(line 3, column 3): merge keys (<<) are not supported",
     # aliases
-    "alias-bomb.yaml": f"(line 6, column 33): alias *e stands for 66,430 values: more than "
+    "alias-bomb.yaml": f"(line 11, column 34): alias *e stands for 66,430 values: more than "
     f"{MAX_NODES:,} values in this load",
     "recursive-alias.yaml": "(line 5, column 9): alias *d is inside the node it names",
     "undefined-alias.yaml": "(line 4, column 7): YAML syntax error: alias *nowhere has no anchor",
@@ -1405,3 +1408,58 @@ def _walk(value: Any) -> Iterator[Any]:
             stack.extend(current.values())
         elif isinstance(current, list):
             stack.extend(current)
+
+
+# -- the lab's commands print the error, never a traceback --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("verb", "name"),
+    [
+        pytest.param("apply", "list-key.yaml", id="apply-list-key"),
+        pytest.param("apply", "alias-bomb.yaml", id="apply-alias-bomb"),
+        pytest.param("apply", "huge-replicas.yaml", id="apply-huge-replicas"),
+        pytest.param("apply", "kind-lowercase.yaml", id="apply-lowercase-kind"),
+        pytest.param("apply", "control-characters-in-name.yaml", id="apply-control-characters"),
+        pytest.param("apply", "invalid-utf8.yaml", id="apply-invalid-utf8"),
+        pytest.param("up", "port-base-60.yaml", id="up-base-60"),
+        pytest.param("delete", "recursive-alias.yaml", id="delete-recursive-alias"),
+    ],
+)
+def test_lab_commands_refuse_bad_manifests_cleanly(tmp_path: Path, verb: str, name: str) -> None:
+    # The manifests are loaded before the lab is looked at: no root, no lab, nothing changed.
+    path = CORPUS / name
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "lab", verb, "--lab", "npt-input", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        timeout=SECONDS,
+        env={**os.environ, "NETPOL_AGENT_LAB_ROOT": str(tmp_path)},
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    line = result.stderr.removesuffix("\n")
+    assert line.isprintable(), f"unescaped characters in {line!r}"
+    assert line.startswith(f"netpol-agent lab {verb}: refused, nothing changed: {path}")
+    assert CORPUS_EXPECTED[name] in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lab_command_with_a_deep_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "deep.json", "[" * DEEP + "]" * DEEP)
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "lab", "apply", "--lab", "npt-input", "-f", path],
+        capture_output=True,
+        text=True,
+        timeout=SECONDS,
+        env={**os.environ, "NETPOL_AGENT_LAB_ROOT": str(tmp_path / "labs")},
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"netpol-agent lab apply: refused, nothing changed: {path} (line 1, column 101): "
+        f"nested deeper than {MAX_DEPTH} levels, the most a manifest may nest\n"
+    )
