@@ -321,7 +321,13 @@ class _Mark(Protocol):
 
 def _read(path: str, budget: _Budget) -> Iterator[tuple[str, str]]:
     if path == STDIN:
-        yield "<stdin>", _decode("<stdin>", _read_stdin(), budget)
+        try:
+            data = _read_stdin()
+        except OSError as error:  # e.g. standard input is a directory
+            raise ManifestError(
+                "<stdin>", None, f"cannot read: {error.strerror or error}"
+            ) from error
+        yield "<stdin>", _decode("<stdin>", data, budget)
         return
     try:
         if os.path.isdir(path):
@@ -348,6 +354,8 @@ def _read(path: str, budget: _Budget) -> Iterator[tuple[str, str]]:
 
 
 def _read_stdin() -> bytes:
+    if sys.stdin is None:  # started with standard input closed
+        raise OSError("standard input is closed")
     binary = getattr(sys.stdin, "buffer", None)
     if binary is not None:
         data: bytes = binary.read(MAX_FILE_BYTES + 1)

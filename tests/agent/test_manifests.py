@@ -1269,6 +1269,32 @@ def test_bad_stdin(monkeypatch: pytest.MonkeyPatch, data: bytes, fragment: str) 
     assert fragment in str(_refused_within_bounds(["-"]))
 
 
+class _FailingReader(io.RawIOBase):
+    """A byte stream whose reads fail, like a standard input that is a directory."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise IsADirectoryError(21, "Is a directory")
+
+
+@pytest.mark.parametrize(
+    ("stdin", "fragment"),
+    [
+        pytest.param(None, "<stdin>: cannot read: standard input is closed", id="closed"),
+        pytest.param(
+            io.TextIOWrapper(io.BufferedReader(_FailingReader())),
+            "<stdin>: cannot read: Is a directory",
+            id="directory",
+        ),
+    ],
+)
+def test_unreadable_stdin(monkeypatch: pytest.MonkeyPatch, stdin: Any, fragment: str) -> None:
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert str(_refused_within_bounds(["-"])) == fragment
+
+
 def test_stdin_text_stream_with_a_lone_surrogate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("a: \udcff\n"))
     assert "not UTF-8 text" in str(_refused_within_bounds(["-"]))
