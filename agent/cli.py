@@ -367,6 +367,7 @@ def _tracer() -> Tracer:
 def _lab(args: argparse.Namespace) -> int:
     from agent.lab.lab import Lab, LabError, lab_root
     from agent.lab.probe import format_matrix
+    from agent.manifests import printable
 
     if args.verb == "list":
         root = lab_root()
@@ -429,14 +430,16 @@ def _lab(args: argparse.Namespace) -> int:
             lab.down()
             print(f"lab {args.lab} is down")
     except LabError as error:
-        print(f"netpol-agent lab {args.verb}: {error}", file=sys.stderr)
+        print(f"netpol-agent lab {args.verb}: {printable(str(error))}", file=sys.stderr)
         return 1
     return 0
 
 
 def _print_messages(messages: list[str]) -> None:
+    from agent.manifests import printable  # the notes name objects from files: escape them
+
     for message in messages:
-        print(f"note: {message}", file=sys.stderr)
+        print(f"note: {printable(message)}", file=sys.stderr)
 
 
 def _print_pod_table(pods: list[dict[str, Any]]) -> None:

@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from agent.manifests import Manifest, ManifestError, load_manifests
+from agent import manifests as manifests_module
+from agent.manifests import (
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_FILES,
+    MAX_LOAD_BYTES,
+    MAX_NODES,
+    MAX_OBJECTS,
+    MAX_REPLICAS,
+    Manifest,
+    ManifestError,
+    load_manifests,
+    printable,
+)
 
 NAMESPACE = """\
 apiVersion: v1
@@ -357,7 +379,9 @@ def test_json_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     ("text", "message"),
     [
         pytest.param("- a\n- b\n", "expected a Kubernetes object (a mapping), got list", id="list"),
-        pytest.param("just text\n", "expected a Kubernetes object (a mapping), got str", id="str"),
+        pytest.param(
+            "just text\n", "expected a Kubernetes object (a mapping), got string", id="str"
+        ),
         pytest.param(
             "kind: Pod\nmetadata:\n  name: web\n",
             "Pod web: apiVersion: required",
@@ -702,3 +726,766 @@ def test_duplicate_keys_are_refused(tmp_path: Path, name: str, text: str, fragme
     with pytest.raises(ManifestError) as caught:
         load_manifests([str(path)])
     assert fragment in str(caught.value) and str(path) in str(caught.value)
+
+
+# -- malformed input: the corpus ----------------------------------------------------------
+# Every file in manifest_corpus/ is malformed; each must be refused with one clear
+# ManifestError (no other exception), within bounded time and memory, and the message must be
+# safe to print. Files too big for git are generated below (GENERATED).
+
+CORPUS = Path(__file__).parent / "manifest_corpus"
+
+PEAK_BYTES = 64 * 1024 * 1024
+"""Generous: a refused file costs a few MiB; the old loader took 486 MiB for alias-bomb.yaml."""
+SECONDS = 30.0
+"""Generous: a refused file takes well under a second on a laptop; this is not a speed test."""
+
+CORPUS_EXPECTED: dict[str, str] = {
+    # keys: JSON has only string keys; PyYAML raised TypeError for a list key
+    "list-key.yaml": "(line 1, column 3): mapping keys must be strings, got list",
+    "mapping-key.yaml": "(line 5, column 5): mapping keys must be strings, got mapping",
+    "integer-key.yaml": "mapping keys must be strings, got integer '80' (quote it: \"80\")",
+    "boolean-key.yaml": "mapping keys must be strings, got boolean 'on' (quote it: \"on\")",
+    "null-key.yaml": "mapping keys must be strings, got null '~'",
+    "duplicate-key.yaml": "(line 7, column 3): duplicate key 'ingress' (first at line 6)",
+    "duplicate-key.json": "JSON error: duplicate key 'name'",
+    "merge-key.yaml": "(line 3, column 3): merge keys (<<) are not supported",
+    # aliases
+    "alias-bomb.yaml": f"(line 11, column 34): alias *e stands for 66,430 values: more than "
+    f"{MAX_NODES:,} values in this load",
+    "recursive-alias.yaml": "(line 5, column 9): alias *d is inside the node it names",
+    "undefined-alias.yaml": "(line 4, column 7): YAML syntax error: alias *nowhere has no anchor",
+    # numbers, the way kubectl reads them (go-yaml v2), not YAML 1.1's
+    "port-base-60.yaml": "spec.ingress[0].ports[0].port: a named port must contain only "
+    "lowercase letters, digits and '-', got \"1:20\"",
+    "port-exponent.yaml": "spec.ingress[0].ports[0].port: must be a port number or a port "
+    "name, got number 1000.0",
+    "int-tag-base-60.yaml": "(line 11, column 13): cannot read '1:20' as !!int",
+    "infinity.yaml": "(line 11, column 13): .inf is not a finite number",
+    "integer-past-64-bits.yaml": "integer 18446744073709551616 does not fit in 64 bits",
+    "not-a-number.json": "JSON error: NaN is not JSON",
+    "float-overflow.json": "JSON error: number 1e400 is out of range",
+    "label-value-y.yaml": "metadata.labels[enabled]: must be a string, got boolean true",
+    "replicas-float.yaml": "spec.replicas: must be a non-negative integer, got 1000000000.0",
+    # the lab's cost
+    "huge-replicas.yaml": "Deployment default/web: spec.replicas: at most 1000 in the lab "
+    "(each replica becomes a Pod with its own network namespace), got 1000000000",
+    # kinds
+    "kind-lowercase.yaml": 'kind: unknown kind "networkpolicy": did you mean "NetworkPolicy"?',
+    "kind-plural.yaml": 'kind: unknown kind "NetworkPolicies": did you mean "NetworkPolicy"?',
+    "kind-lowercase-list.yaml": 'kind: unknown kind "list": did you mean "List"?',
+    "kind-not-a-name.yaml": "kind: must be a kind such as NetworkPolicy (letters and digits), "
+    "got 'Pod\\x1b[2J'",
+    # control characters never reach the terminal
+    "control-characters-in-name.yaml": "Namespace prod\\x1b]0;pwned\\x07\\x1b[2J: metadata.name: "
+    "must not hold control or invisible characters",
+    "control-characters-in-field.yaml": 'protocol: must be one of TCP, UDP, SCTP, got "TCP',
+    "bidi-override-in-name.yaml": "Service abc\\u202edef: metadata.name: must not hold control",
+    "raw-control-character.yaml": "(line 4, column 9): YAML syntax error: character U+001B is "
+    "not allowed",
+    # text that is not UTF-8
+    "invalid-utf8.yaml": "(line 4, byte 11): not UTF-8 text: invalid continuation byte (byte c3)",
+    "invalid-utf8.json": "(line 1, byte 65): not UTF-8 text: invalid start byte (byte ff)",
+    "utf16.yaml": "(line 1, byte 1): not UTF-8 text",
+    # syntax
+    "tab-indent.yaml": "(line 4, column 1): YAML syntax error: found character",
+    "bad-indent.yaml": "(line 3, column 10): YAML syntax error: mapping values are not allowed",
+    "unterminated-flow.yaml": "(line 5, column 1): YAML syntax error",
+    "json-syntax.json": "(line 4, column 1): JSON syntax error: Expecting value",
+    "json-trailing-comma.json": "JSON syntax error: Expecting property name",
+    "json-unterminated-string.json": "JSON syntax error: Unterminated string",
+    # tags with no JSON value, or none at all
+    "binary-tag.yaml": "(line 5, column 8): the tag !!binary is not supported",
+    "python-tag.yaml": "the tag !!python/object/apply:os.system is not supported",
+    "set-tag.yaml": "the tag !!set is not supported",
+    "local-tag.yaml": "the tag !secret is not supported",
+    # documents and Lists that are not objects
+    "document-scalar.yaml": "expected a Kubernetes object (a mapping), got string",
+    "document-list.yaml": "expected a Kubernetes object (a mapping), got list",
+    "document-null-in-list.json": "(item 1): expected a Kubernetes object (a mapping), got null",
+    "list-items-not-a-list.yaml": "List: items: must be a list, got mapping",
+    "list-item-scalar.yaml": "(item 1): expected a Kubernetes object (a mapping), got integer",
+    "list-in-list.yaml": "(item 1): List: a List inside a List is not supported",
+    "list-in-list-without-items.yaml": "(item 1): List: a List inside a List is not supported",
+}
+
+
+def _deployment(name: str, replicas: int, labels: int = 1) -> dict[str, Any]:
+    extra = {f"l{index}": "x" for index in range(labels - 1)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, **extra}},
+                "spec": {"containers": [{"name": "app", "image": "nginx"}]},
+            },
+        },
+    }
+
+
+def _one(name: str, content: str | bytes) -> Callable[[Path], list[str]]:
+    """A generator of one file, for GENERATED."""
+
+    def make(directory: Path) -> list[str]:
+        path = directory / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        return [str(path)]
+
+    return make
+
+
+def _many(count: int, size: int) -> Callable[[Path], list[str]]:
+    """``count`` files of ``size`` bytes of YAML comments, for the load limits."""
+
+    def make(directory: Path) -> list[str]:
+        line = "#" * 1023 + "\n"
+        for index in range(count):
+            (directory / f"{index:05}.yaml").write_text(line * (size // 1024))
+        return [str(directory)]
+
+    return make
+
+
+DEEP = 20_000
+GENERATED: dict[str, tuple[Callable[[Path], list[str]], str]] = {
+    "deep-yaml-flow": (
+        _one("deep.yaml", "[" * DEEP + "]" * DEEP + "\n"),
+        "(line 1, column ",  # libyaml stops at 1000 levels, even before we stop at 100
+    ),
+    "deep-yaml-block": (
+        _one("deep.yaml", "- " * DEEP + "x\n"),
+        f"(line 1, column 201): nested deeper than {MAX_DEPTH} levels",
+    ),
+    "deep-yaml-mappings": (
+        _one("deep.yaml", "".join(" " * level + "a:\n" for level in range(2000))),
+        f"(line 100, column 100): nested deeper than {MAX_DEPTH} levels",
+    ),
+    "deep-json-lists": (
+        _one("deep.json", "[" * DEEP + "]" * DEEP),
+        f"(line 1, column 101): nested deeper than {MAX_DEPTH} levels",
+    ),
+    "deep-json-objects": (
+        _one("deep.json", '{"a":' * DEEP + "1" + "}" * DEEP),
+        f"(line 1, column 497): nested deeper than {MAX_DEPTH} levels",
+    ),
+    "deep-alias": (
+        # 10 levels, each nesting the previous one 10 deep: 100+ deep only once expanded.
+        _one(
+            "deep.yaml",
+            "l0: &l0 x\n"
+            + "".join(
+                f"l{n}: &l{n} " + "[" * 10 + f"*l{n - 1}" + "]" * 10 + "\n" for n in range(1, 12)
+            ),
+        ),
+        f"alias *l9 nests deeper than {MAX_DEPTH} levels",
+    ),
+    "oversize-file": (
+        _one("big.yaml", "#" * (MAX_FILE_BYTES + 1)),
+        f"big.yaml: larger than {MAX_FILE_BYTES // 2**20} MiB",
+    ),
+    "50-mib-file": (
+        _one("big.yaml", b"a: b\n" * (10 * 2**20)),
+        f"big.yaml: larger than {MAX_FILE_BYTES // 2**20} MiB",
+    ),
+    "too-many-objects": (
+        _one(
+            "list.json",
+            json.dumps({"apiVersion": "v1", "kind": "List", "items": [{}] * (MAX_OBJECTS + 1)}),
+        ),
+        f"more than {MAX_OBJECTS:,} objects in this load",
+    ),
+    "replicas-add-up-to-too-many-objects": (
+        _one(
+            "deployments.json",
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "List",
+                    "items": [
+                        _deployment(f"web-{n}", MAX_REPLICAS)
+                        for n in range(MAX_OBJECTS // MAX_REPLICAS + 1)
+                    ],
+                }
+            ),
+        ),
+        f"(item {MAX_OBJECTS // MAX_REPLICAS}): more than {MAX_OBJECTS:,} objects in this load",
+    ),
+    "replicas-times-template-too-many-nodes": (
+        _one("big-template.json", json.dumps(_deployment("web", MAX_REPLICAS, labels=600))),
+        f"spec.replicas: {MAX_REPLICAS} copies of spec.template: more than {MAX_NODES:,} values",
+    ),
+    "too-many-files": (
+        _many(MAX_FILES + 1, 0),
+        f"{MAX_FILES + 1} manifest files here, more than the {MAX_FILES} one load may read",
+    ),
+    "too-many-bytes-in-one-load": (
+        _many(MAX_LOAD_BYTES // MAX_FILE_BYTES + 1, MAX_FILE_BYTES),
+        f"{MAX_LOAD_BYTES // MAX_FILE_BYTES:05}.yaml: this load's files hold more than "
+        f"{MAX_LOAD_BYTES // 2**20} MiB together",
+    ),
+}
+
+
+def _refused_within_bounds(paths: list[str]) -> ManifestError:
+    """The ManifestError ``load_manifests(paths)`` raises; fails past PEAK_BYTES or SECONDS."""
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ManifestError) as caught:
+            load_manifests(paths)
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < PEAK_BYTES, f"refusing took {peak / 2**20:.0f} MiB"
+    assert elapsed < SECONDS, f"refusing took {elapsed:.1f} s"
+    message = str(caught.value)
+    assert message.isprintable(), f"unescaped characters in {message!r}"
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        pytest.param("nodes.yaml", "[" + "0, " * 10_000 + "0]", id="yaml-flow"),
+        pytest.param("nodes.yaml", "- 0\n" * 10_001, id="yaml-block"),
+        pytest.param("nodes.json", "[" + "0," * 10_000 + "0]", id="json"),
+        pytest.param(
+            "nodes.yaml", "".join(f"---\nk{n}: v\n" for n in range(3_400)), id="yaml-documents"
+        ),
+    ],
+)
+def test_the_node_limit_stops_reading(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, text: str
+) -> None:
+    # At the real limit this takes seconds; the code path is the same at 10,000.
+    monkeypatch.setattr(manifests_module, "MAX_NODES", 10_000)
+    error = _refused_within_bounds([write(tmp_path, name, text)])
+    assert "more than 10,000 values in this load" in str(error)
+    assert error.where is not None and error.where.startswith("line ")
+
+
+def test_the_node_limit_counts_the_whole_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(manifests_module, "MAX_NODES", 10_000)
+    half = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: [" + "0, " * 6_000 + "0]"
+    paths = [write(tmp_path, "a.yaml", half), write(tmp_path, "b.yaml", half)]
+    error = _refused_within_bounds(paths)
+    assert error.path == paths[1]
+
+
+def test_corpus_is_complete() -> None:
+    names = sorted(path.name for path in CORPUS.iterdir() if not path.name.startswith("."))
+    assert names == sorted(CORPUS_EXPECTED)
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [pytest.param(name, fragment, id=name) for name, fragment in sorted(CORPUS_EXPECTED.items())],
+)
+def test_corpus_file_is_refused(name: str, fragment: str) -> None:
+    path = str(CORPUS / name)
+    error = _refused_within_bounds([path])
+    assert error.path == path
+    assert fragment in str(error)
+
+
+@pytest.mark.parametrize("case", sorted(GENERATED), ids=str)
+def test_generated_input_is_refused(tmp_path: Path, case: str) -> None:
+    make, fragment = GENERATED[case]
+    error = _refused_within_bounds(make(tmp_path))
+    assert fragment in str(error)
+
+
+def test_the_whole_corpus_in_one_load_names_the_first_bad_file() -> None:
+    error = _refused_within_bounds([str(CORPUS)])
+    assert error.path == str(CORPUS / sorted(CORPUS_EXPECTED)[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        pytest.param("list-key.yaml", "got list", id="list-key"),
+        pytest.param("alias-bomb.yaml", "alias *e stands for 66,430 values", id="alias-bomb"),
+        pytest.param("recursive-alias.yaml", "inside the node it names", id="recursive-alias"),
+        pytest.param("merge-key.yaml", "merge keys", id="merge-key"),
+        pytest.param("raw-control-character.yaml", "U+001B is not allowed", id="raw-control"),
+        pytest.param("python-tag.yaml", "!!python/object/apply:os.system", id="python-tag"),
+        pytest.param("port-base-60.yaml", 'got "1:20"', id="base-60"),
+    ],
+)
+def test_without_libyaml_the_same(
+    monkeypatch: pytest.MonkeyPatch, name: str, fragment: str
+) -> None:
+    # PyYAML built without libyaml falls back to its pure-Python parser: same results.
+    monkeypatch.setattr(manifests_module.yaml, "__with_libyaml__", False)
+    assert fragment in str(_refused_within_bounds([str(CORPUS / name)]))
+
+
+def test_deep_yaml_without_libyaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(manifests_module.yaml, "__with_libyaml__", False)
+    error = _refused_within_bounds(_one("deep.yaml", "[" * DEEP + "]" * DEEP)(tmp_path))
+    assert f"(line 1, column {MAX_DEPTH + 1}): nested deeper than {MAX_DEPTH} levels" in str(error)
+
+
+# -- limits: what is allowed still loads --------------------------------------------------
+
+
+def test_a_file_of_exactly_the_limit_loads(tmp_path: Path) -> None:
+    text = NAMESPACE + "#" * (MAX_FILE_BYTES - len(NAMESPACE) - 1) + "\n"
+    assert len(text.encode()) == MAX_FILE_BYTES
+    assert [m.obj["kind"] for m in load_manifests([write(tmp_path, "ns.yaml", text)])] == [
+        "Namespace"
+    ]
+
+
+def test_nesting_up_to_the_limit_loads(tmp_path: Path) -> None:
+    # The document is level 1, metadata 2, annotations... no: a ConfigMap's data nests freely.
+    inner = "[" * (MAX_DEPTH - 2) + "]" * (MAX_DEPTH - 2)
+    text = f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{x: {inner}}}\n"
+    (manifest,) = load_manifests([write(tmp_path, "deep.yaml", text)])
+    value = manifest.obj["data"]["x"]
+    for _ in range(MAX_DEPTH - 3):
+        (value,) = value
+    assert value == []
+    deeper = text.replace(inner, "[" + inner + "]")
+    assert "nested deeper than" in str(load_error(tmp_path, deeper))
+    json_text = json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "c"},
+            "data": {"x": json.loads(inner)},
+        }
+    )
+    assert load_manifests([write(tmp_path, "deep.json", json_text)])
+
+
+def test_aliases_are_shared_and_counted_not_copied(tmp_path: Path) -> None:
+    text = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"
+        "data:\n  a: &ports [{port: 80}, {port: 443}]\n  b: *ports\n  c: *ports\n"
+    )
+    (manifest,) = load_manifests([write(tmp_path, "alias.yaml", text)])
+    data = manifest.obj["data"]
+    assert data["a"] == data["b"] == data["c"] == [{"port": 80}, {"port": 443}]
+
+
+@pytest.mark.parametrize("replicas", [0, 1, MAX_REPLICAS], ids=str)
+def test_replicas_up_to_the_limit_load(tmp_path: Path, replicas: int) -> None:
+    text = DEPLOYMENT.replace("replicas: 2", f"replicas: {replicas}")
+    (manifest,) = load_manifests([write(tmp_path, "deploy.yaml", text)])
+    assert manifest.obj["spec"]["replicas"] == replicas
+
+
+def test_replicas_past_the_limit(tmp_path: Path) -> None:
+    text = DEPLOYMENT.replace("replicas: 2", f"replicas: {MAX_REPLICAS + 1}")
+    assert str(load_error(tmp_path, text)).endswith(
+        f"Deployment prod/web: spec.replicas: at most {MAX_REPLICAS} in the lab (each replica "
+        f"becomes a Pod with its own network namespace), got {MAX_REPLICAS + 1}"
+    )
+
+
+# -- YAML, the way kubectl reads it -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scalar", "value"),
+    [
+        # YAML 1.1 base 60 is gone (PyYAML: 80, 45000)
+        pytest.param("1:20", "1:20", id="base-60-int"),
+        pytest.param("12:30:00", "12:30:00", id="base-60-time"),
+        pytest.param("1:20.5", "1:20.5", id="base-60-float"),
+        # Go's integer syntax (strconv.ParseInt base 0, after removing "_")
+        pytest.param("017", 15, id="c-octal"),
+        pytest.param("0o17", 15, id="0o-octal"),
+        pytest.param("0x1F", 31, id="hex"),
+        pytest.param("-0x1F", -31, id="negative-hex"),
+        pytest.param("0b101", 5, id="binary"),
+        pytest.param("1_000", 1000, id="underscores"),
+        pytest.param("+80", 80, id="plus"),
+        pytest.param("-9223372036854775808", -(2**63), id="int64-min"),
+        pytest.param("18446744073709551615", 2**64 - 1, id="uint64-max"),
+        # go-yaml's floats: no dot needed
+        pytest.param("1e3", 1000.0, id="exponent"),
+        pytest.param("09", 9.0, id="not-octal-is-float"),
+        pytest.param(".5", 0.5, id="dot"),
+        pytest.param("-.5", -0.5, id="minus-dot"),
+        pytest.param("1.", 1.0, id="trailing-dot"),
+        pytest.param("1e400", "1e400", id="float-overflow-is-a-string"),
+        pytest.param("1.2.3", "1.2.3", id="version"),
+        # go-yaml v2's booleans and nulls (YAML 1.1's, plus y and n)
+        pytest.param("yes", True, id="yes"),
+        pytest.param("y", True, id="y"),
+        pytest.param("On", True, id="on"),
+        pytest.param("NO", False, id="no"),
+        pytest.param("n", False, id="n"),
+        pytest.param("off", False, id="off"),
+        pytest.param("~", None, id="tilde"),
+        pytest.param("", None, id="empty"),
+        pytest.param("Null", None, id="null"),
+        pytest.param("nothing", "nothing", id="word"),
+        # strings where PyYAML makes other things
+        pytest.param("2024-01-01", "2024-01-01", id="date"),
+        pytest.param("2024-01-01T10:00:00Z", "2024-01-01T10:00:00Z", id="timestamp"),
+        pytest.param("=", "=", id="value-key"),
+        # quoted and tagged
+        pytest.param("'1:20'", "1:20", id="single-quoted"),
+        pytest.param('"yes"', "yes", id="double-quoted"),
+        pytest.param("!!str 80", "80", id="str-tag"),
+        pytest.param("! 80", "80", id="non-specific-tag"),
+        pytest.param("!!int 0x10", 16, id="int-tag"),
+        pytest.param("!!float 1", 1.0, id="float-tag-on-int"),
+        pytest.param("!!bool y", True, id="bool-tag"),
+        pytest.param("!!null ~", None, id="null-tag"),
+    ],
+)
+def test_plain_scalars_read_as_kubectl_reads_them(tmp_path: Path, scalar: str, value: Any) -> None:
+    text = f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata:\n  x: {scalar}\n"
+    (manifest,) = load_manifests([write(tmp_path, "c.yaml", text)])
+    assert manifest.obj["data"]["x"] == value
+    assert type(manifest.obj["data"]["x"]) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("port", "expected"),
+    [
+        pytest.param("0o17", 15, id="0o"),
+        pytest.param("0x50", 80, id="hex"),
+        pytest.param("1_0_0", 100, id="underscores"),
+        pytest.param("http", "http", id="name"),
+    ],
+)
+def test_policy_ports_read_as_kubectl_reads_them(tmp_path: Path, port: str, expected: Any) -> None:
+    (manifest,) = load_manifests([write(tmp_path, "p.yaml", POLICY.format(port=port))])
+    assert manifest.obj["spec"]["ingress"][0]["ports"][0]["port"] == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        pytest.param("!!float x", "cannot read 'x' as !!float", id="float-tag"),
+        pytest.param("!!bool maybe", "cannot read 'maybe' as !!bool", id="bool-tag"),
+        pytest.param("!!null 0", "cannot read '0' as !!null", id="null-tag"),
+        pytest.param("!!timestamp 2024-01-01", "the tag !!timestamp is not supported", id="ts"),
+        pytest.param("!!omap [{a: 1}]", "the tag !!omap is not supported", id="omap"),
+        pytest.param("-.inf", "-.inf is not a finite number", id="minus-inf"),
+        pytest.param(".NaN", ".NaN is not a finite number", id="nan"),
+        pytest.param("0x1" + "0" * 16, "does not fit in 64 bits", id="hex-65-bits"),
+        pytest.param("-9223372036854775809", "does not fit in 64 bits", id="below-int64"),
+        pytest.param("1" * 5000, "does not fit in 64 bits", id="5000-digits"),
+    ],
+)
+def test_values_without_a_json_meaning_are_refused(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    yaml_text = f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata:\n  x: {text}\n"
+    error = load_error(tmp_path, yaml_text)
+    assert error.where == "line 5, column 6"
+    assert fragment in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        pytest.param("1.5: x", "got number '1.5'", id="float"),
+        pytest.param("yes: x", "got boolean 'yes'", id="yes"),
+        pytest.param("? [a]\n  : x", "got list", id="list"),
+        pytest.param("? {a: b}\n  : x", "got mapping", id="mapping"),
+    ],
+)
+def test_mapping_keys_must_be_strings(tmp_path: Path, text: str, fragment: str) -> None:
+    yaml_text = f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata:\n  {text}\n"
+    error = load_error(tmp_path, yaml_text)
+    assert error.where == f"line 5, column {5 if text.startswith('?') else 3}"
+    assert f"mapping keys must be strings, {fragment}" in str(error)
+
+
+def test_string_keys_that_look_special_may_be_quoted(tmp_path: Path) -> None:
+    text = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"
+        "data: {'80': a, \"yes\": b, '<<': c, !!str 1.5: d}\n"
+    )
+    (manifest,) = load_manifests([write(tmp_path, "c.yaml", text)])
+    assert manifest.obj["data"] == {"80": "a", "yes": "b", "<<": "c", "1.5": "d"}
+
+
+def test_an_alias_key_must_name_a_string(tmp_path: Path) -> None:
+    text = "key: &k [a]\nmap:\n  *k : 1\n"
+    assert "(line 3, column 3): mapping keys must be strings, got list" in str(
+        load_error(tmp_path, text)
+    )
+
+
+def test_anchors_may_be_redefined(tmp_path: Path) -> None:
+    text = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"
+        "data: {a: &x one, b: *x, c: &x two, d: *x}\n"
+    )
+    (manifest,) = load_manifests([write(tmp_path, "c.yaml", text)])
+    assert manifest.obj["data"] == {"a": "one", "b": "one", "c": "two", "d": "two"}
+
+
+def test_anchors_do_not_cross_documents(tmp_path: Path) -> None:
+    text = (
+        NAMESPACE.replace("team: a", "team: &t a")
+        + "---\n"
+        + NAMESPACE.replace("team: a", "team: *t")
+    )
+    assert "alias *t has no anchor" in str(load_error(tmp_path, text))
+
+
+# -- other paths in -----------------------------------------------------------------------
+
+
+def test_stdin_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(NAMESPACE.encode()), encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert [m.source for m in load_manifests(["-"])] == ["<stdin>"]
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        pytest.param(b"a: \xff\n", "<stdin> (line 1, byte 4): not UTF-8 text", id="not-utf8"),
+        pytest.param(
+            b"#" * (MAX_FILE_BYTES + 1),
+            f"<stdin>: larger than {MAX_FILE_BYTES // 2**20} MiB",
+            id="oversize",
+        ),
+        pytest.param(b"? [a]\n: b\n", "mapping keys must be strings", id="list-key"),
+    ],
+)
+def test_bad_stdin(monkeypatch: pytest.MonkeyPatch, data: bytes, fragment: str) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    assert fragment in str(_refused_within_bounds(["-"]))
+
+
+class _FailingReader(io.RawIOBase):
+    """A byte stream whose reads fail, like a standard input that is a directory."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise IsADirectoryError(21, "Is a directory")
+
+
+@pytest.mark.parametrize(
+    ("stdin", "fragment"),
+    [
+        pytest.param(None, "<stdin>: cannot read: standard input is closed", id="closed"),
+        pytest.param(
+            io.TextIOWrapper(io.BufferedReader(_FailingReader())),
+            "<stdin>: cannot read: Is a directory",
+            id="directory",
+        ),
+    ],
+)
+def test_unreadable_stdin(monkeypatch: pytest.MonkeyPatch, stdin: Any, fragment: str) -> None:
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert str(_refused_within_bounds(["-"])) == fragment
+
+
+def test_stdin_text_stream_with_a_lone_surrogate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("a: \udcff\n"))
+    assert "not UTF-8 text" in str(_refused_within_bounds(["-"]))
+
+
+def test_byte_order_mark_is_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + NAMESPACE.encode())
+    assert [m.obj["kind"] for m in load_manifests([str(path)])] == ["Namespace"]
+
+
+def test_directory_unreadable_is_an_error(tmp_path: Path) -> None:
+    missing = tmp_path / "gone"
+    error = _refused_within_bounds([str(missing) + "/"])
+    assert "cannot read" in str(error)
+
+
+def test_file_names_are_escaped(tmp_path: Path) -> None:
+    write(tmp_path, "evil\x1b[2J.yaml", NAMESPACE)
+    (manifest,) = load_manifests([str(tmp_path)])
+    assert manifest.source == str(tmp_path / "evil\\x1b[2J.yaml")
+    write(tmp_path, "evil\x1b[2J.yaml", "? [a]\n: b\n")
+    error = _refused_within_bounds([str(tmp_path)])
+    assert str(error).startswith(str(tmp_path / "evil\\x1b[2J.yaml"))
+
+
+def test_empty_inputs_load_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_manifests([write(tmp_path, "e.yaml", "")]) == []
+    assert load_manifests([write(tmp_path, "c.yaml", "# nothing\n---\n---\n")]) == []
+    assert load_manifests([write(tmp_path, "e.json", "\n")]) == []
+    (tmp_path / "empty-dir").mkdir()
+    assert load_manifests([str(tmp_path / "empty-dir")]) == []
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert load_manifests(["-"]) == []
+
+
+# -- messages -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        pytest.param("plain text", "plain text", id="printable"),
+        pytest.param("\x1b[31mred", "\\x1b[31mred", id="escape"),
+        pytest.param("a\r\nb\tc\x00", "a\\x0d\\x0ab\\x09c\\x00", id="c0"),
+        pytest.param("\x7f\x85\x9b", "\\x7f\\x85\\x9b", id="del-and-c1"),
+        pytest.param("abc\u202edef\u200b", "abc\\u202edef\\u200b", id="bidi-and-zero-width"),
+        pytest.param("\udcff", "\\udcff", id="lone-surrogate"),
+        pytest.param("\U000e0041", "\\U000e0041", id="tag-character"),
+        pytest.param("naïve café 東京", "naïve café 東京", id="unicode-letters"),
+    ],
+)
+def test_printable(text: str, shown: str) -> None:
+    assert printable(text) == shown
+
+
+def test_manifest_error_escapes_every_part() -> None:
+    error = ManifestError("a\x1b.yaml", "line\n1", "bad \x9b value")
+    assert str(error) == "a\\x1b.yaml (line\\x0a1): bad \\x9b value"
+    assert (error.path, error.where, error.detail) == (
+        "a\\x1b.yaml",
+        "line\\x0a1",
+        "bad \\x9b value",
+    )
+
+
+# -- whatever the input: a list of manifests or one ManifestError --------------------------
+
+_YAML_ATOMS = [
+    "apiVersion: v1\n",
+    "kind: Pod\n",
+    "kind: NetworkPolicy\n",
+    "metadata:\n",
+    "  name: a\n",
+    "spec:\n",
+    "  ingress:\n",
+    "  - ports:\n",
+    "    - port: 1:20\n",
+    "? [a]\n: b\n",
+    "&a [*a]\n",
+    "*a\n",
+    "&a x\n",
+    "<<: *a\n",
+    "- ",
+    "[",
+    "]",
+    "{",
+    "}",
+    ": ",
+    ", ",
+    "---\n",
+    "!!binary x\n",
+    "!!python/name:os.system\n",
+    "\t",
+    "\x1b",
+    '"\\e"',
+    "'",
+    '"',
+    "\n",
+    " ",
+    "0o17",
+    "y",
+    "items: [1]\n",
+    "kind: List\n",
+    "replicas: 99999999999\n",
+    "%YAML 1.1\n",
+    "|\n  x\n",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_YAML_ATOMS), max_size=40), st.booleans())
+def test_any_input_is_loaded_or_refused_cleanly(atoms: list[str], as_json: bool) -> None:
+    # Hypothesis runs the body many times: a temporary directory per example, not tmp_path.
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / ("fuzz.json" if as_json else "fuzz.yaml")
+        path.write_text("".join(atoms))
+        try:
+            loaded = load_manifests([str(path)])
+        except ManifestError as error:
+            assert str(error).isprintable()
+        else:
+            for manifest in loaded:
+                assert all(isinstance(v, JSON_TYPES) for v in _walk(manifest.obj))
+                json.dumps(manifest.obj)  # what the lab stores must be JSON
+
+
+JSON_TYPES = (dict, list, str, int, float, bool, type(None))
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        yield current
+        if isinstance(current, dict):
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
+
+
+# -- the lab's commands print the error, never a traceback --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("verb", "name"),
+    [
+        pytest.param("apply", "list-key.yaml", id="apply-list-key"),
+        pytest.param("apply", "alias-bomb.yaml", id="apply-alias-bomb"),
+        pytest.param("apply", "huge-replicas.yaml", id="apply-huge-replicas"),
+        pytest.param("apply", "kind-lowercase.yaml", id="apply-lowercase-kind"),
+        pytest.param("apply", "control-characters-in-name.yaml", id="apply-control-characters"),
+        pytest.param("apply", "invalid-utf8.yaml", id="apply-invalid-utf8"),
+        pytest.param("up", "port-base-60.yaml", id="up-base-60"),
+        pytest.param("delete", "recursive-alias.yaml", id="delete-recursive-alias"),
+    ],
+)
+def test_lab_commands_refuse_bad_manifests_cleanly(tmp_path: Path, verb: str, name: str) -> None:
+    # The manifests are loaded before the lab is looked at: no root, no lab, nothing changed.
+    path = CORPUS / name
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "lab", verb, "--lab", "npt-input", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        timeout=SECONDS,
+        env={**os.environ, "NETPOL_AGENT_LAB_ROOT": str(tmp_path)},
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    line = result.stderr.removesuffix("\n")
+    assert line.isprintable(), f"unescaped characters in {line!r}"
+    assert line.startswith(f"netpol-agent lab {verb}: refused, nothing changed: {path}")
+    assert CORPUS_EXPECTED[name] in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lab_command_with_a_deep_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "deep.json", "[" * DEEP + "]" * DEEP)
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "lab", "apply", "--lab", "npt-input", "-f", path],
+        capture_output=True,
+        text=True,
+        timeout=SECONDS,
+        env={**os.environ, "NETPOL_AGENT_LAB_ROOT": str(tmp_path / "labs")},
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"netpol-agent lab apply: refused, nothing changed: {path} (line 1, column 101): "
+        f"nested deeper than {MAX_DEPTH} levels, the most a manifest may nest\n"
+    )
