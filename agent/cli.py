@@ -181,6 +181,23 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "pod is enforced from its first packet",
     )
     run.add_argument(
+        "--anti-spoofing",
+        action="store_true",
+        help="drop packets whose source address does not route back out of the interface they "
+        "came in on (strict reverse-path filtering in the raw table), for sources in the pod "
+        "ranges and packets from --pod-interface: a pod cannot pass for another. Only for nodes "
+        "that route each pod's addresses to its own interface (Calico, kindnet); see "
+        "docs/security.md",
+    )
+    run.add_argument(
+        "--pod-interface",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="with --anti-spoofing: this node's pod interfaces, iptables -i syntax (repeatable, "
+        "e.g. cali+ or veth+); every packet they bring in is checked, whatever its source",
+    )
+    run.add_argument(
         "--queue-workers",
         type=int,
         default=1,
@@ -280,6 +297,8 @@ def _run(args: argparse.Namespace) -> int:
             queue_num=args.queue_num,
             queue_count=args.queue_workers,
             pod_cidrs=tuple(args.pod_cidr),
+            anti_spoofing=args.anti_spoofing,
+            pod_interfaces=tuple(args.pod_interface),
             fail_open=args.fail_open,
             mode=args.mode,
         ),
