@@ -45,9 +45,23 @@ spoofed packet creates no connection and never reaches the queue. Checked are pa
 source lies in the node's pod ranges (``pod_cidrs``: pods cannot pass for each other, or for a pod
 the agent does not know) and packets that come in on a pod interface (``pod_interfaces``,
 e.g. ``cali+``: a pod cannot pass for anything else either, an external address an ipBlock admits,
-another node's pod, the node). Correct only where every local pod's addresses are routed to the
-pod's own interface (per-pod /32 and /128 routes: Calico, kindnet, the lab); see the option's
-documentation for when not to use it.
+another node's pod, the node).
+
+It is correct where the node routes every local pod's addresses to that pod's own interface and
+nothing else, and every other address away from the pod interfaces: one /32 and one /128 route
+per pod via its veth, as Calico (``cali*``), kindnet and the lab (``np*``) install, with the
+other nodes' ranges and the default route on the uplink. Do not turn it on, or leave the
+interface out of ``pod_interfaces``, where that does not hold:
+
+- bridge CNIs (flannel's ``cni0``, the bridge plugin): the pods share one interface, so the check
+  cannot tell them apart (it still stops addresses from off the bridge), and bridged traffic may
+  not reach PREROUTING of the IP tables at all;
+- pods that legitimately send with addresses that are not routed to them: routers, NAT or VPN
+  gateways and load balancers in pods (e.g. with Direct Server Return), Multus secondary
+  interfaces whose addresses the node does not route;
+- asymmetric or policy routing towards pods (routing rules by source or mark): the reverse
+  lookup, made without the packet's mark, may pick another interface than the one it came in on;
+- eBPF datapaths that bypass iptables (Cilium): they have their own source checks.
 """
 
 from __future__ import annotations
