@@ -181,23 +181,6 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "pod is enforced from its first packet",
     )
     run.add_argument(
-        "--anti-spoofing",
-        action="store_true",
-        help="drop packets whose source address does not route back out of the interface they "
-        "came in on (strict reverse-path filtering in the raw table), for sources in the pod "
-        "ranges and packets from --pod-interface: a pod cannot pass for another. Only for nodes "
-        "that route each pod's addresses to its own interface (Calico, kindnet); see "
-        "docs/security.md",
-    )
-    run.add_argument(
-        "--pod-interface",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="with --anti-spoofing: this node's pod interfaces, iptables -i syntax (repeatable, "
-        "e.g. cali+ or veth+); every packet they bring in is checked, whatever its source",
-    )
-    run.add_argument(
         "--queue-workers",
         type=int,
         default=1,
@@ -209,6 +192,23 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     run.add_argument(
         "--queue-max-len", type=int, default=4096, help="kernel queue length (default 4096)"
+    )
+    run.add_argument(
+        "--anti-spoofing",
+        action="store_true",
+        help="drop packets whose source address does not route back out of the interface they "
+        "came in on (strict reverse-path filtering in the raw table), for sources in the pod "
+        "ranges and packets from --pod-interface: a pod cannot pass for another. Only for nodes "
+        "that route each pod's addresses to its own interface (Calico, kindnet); see "
+        "enforcement/firewall.py and docs/security.md for when not to use it",
+    )
+    run.add_argument(
+        "--pod-interface",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="with --anti-spoofing: this node's pod interfaces, iptables -i syntax (repeatable, "
+        "e.g. cali+ or veth+); every packet they bring in is checked, whatever its source",
     )
     run.add_argument(
         "--trace", action="store_true", help="log every verdict with its reason (slow)"
@@ -306,6 +306,11 @@ def _run(args: argparse.Namespace) -> int:
         queue_max_len=args.queue_max_len,
         status_file=args.status_file,
     )
+    if args.anti_spoofing and not args.pod_interface:
+        log.warning(
+            "--anti-spoofing without --pod-interface checks only sources inside the pod ranges: "
+            "a pod can still pass for an address outside them"
+        )
     from agent.node_checks import bridged_traffic_problems
 
     for problem in bridged_traffic_problems():

@@ -112,7 +112,8 @@ class FirewallConfig:
     anti_spoofing: bool = False
     """Drop packets whose source does not route back out of the interface they came in on
     (strict reverse-path filtering in ``raw`` PREROUTING; see the module docstring): those with a
-    source in ``pod_cidrs`` and those that come in on ``pod_interfaces``."""
+    source in the pod ranges (``pod_cidrs``, or learnt later) and those that come in on
+    ``pod_interfaces``. With neither, it checks nothing."""
     pod_interfaces: tuple[str, ...] = ()
     """This node's pod interfaces, in iptables' ``-i`` syntax (a trailing ``+`` is a wildcard:
     ``cali+`` for Calico, ``veth+`` for kindnet). With ``anti_spoofing``, every packet that
@@ -242,8 +243,9 @@ def render_anti_spoofing(config: FirewallConfig, family: Family) -> str:
     spoofed = "-m rpfilter --invert -j DROP"
     lines = ["*raw", f":{chain} - [0:0]"]
     lines += [f"-A {chain} -i {pattern} {spoofed}" for pattern in config.pod_interfaces]
-    if config.family_pod_cidrs(family):
-        lines.append(f"-A {chain} -m set --match-set {config.pod_cidr_set(family)} src {spoofed}")
+    # Always there, unlike the new-pod guard's rules: ranges learnt later (a Node's podCIDRs)
+    # only fill the set, and an empty set matches nothing.
+    lines.append(f"-A {chain} -m set --match-set {config.pod_cidr_set(family)} src {spoofed}")
     lines += ["COMMIT", ""]
     return "\n".join(lines)
 
@@ -319,17 +321,8 @@ class Firewall:
         """What each set the agent fills holds now (by set name)."""
 
     def install(self) -> None:
-        """Create the sets (empty if new), the chains and the jumps; idempotent.
-
-        Raises ``FirewallError`` for anti-spoofing with nothing to check (no pod range and no pod
-        interface): better no agent than one that seems to stop spoofing and does not.
-        """
+        """Create the sets (empty if new), the chains and the jumps; idempotent."""
         config = self.config
-        if config.anti_spoofing and not config.pod_cidrs and not config.pod_interfaces:
-            raise FirewallError(
-                "anti-spoofing needs the node's pod ranges (--pod-cidr) or its pod interfaces "
-                "(--pod-interface) to know which packets to check"
-            )
         for family in FAMILIES:
             sets = [
                 f"create {self.config.isolated_set(family)} {_set_type(family)} -exist",
@@ -351,6 +344,8 @@ class Firewall:
             else:
                 self._remove_table(family, "raw")  # left by an earlier run with the option on
             for table in TABLES:
+                if not table_jumps(config, table):
+                    continue
                 jumps = render_jumps(config, self._present_jumps(family, table), table)
                 if jumps:
                     self._run([config.restore_command(family), "--noflush"], jumps)
