@@ -143,7 +143,7 @@ def test_anti_spoofing_jump(config: FirewallConfig, present: list[str], expected
     assert render_jumps(config, present, "raw") == expected
 
 
-class Recorder:
+class CannedRunner:
     """A runner that records commands and answers listings with canned text."""
 
     def __init__(self, listings: dict[tuple[str, ...], str] | None = None) -> None:
@@ -159,7 +159,7 @@ class Recorder:
 
 
 def test_install_with_anti_spoofing_writes_the_raw_chain_and_its_jump() -> None:
-    run = Recorder()
+    run = CannedRunner()
     Firewall(SPOOF_CHECKED, run=run).install()
     restores: tuple[tuple[Family, str], ...] = ((4, "iptables-restore"), (6, "ip6tables-restore"))
     for family, restore in restores:
@@ -171,7 +171,7 @@ def test_install_with_anti_spoofing_writes_the_raw_chain_and_its_jump() -> None:
 def test_install_without_anti_spoofing_removes_what_an_earlier_run_left() -> None:
     left = "-P PREROUTING ACCEPT\n-N NETPOL-AGENT-ANTISPOOF\n"
     left += "-A PREROUTING -j NETPOL-AGENT-ANTISPOOF\n"
-    run = Recorder({("iptables", "-t", "raw", "-S"): left})
+    run = CannedRunner({("iptables", "-t", "raw", "-S"): left})
     Firewall(FirewallConfig(), run=run).install()
     commands = [argv for argv, _stdin in run.commands]
     assert ["iptables", "-t", "raw", "-D", "PREROUTING", "-j", "NETPOL-AGENT-ANTISPOOF"] in commands
@@ -188,7 +188,7 @@ def test_spoofed_drops_sums_the_drop_counters() -> None:
         "-c 2 120 -j DROP\n"
     )
     command = ("iptables", "-t", "raw", "-S", "NETPOL-AGENT-ANTISPOOF", "-v")
-    run = Recorder({command: listing})
+    run = CannedRunner({command: listing})
     assert Firewall(SPOOF_CHECKED, run=run).spoofed_drops() == 5
 
 
