@@ -214,6 +214,23 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--queue-max-len", type=int, default=4096, help="kernel queue length (default 4096)"
     )
     run.add_argument(
+        "--anti-spoofing",
+        action="store_true",
+        help="drop packets whose source address does not route back out of the interface they "
+        "came in on (strict reverse-path filtering in the raw table), for sources in the pod "
+        "ranges and packets from --pod-interface: a pod cannot pass for another. Only for nodes "
+        "that route each pod's addresses to its own interface (Calico, kindnet); see "
+        "enforcement/firewall.py and docs/security.md for when not to use it",
+    )
+    run.add_argument(
+        "--pod-interface",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="with --anti-spoofing: this node's pod interfaces, iptables -i syntax (repeatable, "
+        "e.g. cali+ or veth+); every packet they bring in is checked, whatever its source",
+    )
+    run.add_argument(
         "--trace", action="store_true", help="log every verdict with its reason (slow)"
     )
     run.add_argument(
@@ -313,6 +330,8 @@ def _run(args: argparse.Namespace) -> int:
             queue_num=args.queue_num,
             queue_count=args.queue_workers,
             pod_cidrs=tuple(args.pod_cidr),
+            anti_spoofing=args.anti_spoofing,
+            pod_interfaces=tuple(args.pod_interface),
             fail_open=args.fail_open,
             mode=args.mode,
         ),
@@ -320,6 +339,11 @@ def _run(args: argparse.Namespace) -> int:
         queue_max_len=args.queue_max_len,
         status_file=args.status_file,
     )
+    if args.anti_spoofing and not args.pod_interface:
+        log.warning(
+            "--anti-spoofing without --pod-interface checks only sources inside the pod ranges: "
+            "a pod can still pass for an address outside them"
+        )
     from agent.node_checks import bridged_traffic_problems
 
     for problem in bridged_traffic_problems():

@@ -4,9 +4,23 @@ kernel.
 
 Order of questions, cheapest and most common first:
 
-1. IPv6 neighbour discovery is always let through (RFC 4861): without it the network does not work.
+1. IPv6 neighbour discovery is let through (RFC 4861): without it the network does not work. Only
+   a message that passes the receiver's validity checks of RFC 4861 counts (``packets.py`` sets
+   ``neighbor_discovery``; the hop limit must be 255, so it was sent on this link and is never
+   a routed one). Anything else with an ND type is an ordinary ICMPv6 packet and policy judges it
+   below: between pods that policy keeps apart it is dropped, like any other packet. That is
+   also what the pods themselves would do: a receiver silently discards an invalid ND message
+   (RFC 4861 6.1, 7.1, 8.1), so judging it by policy takes nothing from them that they needed.
+   Why no hook check: ND is link-scoped. Its hop limit of 255 makes it "immune to off-link
+   senders" (RFC 4861 3.1), routers never forward link-local traffic (RFC 4291 2.5.6, 2.7), and
+   Linux decrements the hop limit before the FORWARD hook (ip6_forward), so pod-to-pod ND routed
+   through the node reaches the agent with a hop limit of at most 254 and fails the check. Valid
+   ND only arrives on INPUT (pod to node, e.g. for the gateway fe80::1) and OUTPUT (the node's
+   own answers); on a bridged node (br_netfilter) FORWARD also sees ND between pods on the same
+   bridge, unrouted and at 255, which is their link's own traffic and must pass.
    Traffic of an address of the node's pod ranges that no known pod has is dropped: its
    policies cannot be known yet (a pod newer than the agent's view), so nothing opens early.
+   (Valid ND of such a pod is let through first: a new pod must resolve its gateway.)
 2. Does the packet belong to a tracked connection (either direction)? Then it is accepted, provided
    the connection is still allowed by the current tables (a policy change re-checks each flow on
    its next packet, so a denying change cuts it at once) and the packet fits the flow's state.
@@ -27,9 +41,6 @@ from enforcement.packets import PacketInfo
 from enforcement.tables import AllowTables
 from enforcement.verdict import VERDICTS, Reason, Verdict
 
-# RFC 4861 section 4: router solicitation/advertisement, neighbour solicitation/advertisement,
-# redirect.
-_NEIGHBOR_DISCOVERY_TYPES = frozenset({133, 134, 135, 136, 137})
 _ICMP_ECHO_REQUEST = {IPPROTO_ICMP: 8, IPPROTO_ICMPV6: 128}
 _ICMP_ECHO_REPLY = {IPPROTO_ICMP: 0, IPPROTO_ICMPV6: 129}
 _TCP_ACK = 0x10
@@ -59,9 +70,9 @@ def decide(
     ``unknown_endpoint``: the pod side is an address of this node's pod ranges that no known pod
     has (the firewall marks it): a pod too new for the agent to know its labels.
     """
-    protocol = packet.protocol
-    if protocol == IPPROTO_ICMPV6 and packet.icmp_type in _NEIGHBOR_DISCOVERY_TYPES:
+    if packet.neighbor_discovery:
         return VERDICTS[Reason.NEIGHBOR_DISCOVERY]
+    protocol = packet.protocol
 
     if unknown_endpoint and not from_host:
         return VERDICTS[Reason.UNKNOWN_ENDPOINT]

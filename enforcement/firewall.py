@@ -33,6 +33,35 @@ Two modes:
 
 Fail-open or fail-closed: with ``--queue-bypass`` the kernel accepts queued packets while no
 program listens on the queue (xt_NFQUEUE), otherwise it drops them.
+
+Anti-spoofing (``anti_spoofing``, off by default): the decision trusts a packet's source address
+to say which pod sent it, so a pod that writes another pod's address (or an unknown one) into
+its packets would be judged as that pod. With the option on, the agent also owns a chain in the
+``raw`` table, jumped to first from ``PREROUTING``, that drops a packet whose source does not
+route back out of the interface it came in on: strict reverse-path filtering (``-m rpfilter``,
+xt_rpfilter, IPv4 and IPv6; RFC 3704 2.2 "strict reverse path forwarding"), the check Calico's
+per-interface anti-spoofing and ``rp_filter=1`` make. It runs before conntrack and NAT, so a
+spoofed packet creates no connection and never reaches the queue. Checked are packets whose
+source lies in the node's pod ranges (``pod_cidrs``: pods cannot pass for each other, or for a pod
+the agent does not know) and packets that come in on a pod interface (``pod_interfaces``,
+e.g. ``cali+``: a pod cannot pass for anything else either, an external address an ipBlock admits,
+another node's pod, the node).
+
+It is correct where the node routes every local pod's addresses to that pod's own interface and
+nothing else, and every other address away from the pod interfaces: one /32 and one /128 route
+per pod via its veth, as Calico (``cali*``), kindnet and the lab (``np*``) install, with the
+other nodes' ranges and the default route on the uplink. Do not turn it on, or leave the
+interface out of ``pod_interfaces``, where that does not hold:
+
+- bridge CNIs (flannel's ``cni0``, the bridge plugin): the pods share one interface, so the check
+  cannot tell them apart (it still stops addresses from off the bridge), and bridged traffic may
+  not reach PREROUTING of the IP tables at all;
+- pods that legitimately send with addresses that are not routed to them: routers, NAT or VPN
+  gateways and load balancers in pods (e.g. with Direct Server Return), Multus secondary
+  interfaces whose addresses the node does not route;
+- asymmetric or policy routing towards pods (routing rules by source or mark): the reverse
+  lookup, made without the packet's mark, may pick another interface than the one it came in on;
+- eBPF datapaths that bypass iptables (Cilium): they have their own source checks.
 """
 
 from __future__ import annotations
@@ -81,6 +110,15 @@ class FirewallConfig:
     """This node's pod ranges. Traffic of an address in them that is no known pod (a pod whose
     address has not reached the agent yet) is queued and dropped until the pod is known, so a new
     pod is enforced from its first packet."""
+    anti_spoofing: bool = False
+    """Drop packets whose source does not route back out of the interface they came in on
+    (strict reverse-path filtering in ``raw`` PREROUTING; see the module docstring): those with a
+    source in the pod ranges (``pod_cidrs``, or learnt later) and those that come in on
+    ``pod_interfaces``. With neither, it checks nothing."""
+    pod_interfaces: tuple[str, ...] = ()
+    """This node's pod interfaces, in iptables' ``-i`` syntax (a trailing ``+`` is a wildcard:
+    ``cali+`` for Calico, ``veth+`` for kindnet). With ``anti_spoofing``, every packet that
+    comes in on one is checked, whatever its source."""
     chain_prefix: str = "NETPOL-AGENT"
     set_prefix: str = "npa"
     iptables: str = "iptables"
@@ -109,6 +147,25 @@ class FirewallConfig:
 
 
 HOOKS = ("FORWARD", "INPUT", "OUTPUT")
+"""Built-in chains of the filter table that jump to the agent's chain of the same name."""
+
+ANTI_SPOOFING_HOOK = "PREROUTING"
+"""The built-in chain of the raw table that jumps to the anti-spoofing chain (xt_rpfilter is
+only valid in PREROUTING of the raw and mangle tables)."""
+ANTI_SPOOFING_CHAIN = "ANTISPOOF"
+
+
+def table_jumps(config: FirewallConfig, table: str) -> dict[str, str]:
+    """The jumps the agent keeps first in ``table``'s built-in chains: built-in chain -> ours."""
+    if table == "filter":
+        return {hook: config.chain(hook) for hook in HOOKS}
+    if table == "raw" and config.anti_spoofing:
+        return {ANTI_SPOOFING_HOOK: config.chain(ANTI_SPOOFING_CHAIN)}
+    return {}
+
+
+TABLES = ("filter", "raw")
+"""The tables the agent has chains in."""
 
 
 def render_rules(config: FirewallConfig, family: Family) -> str:
@@ -173,15 +230,46 @@ def render_rules(config: FirewallConfig, family: Family) -> str:
     return "\n".join(lines)
 
 
-def render_jumps(config: FirewallConfig, present: Iterable[str]) -> str:
-    """Insert at the top of each built-in chain the jump that is not already ``present``."""
-    missing = [hook for hook in HOOKS if hook not in set(present)]
-    if not missing:
-        return ""
-    lines = ["*filter"]
-    lines += [f"-I {hook} 1 -j {config.chain(hook)}" for hook in missing]
+def render_anti_spoofing(config: FirewallConfig, family: Family) -> str:
+    """The ``iptables-restore --noflush`` payload of the raw table's anti-spoofing chain.
+
+    ``-m rpfilter`` without ``--loose`` is strict: the route back to the source must leave by
+    the interface the packet came in on; without ``--accept-local`` a source that is one of the
+    node's own addresses fails too. Loopback traffic always passes (xt_rpfilter), as do IPv6
+    packets from the unspecified address (duplicate address detection; the kernel never
+    forwards them) and IPv4 ones from 0.0.0.0 to a broadcast or local multicast address (DHCP).
+    One DROP rule per scope, so ``iptables -t raw -L ... -v`` counts the drops of each.
+    """
+    chain = config.chain(ANTI_SPOOFING_CHAIN)
+    spoofed = "-m rpfilter --invert -j DROP"
+    lines = ["*raw", f":{chain} - [0:0]"]
+    lines += [f"-A {chain} -i {pattern} {spoofed}" for pattern in config.pod_interfaces]
+    # Always there, unlike the new-pod guard's rules: ranges learnt later (a Node's podCIDRs)
+    # only fill the set, and an empty set matches nothing.
+    lines.append(f"-A {chain} -m set --match-set {config.pod_cidr_set(family)} src {spoofed}")
     lines += ["COMMIT", ""]
     return "\n".join(lines)
+
+
+def render_jumps(config: FirewallConfig, present: Iterable[str], table: str = "filter") -> str:
+    """Insert at the top of each built-in chain of ``table`` the jump not already ``present``."""
+    seen = set(present)
+    missing = [
+        (hook, chain) for hook, chain in table_jumps(config, table).items() if hook not in seen
+    ]
+    if not missing:
+        return ""
+    lines = [f"*{table}"]
+    lines += [f"-I {hook} 1 -j {chain}" for hook, chain in missing]
+    lines += ["COMMIT", ""]
+    return "\n".join(lines)
+
+
+def _all_jumps(config: FirewallConfig, table: str) -> dict[str, str]:
+    """Every jump the agent may have put in ``table``, whatever ``config`` turns on (removal)."""
+    if table == "raw":
+        return {ANTI_SPOOFING_HOOK: config.chain(ANTI_SPOOFING_CHAIN)}
+    return table_jumps(config, table)
 
 
 def _set_type(family: Family, kind: str = "hash:ip") -> str:
@@ -255,6 +343,7 @@ class Firewall:
 
     def install(self) -> None:
         """Create the sets (empty if new), the chains and the jumps; idempotent."""
+        config = self.config
         for family in FAMILIES:
             sets = [
                 f"create {self.config.isolated_set(family)} {_set_type(family)} -exist",
@@ -268,9 +357,19 @@ class Firewall:
                 [self.config.restore_command(family), "--noflush"],
                 render_rules(self.config, family),
             )
-            jumps = render_jumps(self.config, self._present_jumps(family))
-            if jumps:
-                self._run([self.config.restore_command(family), "--noflush"], jumps)
+            if config.anti_spoofing:
+                self._run(
+                    [config.restore_command(family), "--noflush"],
+                    render_anti_spoofing(config, family),
+                )
+            else:
+                self._remove_table(family, "raw")  # left by an earlier run with the option on
+            for table in TABLES:
+                if not table_jumps(config, table):
+                    continue
+                jumps = render_jumps(config, self._present_jumps(family, table), table)
+                if jumps:
+                    self._run([config.restore_command(family), "--noflush"], jumps)
 
     def sync(self, isolated: frozenset[bytes], local: frozenset[bytes] = frozenset()) -> bool:
         """Make the sets hold exactly these addresses: ``isolated`` (local pods a policy
@@ -324,15 +423,19 @@ class Firewall:
         return changed
 
     def remove(self) -> None:
-        """Remove the jumps, the chains and the sets; tolerant of parts already gone."""
+        """Remove the jumps, the chains and the sets; tolerant of parts already gone.
+
+        Anti-spoofing rules go too, whether or not this configuration has them on (``cleanup``
+        runs with a default configuration)."""
         for family in FAMILIES:
             command = self.config.command(family)
-            for hook in self._present_jumps(family):
+            for hook in self._present_jumps(family, "filter"):
                 self._try([command, "-D", hook, "-j", self.config.chain(hook)])
             own = (*HOOKS, "UNKNOWN", "QUEUE", "ACCEPT")
             for chain in (self.config.chain(name) for name in own):
                 self._try([command, "-F", chain])
                 self._try([command, "-X", chain])
+            self._remove_table(family, "raw")
             for name in (
                 self.config.isolated_set(family),
                 self.config.local_set(family),
@@ -346,30 +449,64 @@ class Firewall:
 
         Others (kube-proxy, a CNI) insert rules of their own at the top of FORWARD/INPUT/OUTPUT;
         an ACCEPT of theirs above our jump would let traffic skip the agent. Returns the
-        "family/hook" names it repaired. Cheap when nothing moved: one listing per family.
+        "family/hook" names it repaired (the raw table's PREROUTING too, with anti-spoofing). Cheap
+        when nothing moved: one listing per family and table in use.
         """
         repaired = []
         for family in FAMILIES:
             command = self.config.command(family)
-            listing = self._run([command, "-S"], None).splitlines()
-            for hook in HOOKS:
-                jump = f"-A {hook} -j {self.config.chain(hook)}"
-                rules = [line for line in listing if line.startswith(f"-A {hook} ")]
-                if rules and rules[0] == jump:
+            for table in TABLES:
+                jumps = table_jumps(self.config, table)
+                if not jumps:
                     continue
-                if jump in rules:
-                    self._run([command, "-D", hook, "-j", self.config.chain(hook)], None)
-                self._run([command, "-I", hook, "1", "-j", self.config.chain(hook)], None)
-                repaired.append(f"IPv{family}/{hook}")
+                listing = self._run([command, "-t", table, "-S"], None).splitlines()
+                for hook, chain in jumps.items():
+                    jump = f"-A {hook} -j {chain}"
+                    rules = [line for line in listing if line.startswith(f"-A {hook} ")]
+                    if rules and rules[0] == jump:
+                        continue
+                    if jump in rules:
+                        self._run([command, "-t", table, "-D", hook, "-j", chain], None)
+                    self._run([command, "-t", table, "-I", hook, "1", "-j", chain], None)
+                    repaired.append(f"IPv{family}/{hook}")
         return repaired
 
-    def _present_jumps(self, family: Family) -> list[str]:
-        listing = self._run([self.config.command(family), "-S"], None)
-        present = []
-        for hook in HOOKS:
-            if f"-A {hook} -j {self.config.chain(hook)}" in listing:
-                present.append(hook)
-        return present
+    def spoofed_drops(self) -> int:
+        """Packets the anti-spoofing rules dropped so far (both families; 0 when off)."""
+        total = 0
+        chain = self.config.chain(ANTI_SPOOFING_CHAIN)
+        for family in FAMILIES:
+            command = [self.config.command(family), "-t", "raw", "-S", chain, "-v"]
+            try:
+                listing = self._run(command, None)
+            except FirewallError:
+                continue  # no such chain: the option is off
+            for line in listing.splitlines():
+                # "-A NETPOL-AGENT-ANTISPOOF -i np+ -m rpfilter --invert -c 3 180 -j DROP"
+                words = line.split()
+                if words[:2] == ["-A", chain] and "-c" in words and words[-1] == "DROP":
+                    total += int(words[words.index("-c") + 1])
+        return total
+
+    def _present_jumps(self, family: Family, table: str = "filter") -> list[str]:
+        listing = self._run([self.config.command(family), "-t", table, "-S"], None)
+        return [
+            hook
+            for hook, chain in _all_jumps(self.config, table).items()
+            if f"-A {hook} -j {chain}" in listing
+        ]
+
+    def _remove_table(self, family: Family, table: str) -> None:
+        """Remove the agent's jumps and chain from ``table`` if there (only raw: anti-spoofing)."""
+        command = self.config.command(family)
+        listing = self._run([command, "-t", table, "-S"], None)
+        for hook, chain in _all_jumps(self.config, table).items():
+            if f"-A {hook} -j {chain}" in listing:
+                self._try([command, "-t", table, "-D", hook, "-j", chain])
+        chain = self.config.chain(ANTI_SPOOFING_CHAIN)
+        if f"-N {chain}" in listing.splitlines():
+            self._try([command, "-t", table, "-F", chain])
+            self._try([command, "-t", table, "-X", chain])
 
     def _try(self, argv: Sequence[str]) -> None:
         with contextlib.suppress(FirewallError):

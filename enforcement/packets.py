@@ -18,6 +18,12 @@ Contract:
   its transport header is truncated, which also stops the tiny-fragment attack (RFC 1858 3.1).
 - A non-first fragment has ``fragment=True`` and no ports: its transport header is in another
   fragment (RFC 791, RFC 8200 4.5).
+- An ICMPv6 neighbour discovery message (RFC 4861: types 133-137) gets ``neighbor_discovery=True``
+  only when it passes every check RFC 4861 tells a receiver to make before it accepts one (the IP
+  hop limit, the code, the length, the addresses, the options; see
+  ``neighbor_discovery_problem``). A message that fails them is still a well-formed ICMPv6
+  packet: it keeps ``neighbor_discovery=False`` and the reason in ``nd_problem``, and the decision
+  judges it like any other packet. Only ND-typed messages pay for the checks.
 - An ICMP or ICMPv6 error is parsed together with the packet it quotes (``embedded``). Quotes are
   short by design (RFC 792 quotes the IP header and 8 bytes), so a quote is parsed leniently: its
   length field may exceed what is there and only the first 8 transport bytes are required. A quote
@@ -27,8 +33,8 @@ Contract:
 
 Protocols: IPv4 (RFC 791), IPv6 (RFC 8200) with Hop-by-Hop, Routing, Fragment, Destination
 Options and AH (RFC 4302) extension headers, TCP (RFC 9293), UDP (RFC 768), UDP-Lite (RFC 3828),
-SCTP (RFC 9260), DCCP (RFC 4340), ICMP (RFC 792) and ICMPv6 (RFC 4443). Anything else is returned
-with its protocol number and no ports.
+SCTP (RFC 9260), DCCP (RFC 4340), ICMP (RFC 792), ICMPv6 (RFC 4443) and its neighbour discovery
+messages (RFC 4861, RFC 6980). Anything else is returned with its protocol number and no ports.
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ header (two Destination Options), i.e. six; a longer chain is an attack on the w
 # Header layouts, network byte order. "x" skips fields the decision does not need.
 _IPV4 = struct.Struct("!BxH2xHxB2x4s4s")
 """Version/IHL, total length, flags/fragment offset, protocol, source, destination."""
-_IPV6 = struct.Struct("!4xHBx16s16s")
-"""Payload length, next header, source, destination."""
+_IPV6 = struct.Struct("!4xHBB16s16s")
+"""Payload length, next header, hop limit, source, destination."""
 _PORTS = struct.Struct("!HH")
 """Source and destination port: the first 4 bytes of TCP, UDP, UDP-Lite, SCTP and DCCP."""
 _TCP = struct.Struct("!HH8xBB")
@@ -101,6 +107,46 @@ messages that quote the offending packet (RFC 792)."""
 _ICMPV6_ECHO = frozenset({128, 129})
 _ICMPV6_ERRORS = frozenset({1, 2, 3, 4})
 """Destination unreachable, packet too big, time exceeded, parameter problem (RFC 4443 3)."""
+
+# RFC 4861 section 4: the neighbour discovery messages.
+ND_ROUTER_SOLICITATION = 133
+ND_ROUTER_ADVERTISEMENT = 134
+ND_NEIGHBOR_SOLICITATION = 135
+ND_NEIGHBOR_ADVERTISEMENT = 136
+ND_REDIRECT = 137
+NEIGHBOR_DISCOVERY_TYPES = frozenset(
+    {
+        ND_ROUTER_SOLICITATION,
+        ND_ROUTER_ADVERTISEMENT,
+        ND_NEIGHBOR_SOLICITATION,
+        ND_NEIGHBOR_ADVERTISEMENT,
+        ND_REDIRECT,
+    }
+)
+ND_HOP_LIMIT = 255
+"""The hop limit every ND message is sent with and must arrive with (RFC 4861 6.1, 7.1, 8.1): a
+router on the way would have decremented it, so 255 proves the sender is on the same link."""
+
+_ND_RULES: dict[int, tuple[int, str]] = {
+    ND_ROUTER_SOLICITATION: (8, "RFC 4861 6.1.1"),
+    ND_ROUTER_ADVERTISEMENT: (16, "RFC 4861 6.1.2"),
+    ND_NEIGHBOR_SOLICITATION: (24, "RFC 4861 7.1.1"),
+    ND_NEIGHBOR_ADVERTISEMENT: (24, "RFC 4861 7.1.2"),
+    ND_REDIRECT: (40, "RFC 4861 8.1"),
+}
+"""Per message: the least ICMP length a receiver accepts (the fixed part before the options,
+RFC 4861 4.1-4.5), and the section that lists the receiver's validity checks."""
+_ND_TARGET = 8
+"""Offset of the Target Address in a neighbour solicitation, advertisement and redirect."""
+_ND_REDIRECT_DESTINATION = 24
+"""Offset of a redirect's Destination Address (RFC 4861 4.5)."""
+_ND_SOLICITED_FLAG = 0x40
+"""The S flag, in the first byte after an advertisement's ICMP header (RFC 4861 4.4)."""
+_ND_OPTION_SOURCE_LINK_LAYER = 1
+"""Source Link-Layer Address option (RFC 4861 4.6.1)."""
+_IPV6_UNSPECIFIED = bytes(16)
+_SOLICITED_NODE_PREFIX = bytes.fromhex("ff0200000000000000000001ff")
+"""ff02::1:ff00:0/104, the solicited-node multicast prefix (RFC 4291 2.7.1)."""
 
 
 class MalformedPacket(ValueError):
@@ -148,6 +194,12 @@ class PacketInfo:
     length: int = 0
     """Total length of the packet in bytes, as handed over by the kernel. For an embedded packet:
     the number of quoted bytes."""
+    neighbor_discovery: bool = False
+    """True only for an ICMPv6 neighbour discovery message that passes every validity check of
+    RFC 4861 (and RFC 6980): what a receiver on the link would accept. Never set in a quote."""
+    nd_problem: str | None = None
+    """For an ND-typed message (ICMPv6 133-137) that fails those checks: the first one it
+    fails, for logs. None otherwise."""
 
 
 def parse_packet(data: bytes) -> PacketInfo:
@@ -200,29 +252,44 @@ def _parse_ipv6(data: bytes, start: int, end: int, quoted: bool) -> PacketInfo:
     length = end - start
     if length < _IPV6_HEADER_LEN:
         raise TruncatedPacket(f"IPv6 header needs 40 bytes, has {length}", start)
-    payload_length, next_header, src, dst = _IPV6.unpack_from(data, start)
+    payload_length, next_header, hop_limit, src, dst = _IPV6.unpack_from(data, start)
     offset = start + _IPV6_HEADER_LEN
+    captured_end = end
     # Payload length 0 announces a jumbogram (RFC 2675), whose real length is in a Hop-by-Hop
     # option; we do not read it and let the capture bound the packet instead.
     if payload_length and offset + payload_length < end:
         end = offset + payload_length
+    fragmented = False
     if next_header in _IPV6_EXTENSION_HEADERS:
-        return _walk_ipv6_extensions(data, offset, end, src, dst, next_header, length, quoted)
-    return _parse_transport(data, offset, end, 6, src, dst, next_header, length, quoted)
+        offset, next_header, fragmented, fragment_offset = _walk_ipv6_extensions(
+            data, offset, end, next_header
+        )
+        if fragment_offset:
+            # A non-first fragment: what follows is the middle of the original payload.
+            return PacketInfo(6, src, dst, next_header, fragment=True, length=length)
+    info = _parse_transport(data, offset, end, 6, src, dst, next_header, length, quoted)
+    if next_header == IPPROTO_ICMPV6 and info.icmp_type in NEIGHBOR_DISCOVERY_TYPES and not quoted:
+        # Only ND-typed messages pay for the checks; the rest pay one or two comparisons.
+        datagram_end = start + _IPV6_HEADER_LEN + payload_length if payload_length else 0
+        problem = neighbor_discovery_problem(
+            data, offset, datagram_end, captured_end, src, dst, hop_limit, fragmented
+        )
+        info.neighbor_discovery = problem is None
+        info.nd_problem = problem
+    return info
 
 
 def _walk_ipv6_extensions(
-    data: bytes,
-    offset: int,
-    end: int,
-    src: bytes,
-    dst: bytes,
-    next_header: int,
-    length: int,
-    quoted: bool,
-) -> PacketInfo:
-    """Step over the IPv6 extension headers starting at ``offset``, then parse the transport."""
+    data: bytes, offset: int, end: int, next_header: int
+) -> tuple[int, int, bool, int]:
+    """Step over the IPv6 extension headers starting at ``offset``.
+
+    Returns where the upper-layer header starts, its protocol number, whether a Fragment header
+    was passed, and that header's fragment offset (non-zero: a non-first fragment, whose
+    "upper-layer header" is the middle of the original payload).
+    """
     count = 0
+    fragmented = False
     while next_header in _IPV6_EXTENSION_HEADERS:
         if count == MAX_EXTENSION_HEADERS:
             raise CorruptPacket(f"more than {MAX_EXTENSION_HEADERS} IPv6 extension headers", offset)
@@ -238,9 +305,9 @@ def _walk_ipv6_extensions(
             fragment_offset = (data[offset + 2] << 5) | (data[offset + 3] >> 3)
             next_header = data[offset]
             offset += 8
+            fragmented = True
             if fragment_offset:
-                # A non-first fragment: what follows is the middle of the original payload.
-                return PacketInfo(6, src, dst, next_header, fragment=True, length=length)
+                return offset, next_header, fragmented, fragment_offset
             # A first (or atomic, RFC 6946) fragment: the header chain continues in it.
             continue
         if next_header == IPPROTO_AH:
@@ -256,7 +323,98 @@ def _walk_ipv6_extensions(
             )
         next_header = data[offset]
         offset += header_len
-    return _parse_transport(data, offset, end, 6, src, dst, next_header, length, quoted)
+    return offset, next_header, fragmented, 0
+
+
+def neighbor_discovery_problem(
+    data: bytes,
+    offset: int,
+    datagram_end: int,
+    captured_end: int,
+    src: bytes,
+    dst: bytes,
+    hop_limit: int,
+    fragmented: bool,
+) -> str | None:
+    """Why the ND message at ``data[offset:]`` is not one a receiver may accept, or None.
+
+    ``datagram_end`` is where the IPv6 payload length says the packet ends (0 for a jumbogram),
+    ``captured_end`` where the captured bytes end; ``fragmented``: a Fragment header came before.
+    The caller has checked that the ICMPv6 header (8 bytes) is there and its type is 133-137.
+
+    The checks are the receiver's validity checks of RFC 4861 6.1.1 (router solicitation), 6.1.2
+    (router advertisement), 7.1.1 (neighbour solicitation), 7.1.2 (neighbour advertisement) and
+    8.1 (redirect), in the order below, plus RFC 6980 5 (a receiver ignores ND in a fragmented
+    packet; Linux drops those too, net.ipv6.conf.*.suppress_frag_ndisc=1). Not checked:
+
+    - the ICMPv6 checksum: it guards against corruption, not against a sender, who can always
+      make it right; and the agent may hold only a prefix of the packet (NFQUEUE's copy range);
+    - an Authentication Header's validity (the receiver's IPsec state), and the redirect rule
+      "sent by the current first-hop router for that destination" (the receiver's routing table).
+
+    The whole message must lie within the captured bytes, or its options cannot be checked: a
+    longer one (more than the copy range) is not taken for ND. The hop limit check is what keeps
+    ND on one link: routers decrement it before forwarding, Linux before the FORWARD hook runs
+    (ip6_forward), so a message routed through the node never shows 255 to the agent.
+    """
+    icmp_type = data[offset]
+    minimum, section = _ND_RULES[icmp_type]
+    if fragmented:
+        return "in a fragmented packet (RFC 6980 5)"
+    if hop_limit != ND_HOP_LIMIT:
+        return f"hop limit {hop_limit}, not {ND_HOP_LIMIT} ({section})"
+    code = data[offset + 1]
+    if code:
+        return f"code {code}, not 0 ({section})"
+    if not datagram_end:
+        return "in a jumbogram: no ICMP length to check (RFC 2675)"
+    icmp_length = datagram_end - offset
+    if icmp_length < minimum:
+        return f"ICMP length {icmp_length} < {minimum} ({section})"
+    if datagram_end > captured_end:
+        return f"ends at byte {datagram_end}, past the {captured_end} captured: options unchecked"
+    if src[0] == 0xFF:
+        return "multicast source address (RFC 4291 2.7)"
+    unspecified = src == _IPV6_UNSPECIFIED
+    if icmp_type in (ND_ROUTER_ADVERTISEMENT, ND_REDIRECT) and not _is_link_local(src):
+        return f"source address not link-local ({section})"
+    if (
+        icmp_type in (ND_NEIGHBOR_SOLICITATION, ND_NEIGHBOR_ADVERTISEMENT)
+        and data[offset + _ND_TARGET] == 0xFF
+    ):
+        return f"multicast target address ({section})"
+    if icmp_type == ND_NEIGHBOR_SOLICITATION:
+        if unspecified and not dst.startswith(_SOLICITED_NODE_PREFIX):
+            return f"unspecified source to a non-solicited-node destination ({section})"
+    elif icmp_type == ND_NEIGHBOR_ADVERTISEMENT:
+        if dst[0] == 0xFF and data[offset + 4] & _ND_SOLICITED_FLAG:
+            return f"solicited flag set towards a multicast destination ({section})"
+    elif icmp_type == ND_REDIRECT:
+        target = data[offset + _ND_TARGET : offset + _ND_REDIRECT_DESTINATION]
+        destination = data[offset + _ND_REDIRECT_DESTINATION : offset + minimum]
+        if destination[0] == 0xFF:
+            return f"multicast destination address ({section})"
+        if not _is_link_local(target) and target != destination:
+            return f"target neither link-local nor the destination ({section})"
+    # RFC 4861 4.6: options follow the fixed part, each with a length in units of 8 octets.
+    option = offset + minimum
+    while option < datagram_end:
+        if datagram_end - option < 2:
+            return f"option at byte {option} cut short ({section})"
+        units = data[option + 1]
+        if not units:
+            return f"option at byte {option} has length 0 ({section})"
+        if option + units * 8 > datagram_end:
+            return f"option at byte {option} runs past the message ({section})"
+        if unspecified and data[option] == _ND_OPTION_SOURCE_LINK_LAYER:
+            return f"source link-layer address option from the unspecified address ({section})"
+        option += units * 8
+    return None
+
+
+def _is_link_local(address: bytes) -> bool:
+    """fe80::/10 (RFC 4291 2.5.6)."""
+    return address[0] == 0xFE and address[1] & 0xC0 == 0x80
 
 
 def _parse_transport(
@@ -434,6 +592,8 @@ def format_packet(info: PacketInfo) -> str:
             text += f" code={info.icmp_code}"
         if info.icmp_id is not None:
             text += f" id={info.icmp_id}"
+    if info.nd_problem is not None:
+        text += f" (not neighbour discovery: {info.nd_problem})"
     if info.fragment:
         text += " fragment"
     if info.embedded is not None:

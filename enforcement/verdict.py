@@ -29,7 +29,8 @@ class Reason(Enum):
     HOST = "host"
     """Traffic from the pod's own node, which NetworkPolicy always allows (kubelet probes)."""
     NEIGHBOR_DISCOVERY = "neighbor-discovery"
-    """IPv6 neighbour/router discovery (RFC 4861), which the network needs to work at all."""
+    """IPv6 neighbour/router discovery (RFC 4861), which the network needs to work at all: only
+    a message that passes RFC 4861's validity checks (hop limit 255 and the rest)."""
     FAIL_OPEN = "fail-open"
     """The agent could not decide (an internal error) and runs fail-open."""
     # drops

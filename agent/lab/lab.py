@@ -972,6 +972,8 @@ class Lab:
             "--queue-workers", str(record.queue_workers),
             "--pod-cidr", node.spec.pod_cidr_v4,
             *_pod_cidr_v6_args(record, node),
+            # A pod may only send with its own addresses, as Calico and rp_filter enforce.
+            "--anti-spoofing", "--pod-interface", f"{topology.POD_VETH_PREFIX}+",
             *(["--trace"] if record.trace else []),
         ]  # fmt: skip
         argv = [

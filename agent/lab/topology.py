@@ -39,6 +39,9 @@ GATEWAY_V6 = "fe80::1"
 LEAF_IFNAME = "eth0"
 """The single interface inside a pod or external-host namespace."""
 
+POD_VETH_PREFIX = "np"
+"""How the node-side veth of every pod starts (``veth_name``): the agent's ``--pod-interface``."""
+
 NODE_ADDRESS_DEVICE = "lo"
 """Where the node's own addresses live inside the node namespace (see the module docstring)."""
 
@@ -101,7 +104,7 @@ def _check_cidr(value: str, version: int, what: str) -> None:
         raise ValueError(f"{what}: {value!r} is not an IPv{version} network")
 
 
-def veth_name(lab: str, key: str, prefix: str = "np") -> str:
+def veth_name(lab: str, key: str, prefix: str = POD_VETH_PREFIX) -> str:
     """A stable node-side veth name for ``key`` in lab ``lab``: ``prefix`` + 8 hex digits.
 
     Interface names are limited to 15 characters and pod keys are not, so the name is a hash

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from scapy.all import (
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    ICMPv6ND_Redirect,
+    ICMPv6ND_RS,
+    ICMPv6NDOptSrcLLAddr,
+    ICMPv6NDOptUnknown,
+    IPv6,
+    IPv6ExtHdrFragment,
+    Raw,
+)
 
 from enforcement.compiler import compile_tables
 from enforcement.decide import decide
@@ -15,7 +29,7 @@ from enforcement.model import (
     ClusterSnapshot,
     NetworkPolicy,
 )
-from enforcement.packets import PacketInfo
+from enforcement.packets import PacketInfo, parse_packet
 from enforcement.tables import AllowTables
 from enforcement.verdict import Reason
 from tests.builders import cluster, ip, make_namespace, make_pod, make_policy, peer, port, rule
@@ -219,13 +233,118 @@ def test_icmp_error_about_nothing_tracked_is_judged_as_new_traffic() -> None:
     assert decide(unreachable, tables(DENY_INGRESS_A), flows, 1.0).reason is Reason.DENIED_INGRESS
 
 
-def test_neighbor_discovery_always_passes() -> None:
+# -- neighbour discovery: only what RFC 4861 says a receiver accepts ----------------------------
+
+A6, B6 = "fd00:10:244:1::2", "fd00:10:244:1::3"
+SOLICITED_B6 = "ff02::1:ff00:3"
+MAC = "02:00:00:00:00:0a"
+SECRET = b"policy keeps a and b apart"
+
+
+def tables6(*policies: NetworkPolicy) -> AllowTables:
+    return compile_tables(
+        cluster(
+            make_namespace("x"),
+            make_pod("x", "a", A, labels={"pod": "a"}, ipv6=A6),
+            make_pod("x", "b", B, labels={"pod": "b"}, ipv6=B6),
+            *policies,
+        ),
+        "node-1",
+        1,
+    )
+
+
+def nd(src: str, dst: str, *layers: Any, hlim: int = 255) -> PacketInfo:
+    """The ND-typed packet as the agent parses it from the wire."""
+    packet = IPv6(src=src, dst=dst, hlim=hlim)
+    if isinstance(layers[0], Raw):
+        packet.nh = 58
+    for layer in layers:
+        packet = packet / layer
+    return parse_packet(bytes(packet))
+
+
+def carrying(data: bytes) -> Any:
+    """An option of a type no one knows, holding ``data`` (padded to 8-byte units)."""
+    return ICMPv6NDOptUnknown(type=250, data=data + b"\0" * (-(len(data) + 2) % 8))
+
+
+VALID_ND = [
+    pytest.param(
+        nd(A6, SOLICITED_B6, ICMPv6ND_NS(tgt=B6), ICMPv6NDOptSrcLLAddr(lladdr=MAC)),
+        id="ns-address-resolution",
+    ),
+    pytest.param(nd("::", SOLICITED_B6, ICMPv6ND_NS(tgt=B6)), id="ns-duplicate-address-detection"),
+    pytest.param(nd(A6, "fe80::1", ICMPv6ND_NS(tgt="fe80::1")), id="ns-to-the-gateway"),
+    pytest.param(nd(B6, A6, ICMPv6ND_NA(tgt=B6, S=1)), id="na-solicited"),
+    pytest.param(nd("fe80::b", "ff02::2", ICMPv6ND_RS()), id="rs"),
+    pytest.param(nd("fe80::1", "ff02::1", ICMPv6ND_RA()), id="ra"),
+    pytest.param(nd("fe80::1", A6, ICMPv6ND_Redirect(tgt="fe80::9", dst=B6)), id="redirect"),
+]
+
+
+@pytest.mark.parametrize("packet", VALID_ND)
+def test_valid_neighbor_discovery_passes_between_isolated_pods(packet: PacketInfo) -> None:
+    table = tables6(DENY_INGRESS_A, DENY_INGRESS_B, DENY_EGRESS_A, DENY_EGRESS_B)
+    flows = FlowTable()
+    assert decide(packet, table, flows, 1.0).reason is Reason.NEIGHBOR_DISCOVERY
+    # A new pod (not known to the agent yet) must resolve its gateway before anything else.
+    verdict = decide(packet, table, flows, 1.1, unknown_endpoint=True)
+    assert verdict.reason is Reason.NEIGHBOR_DISCOVERY
+    assert len(flows) == 0, "ND opens no flow"
+
+
+ND_TYPED_NOT_ND = [
+    pytest.param(
+        # Exactly what a pod gets from the node when it routes a valid NS: one hop less.
+        nd(A6, B6, ICMPv6ND_NS(tgt=B6), carrying(SECRET), hlim=254),
+        id="ns-with-data-routed-hop-limit-254",
+    ),
+    pytest.param(nd(A6, B6, ICMPv6ND_NA(tgt=A6), carrying(SECRET), hlim=64), id="na-hop-64"),
+    pytest.param(nd(A6, B6, ICMPv6ND_NS(tgt=B6, code=1), carrying(SECRET)), id="ns-code-1"),
+    pytest.param(nd(A6, B6, Raw(bytes([135, 0, 0, 0]) + SECRET[:12])), id="ns-truncated"),
+    pytest.param(
+        nd(A6, B6, ICMPv6ND_NS(tgt=B6), Raw(b"\xfa\x00" + SECRET)), id="ns-zero-length-option"
+    ),
+    pytest.param(nd(A6, B6, ICMPv6ND_NA(tgt="ff02::1"), carrying(SECRET)), id="na-multicast-tgt"),
+    pytest.param(nd(A6, B6, ICMPv6ND_RA(), carrying(SECRET)), id="ra-from-a-pod-address"),
+    pytest.param(
+        nd(A6, B6, ICMPv6ND_Redirect(tgt="fe80::9", dst=B6), carrying(SECRET)),
+        id="redirect-from-a-pod-address",
+    ),
+    pytest.param(
+        nd(A6, B6, IPv6ExtHdrFragment(), ICMPv6ND_NS(tgt=B6), carrying(SECRET)),
+        id="ns-in-a-fragment",
+    ),
+]
+
+
+@pytest.mark.parametrize("packet", ND_TYPED_NOT_ND)
+def test_nd_typed_packets_that_fail_the_checks_are_judged_by_policy(packet: PacketInfo) -> None:
+    assert not packet.neighbor_discovery and packet.nd_problem is not None
+    denied = decide(packet, tables6(DENY_INGRESS_B), FlowTable(), 1.0)
+    assert denied.reason is Reason.DENIED_INGRESS and not denied.accepted
+    egress = decide(packet, tables6(DENY_EGRESS_A), FlowTable(), 1.0)
+    assert egress.reason is Reason.DENIED_EGRESS and not egress.accepted
+    # Policy decides, not a blanket ban: a rule that admits all of a's traffic admits it too.
+    assert decide(packet, tables6(B_FROM_A_ANY), FlowTable(), 1.0).reason is Reason.ALLOWED
+
+
+def test_nd_from_an_unknown_source_of_the_pod_range_is_dropped_unless_valid() -> None:
+    stranger = "fd00:10:244:1::99"
+    routed = nd(stranger, B6, ICMPv6ND_NA(tgt=stranger), carrying(SECRET), hlim=254)
+    verdict = decide(routed, tables6(), FlowTable(), 1.0, unknown_endpoint=True)
+    assert verdict.reason is Reason.UNKNOWN_ENDPOINT and not verdict.accepted
+
+
+def test_an_nd_type_alone_is_not_trusted() -> None:
+    """Only the parser's checks make a packet ND: a record that merely has the type is not."""
     solicitation = PacketInfo(
-        6, ip("fe80::1"), ip("ff02::1:ff00:2"), IPPROTO_ICMPV6, icmp_type=135, icmp_code=0
+        6, ip(A6), ip(SOLICITED_B6), IPPROTO_ICMPV6, icmp_type=135, icmp_code=0
     )
-    assert decide(solicitation, tables(DENY_INGRESS_A), FlowTable(), 1.0).reason is (
-        Reason.NEIGHBOR_DISCOVERY
-    )
+    assert not solicitation.neighbor_discovery
+    verdict = decide(solicitation, tables6(DENY_EGRESS_A), FlowTable(), 1.0)
+    assert verdict.reason is Reason.DENIED_EGRESS
 
 
 @pytest.mark.parametrize(

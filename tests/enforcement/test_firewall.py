@@ -16,6 +16,7 @@ from enforcement.firewall import (
     Firewall,
     FirewallConfig,
     Runner,
+    render_anti_spoofing,
     render_jumps,
     render_rules,
     render_set,
@@ -77,6 +78,120 @@ def test_jumps_only_for_missing_hooks() -> None:
     )
 
 
+SPOOF_CHECKED = FirewallConfig(
+    anti_spoofing=True,
+    pod_cidrs=("10.244.1.0/24", "fd00:10:244:1::/64"),
+    pod_interfaces=("cali+", "tap0"),
+)
+
+
+@pytest.mark.parametrize(
+    ("config", "family", "expected"),
+    [
+        pytest.param(
+            SPOOF_CHECKED,
+            4,
+            "*raw\n"
+            ":NETPOL-AGENT-ANTISPOOF - [0:0]\n"
+            "-A NETPOL-AGENT-ANTISPOOF -i cali+ -m rpfilter --invert -j DROP\n"
+            "-A NETPOL-AGENT-ANTISPOOF -i tap0 -m rpfilter --invert -j DROP\n"
+            "-A NETPOL-AGENT-ANTISPOOF -m set --match-set npa-podcidr-v4 src "
+            "-m rpfilter --invert -j DROP\n"
+            "COMMIT\n",
+            id="interfaces-and-pod-range",
+        ),
+        pytest.param(
+            FirewallConfig(anti_spoofing=True, pod_cidrs=("fd00:10:244:1::/64",)),
+            6,
+            "*raw\n"
+            ":NETPOL-AGENT-ANTISPOOF - [0:0]\n"
+            "-A NETPOL-AGENT-ANTISPOOF -m set --match-set npa-podcidr-v6 src "
+            "-m rpfilter --invert -j DROP\n"
+            "COMMIT\n",
+            id="pod-range-only",
+        ),
+        pytest.param(
+            FirewallConfig(anti_spoofing=True),
+            4,
+            "*raw\n"
+            ":NETPOL-AGENT-ANTISPOOF - [0:0]\n"
+            "-A NETPOL-AGENT-ANTISPOOF -m set --match-set npa-podcidr-v4 src "
+            "-m rpfilter --invert -j DROP\n"
+            "COMMIT\n",
+            id="ranges-learnt-later-fill-the-set",
+        ),
+    ],
+)
+def test_anti_spoofing_rules(config: FirewallConfig, family: Family, expected: str) -> None:
+    assert render_anti_spoofing(config, family) == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "present", "expected"),
+    [
+        pytest.param(
+            SPOOF_CHECKED,
+            [],
+            "*raw\n-I PREROUTING 1 -j NETPOL-AGENT-ANTISPOOF\nCOMMIT\n",
+            id="missing",
+        ),
+        pytest.param(SPOOF_CHECKED, ["PREROUTING"], "", id="present"),
+        pytest.param(FirewallConfig(), [], "", id="off-no-jump"),
+    ],
+)
+def test_anti_spoofing_jump(config: FirewallConfig, present: list[str], expected: str) -> None:
+    assert render_jumps(config, present, "raw") == expected
+
+
+class CannedRunner:
+    """A runner that records commands and answers listings with canned text."""
+
+    def __init__(self, listings: dict[tuple[str, ...], str] | None = None) -> None:
+        self.commands: list[tuple[list[str], str | None]] = []
+        self.listings = listings or {}
+
+    def __call__(self, argv: Sequence[str], stdin: str | None) -> str:
+        self.commands.append((list(argv), stdin))
+        return self.listings.get(tuple(argv), "")
+
+    def payloads(self, command: str) -> list[str]:
+        return [stdin or "" for argv, stdin in self.commands if argv[0] == command]
+
+
+def test_install_with_anti_spoofing_writes_the_raw_chain_and_its_jump() -> None:
+    run = CannedRunner()
+    Firewall(SPOOF_CHECKED, run=run).install()
+    restores: tuple[tuple[Family, str], ...] = ((4, "iptables-restore"), (6, "ip6tables-restore"))
+    for family, restore in restores:
+        payloads = run.payloads(restore)
+        assert render_anti_spoofing(SPOOF_CHECKED, family) in payloads
+        assert "*raw\n-I PREROUTING 1 -j NETPOL-AGENT-ANTISPOOF\nCOMMIT\n" in payloads
+
+
+def test_install_without_anti_spoofing_removes_what_an_earlier_run_left() -> None:
+    left = "-P PREROUTING ACCEPT\n-N NETPOL-AGENT-ANTISPOOF\n"
+    left += "-A PREROUTING -j NETPOL-AGENT-ANTISPOOF\n"
+    run = CannedRunner({("iptables", "-t", "raw", "-S"): left})
+    Firewall(FirewallConfig(), run=run).install()
+    commands = [argv for argv, _stdin in run.commands]
+    assert ["iptables", "-t", "raw", "-D", "PREROUTING", "-j", "NETPOL-AGENT-ANTISPOOF"] in commands
+    assert ["iptables", "-t", "raw", "-X", "NETPOL-AGENT-ANTISPOOF"] in commands
+    assert not any("*raw" in payload for payload in run.payloads("iptables-restore"))
+    assert not any(argv[:3] == ["ip6tables", "-t", "raw"] and argv[3] != "-S" for argv in commands)
+
+
+def test_spoofed_drops_sums_the_drop_counters() -> None:
+    listing = (
+        "-N NETPOL-AGENT-ANTISPOOF\n"
+        "-A NETPOL-AGENT-ANTISPOOF -i np+ -m rpfilter --invert -c 3 180 -j DROP\n"
+        "-A NETPOL-AGENT-ANTISPOOF -m set --match-set npa-podcidr-v4 src -m rpfilter --invert "
+        "-c 2 120 -j DROP\n"
+    )
+    command = ("iptables", "-t", "raw", "-S", "NETPOL-AGENT-ANTISPOOF", "-v")
+    run = CannedRunner({command: listing})
+    assert Firewall(SPOOF_CHECKED, run=run).spoofed_drops() == 5
+
+
 def test_set_payload_swaps_atomically_and_keeps_one_family() -> None:
     payload = render_set(FirewallConfig(), 4, {ip("10.0.0.2"), ip("fd00::2"), ip("10.0.0.1")})
     lines = payload.splitlines()
@@ -126,6 +241,43 @@ def test_install_sync_remove_in_a_namespace(namespace: str) -> None:
     assert "NETPOL" not in run(["iptables-save"], None)
     assert "NETPOL" not in run(["ip6tables-save"], None)
     assert "npa-" not in run(["ipset", "list", "-n"], None)
+
+
+@pytest.mark.root
+def test_anti_spoofing_installs_survives_ensure_first_and_is_removed(namespace: str) -> None:
+    run = in_namespace(namespace)
+    firewall = Firewall(SPOOF_CHECKED, run=run)
+    firewall.install()
+    firewall.install()  # idempotent
+    for save in ("iptables-save", "ip6tables-save"):
+        raw = run([save, "-t", "raw"], None)
+        assert raw.count("-A PREROUTING -j NETPOL-AGENT-ANTISPOOF") == 1, raw
+        assert "-A NETPOL-AGENT-ANTISPOOF -i cali+ -m rpfilter --invert -j DROP" in raw
+    assert firewall.ensure_first() == []
+    run(["iptables", "-t", "raw", "-I", "PREROUTING", "1", "-j", "ACCEPT"], None)
+    assert firewall.ensure_first() == ["IPv4/PREROUTING"]
+    prerouting = run(["iptables", "-t", "raw", "-S", "PREROUTING"], None).splitlines()
+    assert prerouting[1:] == [
+        "-A PREROUTING -j NETPOL-AGENT-ANTISPOOF",
+        "-A PREROUTING -j ACCEPT",
+    ]
+    assert firewall.spoofed_drops() == 0
+
+    # A default configuration (as `netpol-agent cleanup` has) removes them too.
+    Firewall(FirewallConfig(), run=run).remove()
+    for save in ("iptables-save", "ip6tables-save"):
+        assert "NETPOL" not in run([save], None)
+    assert "npa-" not in run(["ipset", "list", "-n"], None)
+
+
+@pytest.mark.root
+def test_turning_anti_spoofing_off_removes_its_rules(namespace: str) -> None:
+    run = in_namespace(namespace)
+    Firewall(SPOOF_CHECKED, run=run).install()
+    Firewall(FirewallConfig(pod_cidrs=SPOOF_CHECKED.pod_cidrs), run=run).install()
+    for save in ("iptables-save", "ip6tables-save"):
+        assert "ANTISPOOF" not in run([save], None)
+        assert "-A FORWARD -j NETPOL-AGENT-FORWARD" in run([save], None)
 
 
 @pytest.mark.root

@@ -19,7 +19,17 @@ from scapy.all import (
     ICMPv6DestUnreach,
     ICMPv6EchoReply,
     ICMPv6EchoRequest,
+    ICMPv6ND_NA,
     ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    ICMPv6ND_Redirect,
+    ICMPv6ND_RS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptMTU,
+    ICMPv6NDOptPrefixInfo,
+    ICMPv6NDOptRedirectedHdr,
+    ICMPv6NDOptSrcLLAddr,
+    ICMPv6NDOptUnknown,
     ICMPv6PacketTooBig,
     ICMPv6TimeExceeded,
     IPOption_RR,
@@ -36,6 +46,7 @@ from scapy.layers.sctp import SCTP, SCTPChunkInit
 
 from enforcement.packets import (
     MAX_EXTENSION_HEADERS,
+    ND_HOP_LIMIT,
     CorruptPacket,
     MalformedPacket,
     PacketInfo,
@@ -265,7 +276,13 @@ PARSE_CASES: list[tuple[str, bytes, PacketInfo]] = [
     (
         "icmpv6-neighbor-solicitation",
         bytes(v6(dst="ff02::1:ff00:2", hlim=255) / ICMPv6ND_NS(tgt=B6)),
-        info6(dst="ff02::1:ff00:2", protocol=58, icmp_type=135, icmp_code=0),
+        info6(
+            dst="ff02::1:ff00:2",
+            protocol=58,
+            icmp_type=135,
+            icmp_code=0,
+            neighbor_discovery=True,
+        ),
     ),
     (
         "icmp-unreachable-quoting-udp",
@@ -628,6 +645,206 @@ def test_errors_are_value_errors() -> None:
         parse_packet(b"")
 
 
+# --- Neighbour discovery (RFC 4861) ---
+
+LL_A, LL_ROUTER, SOLICITED_B = "fe80::a", "fe80::1", "ff02::1:ff00:2"
+MAC = "02:00:00:00:00:0a"
+
+
+def nd(src: str, dst: str, *layers: Any, hlim: int = ND_HOP_LIMIT) -> bytes:
+    """An ND message as a host on the link sends it (hop limit 255 unless said otherwise)."""
+    packet = IPv6(src=src, dst=dst, hlim=hlim)
+    if isinstance(layers[0], Raw):
+        packet.nh = 58  # scapy cannot tell that raw bytes are ICMPv6
+    for layer in layers:
+        packet = packet / layer
+    return bytes(packet)
+
+
+def cut_icmp(layer: Any, length: int) -> Raw:
+    """The first ``length`` bytes of an ICMPv6 message: a truncated one, IP length included."""
+    return Raw(bytes(IPv6() / layer)[40 : 40 + length])
+
+
+VALID_NS = nd(A6, SOLICITED_B, ICMPv6ND_NS(tgt=B6), ICMPv6NDOptSrcLLAddr(lladdr=MAC))
+
+# (id, packet, None for valid ND or a fragment of the problem reported)
+ND_CASES: list[tuple[str, bytes, str | None]] = [
+    ("rs", nd(LL_A, "ff02::2", ICMPv6ND_RS(), ICMPv6NDOptSrcLLAddr(lladdr=MAC)), None),
+    ("rs-from-unspecified", nd("::", "ff02::2", ICMPv6ND_RS()), None),
+    (
+        "ra-with-prefix-mtu-and-source",
+        nd(
+            LL_ROUTER,
+            "ff02::1",
+            ICMPv6ND_RA(),
+            ICMPv6NDOptPrefixInfo(prefix="fd00::", prefixlen=64),
+            ICMPv6NDOptMTU(mtu=1500),
+            ICMPv6NDOptSrcLLAddr(lladdr=MAC),
+        ),
+        None,
+    ),
+    ("ns-address-resolution", VALID_NS, None),
+    ("ns-duplicate-address-detection", nd("::", SOLICITED_B, ICMPv6ND_NS(tgt=B6)), None),
+    ("ns-unreachability-detection", nd(A6, B6, ICMPv6ND_NS(tgt=B6)), None),
+    (
+        "ns-after-destination-options",
+        nd(A6, SOLICITED_B, IPv6ExtHdrDestOpt(), ICMPv6ND_NS(tgt=B6)),
+        None,
+    ),
+    (
+        # RFC 4861 4.6: receivers ignore options they do not know. A valid message may carry
+        # bytes that way; the hop limit keeps it on one link (see enforcement/decide.py).
+        "ns-with-an-unknown-option",
+        nd(A6, SOLICITED_B, ICMPv6ND_NS(tgt=B6), ICMPv6NDOptUnknown(type=200, data=b"x" * 14)),
+        None,
+    ),
+    (
+        "na-solicited",
+        nd(B6, A6, ICMPv6ND_NA(tgt=B6, S=1), ICMPv6NDOptDstLLAddr(lladdr=MAC)),
+        None,
+    ),
+    ("na-unsolicited-to-all-nodes", nd(B6, "ff02::1", ICMPv6ND_NA(tgt=B6, S=0)), None),
+    (
+        "redirect-to-a-router",
+        nd(
+            LL_ROUTER,
+            A6,
+            ICMPv6ND_Redirect(tgt="fe80::9", dst="2001:db8::9"),
+            ICMPv6NDOptRedirectedHdr(pkt=IPv6(src=A6, dst="2001:db8::9") / UDP()),
+        ),
+        None,
+    ),
+    (
+        "redirect-on-link",
+        nd(LL_ROUTER, A6, ICMPv6ND_Redirect(tgt="2001:db8::9", dst="2001:db8::9")),
+        None,
+    ),
+    ("ns-hop-limit-254", nd(A6, B6, ICMPv6ND_NS(tgt=B6), hlim=254), "hop limit 254, not 255"),
+    ("na-hop-limit-64", nd(B6, A6, ICMPv6ND_NA(tgt=B6), hlim=64), "hop limit 64, not 255"),
+    ("ra-hop-limit-1", nd(LL_ROUTER, "ff02::1", ICMPv6ND_RA(), hlim=1), "hop limit 1, not 255"),
+    ("ns-code-1", nd(A6, B6, ICMPv6ND_NS(tgt=B6, code=1)), "code 1, not 0 (RFC 4861 7.1.1)"),
+    ("rs-code-9", nd(LL_A, "ff02::2", ICMPv6ND_RS(code=9)), "code 9, not 0 (RFC 4861 6.1.1)"),
+    ("ns-truncated", nd(A6, B6, cut_icmp(ICMPv6ND_NS(tgt=B6), 20)), "ICMP length 20 < 24"),
+    ("na-truncated", nd(B6, A6, cut_icmp(ICMPv6ND_NA(tgt=B6), 8)), "ICMP length 8 < 24"),
+    ("ra-truncated", nd(LL_ROUTER, "ff02::1", cut_icmp(ICMPv6ND_RA(), 12)), "ICMP length 12 < 16"),
+    (
+        "redirect-truncated",
+        nd(LL_ROUTER, A6, cut_icmp(ICMPv6ND_Redirect(tgt="fe80::9", dst=B6), 32)),
+        "ICMP length 32 < 40",
+    ),
+    (
+        "ns-zero-length-option",
+        nd(A6, SOLICITED_B, ICMPv6ND_NS(tgt=B6), Raw(b"\x01\x00" + b"\x00" * 6)),
+        "length 0",
+    ),
+    (
+        "ns-option-past-the-message",
+        nd(A6, SOLICITED_B, ICMPv6ND_NS(tgt=B6), Raw(b"\x01\x02" + b"\x00" * 6)),
+        "runs past the message",
+    ),
+    (
+        "ns-option-cut-short",
+        nd(A6, SOLICITED_B, ICMPv6ND_NS(tgt=B6), ICMPv6NDOptSrcLLAddr(lladdr=MAC), Raw(b"\x01")),
+        "cut short",
+    ),
+    (
+        "ns-from-unspecified-to-unicast",
+        nd("::", B6, ICMPv6ND_NS(tgt=B6)),
+        "unspecified source to a non-solicited-node destination",
+    ),
+    (
+        "ns-from-unspecified-with-source-link-layer-option",
+        nd("::", SOLICITED_B, ICMPv6ND_NS(tgt=B6), ICMPv6NDOptSrcLLAddr(lladdr=MAC)),
+        "source link-layer address option from the unspecified address",
+    ),
+    (
+        "rs-from-unspecified-with-source-link-layer-option",
+        nd("::", "ff02::2", ICMPv6ND_RS(), ICMPv6NDOptSrcLLAddr(lladdr=MAC)),
+        "source link-layer address option from the unspecified address",
+    ),
+    ("ns-multicast-target", nd(A6, B6, ICMPv6ND_NS(tgt="ff02::1")), "multicast target"),
+    ("na-multicast-target", nd(B6, A6, ICMPv6ND_NA(tgt="ff02::1")), "multicast target"),
+    (
+        "na-solicited-to-multicast",
+        nd(B6, "ff02::1", ICMPv6ND_NA(tgt=B6, S=1)),
+        "solicited flag set towards a multicast destination",
+    ),
+    ("ra-from-a-global-address", nd(B6, "ff02::1", ICMPv6ND_RA()), "not link-local (RFC 4861 6"),
+    (
+        "redirect-from-a-global-address",
+        nd(B6, A6, ICMPv6ND_Redirect(tgt="fe80::9", dst="2001:db8::9")),
+        "not link-local (RFC 4861 8.1)",
+    ),
+    (
+        "redirect-multicast-destination",
+        nd(LL_ROUTER, A6, ICMPv6ND_Redirect(tgt="fe80::9", dst="ff0e::9")),
+        "multicast destination",
+    ),
+    (
+        "redirect-global-target-elsewhere",
+        nd(LL_ROUTER, A6, ICMPv6ND_Redirect(tgt=B6, dst="2001:db8::9")),
+        "target neither link-local nor the destination",
+    ),
+    ("multicast-source", nd("ff02::1", B6, ICMPv6ND_NA(tgt=B6)), "multicast source"),
+    (
+        "ns-in-an-atomic-fragment",
+        nd(A6, SOLICITED_B, IPv6ExtHdrFragment(), ICMPv6ND_NS(tgt=B6)),
+        "fragmented packet (RFC 6980",
+    ),
+    (
+        "ns-longer-than-the-capture",
+        VALID_NS[:-4],
+        "past the 68 captured",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [pytest.param(data, problem, id=name) for name, data, problem in ND_CASES],
+)
+def test_neighbor_discovery_validity(data: bytes, problem: str | None) -> None:
+    parsed = parse_packet(data)
+    assert parsed.protocol == 58 and parsed.icmp_type in range(133, 138)
+    if problem is None:
+        assert parsed.neighbor_discovery and parsed.nd_problem is None
+    else:
+        assert not parsed.neighbor_discovery
+        assert parsed.nd_problem is not None and problem in parsed.nd_problem
+
+
+def test_a_jumbogram_is_no_neighbor_discovery() -> None:
+    data = bytearray(VALID_NS)
+    data[4:6] = b"\x00\x00"  # payload length 0: a jumbogram (RFC 2675)
+    parsed = parse_packet(bytes(data))
+    assert not parsed.neighbor_discovery
+    assert parsed.nd_problem is not None and "jumbogram" in parsed.nd_problem
+
+
+def test_neighbor_discovery_in_an_icmp_error_quote_is_not_checked_or_trusted() -> None:
+    data = bytes(v6(R6, A6) / ICMPv6DestUnreach(code=3) / Raw(VALID_NS[:48]))
+    parsed = parse_packet(data)
+    assert parsed.embedded is not None and parsed.embedded.icmp_type == 135
+    assert not parsed.embedded.neighbor_discovery and parsed.embedded.nd_problem is None
+    assert not parsed.neighbor_discovery
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(bytes(v6(hlim=255) / ICMPv6EchoRequest(id=1)), id="echo-at-hop-limit-255"),
+        pytest.param(bytes(v6(hlim=255) / ICMPv6DestUnreach() / Raw(VALID_NS)), id="error"),
+        pytest.param(bytes(v6(hlim=255, nh=58) / Raw(bytes([132, 0]) + bytes(22))), id="type-132"),
+        pytest.param(bytes(v6(hlim=255, nh=58) / Raw(bytes([138, 0]) + bytes(22))), id="type-138"),
+        pytest.param(bytes(v4(ttl=255, proto=1) / Raw(bytes([135, 0]) + bytes(22))), id="icmpv4"),
+    ],
+)
+def test_only_icmpv6_types_133_to_137_can_be_neighbor_discovery(data: bytes) -> None:
+    parsed = parse_packet(data)
+    assert not parsed.neighbor_discovery and parsed.nd_problem is None
+
+
 # --- Properties ---
 
 SEEDS = [data for _, data, _ in PARSE_CASES] + [data for _, data, _, _ in CORRUPT_CASES]
@@ -769,6 +986,12 @@ def test_agrees_with_scapy(
             bytes(v6() / ICMPv6ND_NS(tgt=B6)),
             "ICMPv6 fd00::1 -> fd00::2 neighbor-solicitation",
             id="icmpv6-nd",
+        ),
+        pytest.param(
+            bytes(v6(hlim=254) / ICMPv6ND_NS(tgt=B6)),
+            "ICMPv6 fd00::1 -> fd00::2 neighbor-solicitation (not neighbour discovery: "
+            "hop limit 254, not 255 (RFC 4861 7.1.1))",
+            id="icmpv6-nd-typed-but-invalid",
         ),
         pytest.param(
             bytes(v4() / ICMP(type=42, code=1)),
