@@ -25,8 +25,9 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from enforcement.model import IPPROTO_ICMP, IPPROTO_ICMPV6
 
@@ -36,6 +37,7 @@ NLM_F_REQUEST = 0x01
 NLM_F_MULTI = 0x02
 NLM_F_ACK = 0x04
 NLM_F_DUMP = 0x300
+NLM_F_CREATE = 0x400
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLA_F_NESTED = 0x8000
@@ -48,6 +50,7 @@ IPCTNL_MSG_CT_GET = 1
 IPCTNL_MSG_CT_DELETE = 2
 CTA_TUPLE_ORIG = 1
 CTA_TUPLE_REPLY = 2
+CTA_TIMEOUT = 7
 CTA_MARK = 8
 CTA_ID = 12
 CTA_ZONE = 18
@@ -80,10 +83,12 @@ _ADDRESS_ATTRIBUTES: dict[int, tuple[int, int, int]] = {
 }
 _PORTLESS = (IPPROTO_ICMP, IPPROTO_ICMPV6)
 
+_Item = TypeVar("_Item")
+
 RECEIVE_BUFFER = 1 << 20
 """Bytes asked for the socket's receive buffer: a dump answers in many 16-32 KiB batches."""
 DELETE_BATCH = 256
-"""Delete requests written in one ``send`` before their acknowledgements are read."""
+"""Requests (deletes) written in one ``send`` before their acknowledgements are read."""
 TIMEOUT = 5.0
 """Seconds to wait for the kernel before giving up on a request (it answers in microseconds)."""
 
@@ -176,6 +181,32 @@ def dump_request(
     return _message(kind, NLM_F_REQUEST | NLM_F_DUMP, sequence, family, attributes)
 
 
+def _tuple_attribute(kind: int, family: int, ends: TupleEnds) -> bytes:
+    source, destination, _width = _ADDRESS_ATTRIBUTES[family]
+    ip = _attribute(source, ends.src) + _attribute(destination, ends.dst)
+    proto = _attribute(CTA_PROTO_NUM, bytes([ends.protocol]))
+    if ends.src_port is not None and ends.dst_port is not None:
+        proto += _attribute(CTA_PROTO_SRC_PORT, _BE16.pack(ends.src_port))
+        proto += _attribute(CTA_PROTO_DST_PORT, _BE16.pack(ends.dst_port))
+    nested = _attribute(CTA_TUPLE_IP | NLA_F_NESTED, ip)
+    nested += _attribute(CTA_TUPLE_PROTO | NLA_F_NESTED, proto)
+    return _attribute(kind | NLA_F_NESTED, nested)
+
+
+def create_request(
+    family: int, original: TupleEnds, reply: TupleEnds, mark: int, timeout: int, sequence: int
+) -> bytes:
+    """Create an entry (for tests and benchmarks that fill a table: UDP or other protocols
+    without state to give; ``conntrack -I`` spawns a process per entry)."""
+    attributes = _tuple_attribute(CTA_TUPLE_ORIG, family, original)
+    attributes += _tuple_attribute(CTA_TUPLE_REPLY, family, reply)
+    attributes += _attribute(CTA_TIMEOUT, _BE32.pack(timeout))
+    attributes += _attribute(CTA_MARK, _BE32.pack(mark))
+    kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
+    flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK
+    return _message(kind, flags, sequence, family, attributes)
+
+
 def delete_request(entry: ConntrackEntry, sequence: int) -> bytes:
     """Delete ``entry`` by its original tuple, its zone and its id, asking for an ack."""
     attributes = entry.original_attribute
@@ -217,12 +248,8 @@ def attributes(data: bytes, start: int = 0) -> Iterator[tuple[int, bytes]]:
     """(type without flags, payload) of each attribute in ``data[start:]`` (bounds-checked)."""
     offset = start
     while offset < len(data):
-        if len(data) - offset < _ATTRIBUTE.size:
-            raise NetlinkParseError(f"truncated attribute header at offset {offset}")
-        length, kind = _ATTRIBUTE.unpack_from(data, offset)
-        if length < _ATTRIBUTE.size or length > len(data) - offset:
-            raise NetlinkParseError(f"attribute length {length} at offset {offset}")
-        yield kind & NLA_TYPE_MASK, data[offset + _ATTRIBUTE.size : offset + length]
+        length, kind = _header(data, offset, len(data))
+        yield kind, data[offset + _ATTRIBUTE.size : offset + length]
         offset += (length + 3) & ~3
 
 
@@ -233,25 +260,47 @@ def error_code(message: Message) -> int:
     return -int(_ERRNO.unpack_from(message.payload)[0])
 
 
-def _tuple(family: int, data: bytes) -> TupleEnds:
+def _header(data: bytes, offset: int, end: int) -> tuple[int, int]:
+    """(length, type without flags) of the attribute at ``offset``, checked against ``end``."""
+    if end - offset < _ATTRIBUTE.size:
+        raise NetlinkParseError(f"truncated attribute header at offset {offset}")
+    length, kind = _ATTRIBUTE.unpack_from(data, offset)
+    if length < _ATTRIBUTE.size or length > end - offset:
+        raise NetlinkParseError(f"attribute length {length} at offset {offset}")
+    return length, kind & NLA_TYPE_MASK
+
+
+def _tuple(family: int, data: bytes, start: int, end: int) -> TupleEnds:
+    """The tuple whose nested attributes are ``data[start:end]``.
+
+    Walks offsets instead of slicing and yielding (this runs for every entry of a dump: tens of
+    thousands per change); every length is checked by :func:`_header`.
+    """
     source_kind, destination_kind, width = _ADDRESS_ATTRIBUTES[family]
     src = dst = None
     protocol = src_port = dst_port = None
-    for kind, payload in attributes(data):
-        if kind == CTA_TUPLE_IP:
-            for ip_kind, value in attributes(payload):
-                if ip_kind == source_kind:
-                    src = value
-                elif ip_kind == destination_kind:
-                    dst = value
-        elif kind == CTA_TUPLE_PROTO:
-            for proto_kind, value in attributes(payload):
-                if proto_kind == CTA_PROTO_NUM and len(value) == 1:
-                    protocol = value[0]
-                elif proto_kind == CTA_PROTO_SRC_PORT and len(value) == 2:
-                    src_port = _BE16.unpack(value)[0]
-                elif proto_kind == CTA_PROTO_DST_PORT and len(value) == 2:
-                    dst_port = _BE16.unpack(value)[0]
+    offset = start
+    while offset < end:
+        length, kind = _header(data, offset, end)
+        if kind in (CTA_TUPLE_IP, CTA_TUPLE_PROTO):
+            inner, inner_end = offset + _ATTRIBUTE.size, offset + length
+            while inner < inner_end:
+                inner_length, inner_kind = _header(data, inner, inner_end)
+                value = inner + _ATTRIBUTE.size
+                size = inner_length - _ATTRIBUTE.size
+                if kind == CTA_TUPLE_IP:
+                    if inner_kind == source_kind:
+                        src = data[value : value + size]
+                    elif inner_kind == destination_kind:
+                        dst = data[value : value + size]
+                elif inner_kind == CTA_PROTO_NUM and size == 1:
+                    protocol = data[value]
+                elif inner_kind == CTA_PROTO_SRC_PORT and size == 2:
+                    src_port = _BE16.unpack_from(data, value)[0]
+                elif inner_kind == CTA_PROTO_DST_PORT and size == 2:
+                    dst_port = _BE16.unpack_from(data, value)[0]
+                inner += (inner_length + 3) & ~3
+        offset += (length + 3) & ~3
     if src is None or dst is None or len(src) != width or len(dst) != width:
         raise NetlinkParseError(f"tuple without {width}-byte source and destination addresses")
     if protocol is None:
@@ -265,9 +314,11 @@ def parse_entry(message: Message) -> ConntrackEntry:
     """The entry one ctnetlink ``IPCTNL_MSG_CT_NEW`` message (a dump's element) describes."""
     if message.kind != _ENTRY_TYPE:
         raise NetlinkParseError(f"not a conntrack entry: message type {message.kind:#x}")
-    if len(message.payload) < _NFGENMSG.size:
+    data = message.payload
+    end = len(data)
+    if end < _NFGENMSG.size:
         raise NetlinkParseError("truncated nfgenmsg")
-    family = message.payload[0]
+    family = data[0]
     if family not in _ADDRESS_ATTRIBUTES:
         raise NetlinkParseError(f"unexpected address family {family}")
     original = reply = None
@@ -275,18 +326,23 @@ def parse_entry(message: Message) -> ConntrackEntry:
     mark = 0
     entry_id = zone = None
     offset = _NFGENMSG.size
-    for kind, payload in attributes(message.payload, offset):
+    while offset < end:
+        length, kind = _header(data, offset, end)
+        value, size = offset + _ATTRIBUTE.size, length - _ATTRIBUTE.size
         if kind == CTA_TUPLE_ORIG:
-            original = _tuple(family, payload)
-            original_attribute = _attribute(CTA_TUPLE_ORIG | NLA_F_NESTED, payload)
+            original = _tuple(family, data, value, offset + length)
+            original_attribute = _attribute(
+                CTA_TUPLE_ORIG | NLA_F_NESTED, data[value : value + size]
+            )
         elif kind == CTA_TUPLE_REPLY:
-            reply = _tuple(family, payload)
-        elif kind == CTA_MARK and len(payload) == 4:
-            mark = _BE32.unpack(payload)[0]
-        elif kind == CTA_ID and len(payload) == 4:
-            entry_id = _BE32.unpack(payload)[0]
-        elif kind == CTA_ZONE and len(payload) == 2:
-            zone = _BE16.unpack(payload)[0]
+            reply = _tuple(family, data, value, offset + length)
+        elif kind == CTA_MARK and size == 4:
+            mark = _BE32.unpack_from(data, value)[0]
+        elif kind == CTA_ID and size == 4:
+            entry_id = _BE32.unpack_from(data, value)[0]
+        elif kind == CTA_ZONE and size == 2:
+            zone = _BE16.unpack_from(data, value)[0]
+        offset += (length + 3) & ~3
     if original is None or reply is None:
         raise NetlinkParseError("entry without both an original and a reply tuple")
     return ConntrackEntry(family, original, reply, mark, entry_id, zone, original_attribute)
@@ -361,35 +417,53 @@ class CtNetlink:
 
     def delete(self, entries: Iterable[ConntrackEntry]) -> int:
         """Delete the entries; returns how many the kernel deleted (gone ones are not counted)."""
-        batch: list[ConntrackEntry] = []
-        deleted = 0
-        for entry in entries:
-            batch.append(entry)
+        return self._batched(entries, delete_request, tolerated=errno.ENOENT)
+
+    def create(self, entries: Iterable[tuple[int, TupleEnds, TupleEnds, int, int]]) -> int:
+        """Create entries given as (family, original, reply, mark, timeout); returns how many
+        were created (for tests and benchmarks)."""
+
+        def request(item: tuple[int, TupleEnds, TupleEnds, int, int], sequence: int) -> bytes:
+            family, original, reply, mark, timeout = item
+            return create_request(family, original, reply, mark, timeout, sequence)
+
+        return self._batched(entries, request, tolerated=errno.EEXIST)
+
+    def _batched(
+        self, items: Iterable[_Item], build: Callable[[_Item, int], bytes], tolerated: int
+    ) -> int:
+        batch: list[_Item] = []
+        done = 0
+        for item in items:
+            batch.append(item)
             if len(batch) == DELETE_BATCH:
-                deleted += self._delete_batch(batch)
+                done += self._send_batch(batch, build, tolerated)
                 batch = []
         if batch:
-            deleted += self._delete_batch(batch)
-        return deleted
+            done += self._send_batch(batch, build, tolerated)
+        return done
 
-    def _delete_batch(self, batch: list[ConntrackEntry]) -> int:
-        pending = {}
+    def _send_batch(
+        self, batch: list[_Item], build: Callable[[_Item, int], bytes], tolerated: int
+    ) -> int:
+        """Write the requests in one ``send``, then read one acknowledgement per request."""
+        pending = set()
         requests = bytearray()
-        for entry in batch:
+        for item in batch:
             sequence = self._next_sequence()
-            pending[sequence] = entry
-            requests += delete_request(entry, sequence)
+            pending.add(sequence)
+            requests += build(item, sequence)
         self._socket.send(bytes(requests))
-        deleted = 0
+        done = 0
         while pending:
             data = self._socket.recv(RECEIVE_BUFFER)
             for message in messages(data):
                 if message.kind != NLMSG_ERROR or message.sequence not in pending:
                     continue
-                del pending[message.sequence]
+                pending.discard(message.sequence)
                 code = error_code(message)
                 if code == 0:
-                    deleted += 1
-                elif code != errno.ENOENT:  # ENOENT: it ended meanwhile, nothing left to cut
-                    raise NetlinkRequestError(code, f"conntrack delete: {os.strerror(code)}")
-        return deleted
+                    done += 1
+                elif code != tolerated:  # e.g. ENOENT: it ended meanwhile, nothing left to cut
+                    raise NetlinkRequestError(code, f"conntrack request: {os.strerror(code)}")
+        return done
