@@ -22,6 +22,7 @@ IndexError or a struct error.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import socket
 import struct
@@ -270,12 +271,51 @@ def _header(data: bytes, offset: int, end: int) -> tuple[int, int]:
     return length, kind & NLA_TYPE_MASK
 
 
+_Layout = tuple[struct.Struct, Callable[[tuple[object, ...]], object], tuple[int, ...]]
+"""A tuple layout: its struct, a getter of its header fields, and their expected values."""
+
+
+def _layout(width: int) -> _Layout:
+    """The tuple layout the kernel writes for TCP/UDP/SCTP (``ctnetlink_dump_tuples``): IP
+    (source, destination) then protocol (number, source port, destination port), each nested
+    attribute flagged ``NLA_F_NESTED``. One unpack, then every header compared with what it
+    must be; anything else takes the general walk."""
+    layout = struct.Struct(f"=HHHH{width}sHH{width}sHHHHB3xHHH2xHHH2x")
+    headers = (0, 1, 2, 3, 5, 6, 8, 9, 10, 11, 13, 14, 16, 17)
+    expected = (
+        4 + 2 * (4 + width), CTA_TUPLE_IP | NLA_F_NESTED,
+        4 + width, CTA_IP_V4_SRC if width == 4 else CTA_IP_V6_SRC,
+        4 + width, CTA_IP_V4_DST if width == 4 else CTA_IP_V6_DST,
+        28, CTA_TUPLE_PROTO | NLA_F_NESTED, 5, CTA_PROTO_NUM,
+        6, CTA_PROTO_SRC_PORT, 6, CTA_PROTO_DST_PORT,
+    )  # fmt: skip
+    return layout, operator.itemgetter(*headers), expected
+
+
+_LAYOUTS: dict[int, _Layout] = {socket.AF_INET: _layout(4), socket.AF_INET6: _layout(16)}
+
+
 def _tuple(family: int, data: bytes, start: int, end: int) -> TupleEnds:
     """The tuple whose nested attributes are ``data[start:end]``.
 
-    Walks offsets instead of slicing and yielding (this runs for every entry of a dump: tens of
-    thousands per change); every length is checked by :func:`_header`.
+    The kernel's usual layout is read with one unpack (this runs twice for every entry of a
+    dump: tens of thousands per change); anything else is walked by offsets, every length
+    checked by :func:`_header`.
     """
+    layout, headers, expected = _LAYOUTS[family]
+    if end - start == layout.size:
+        values = layout.unpack_from(data, start)
+        if headers(values) == expected:
+            protocol = values[12]
+            if protocol in _PORTLESS:
+                return TupleEnds(values[4], values[7], protocol, None, None)
+            return TupleEnds(
+                values[4], values[7], protocol, socket.ntohs(values[15]), socket.ntohs(values[18])
+            )
+    return _walk_tuple(family, data, start, end)
+
+
+def _walk_tuple(family: int, data: bytes, start: int, end: int) -> TupleEnds:
     source_kind, destination_kind, width = _ADDRESS_ATTRIBUTES[family]
     src = dst = None
     protocol = src_port = dst_port = None

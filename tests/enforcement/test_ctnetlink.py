@@ -117,6 +117,25 @@ def test_an_ipv6_icmp_entry_has_no_ports() -> None:
     assert (entry.mark, entry.entry_id, entry.zone) == (0, None, None)
 
 
+def test_the_usual_layout_and_the_general_walk_agree() -> None:
+    """The kernel's layout is read with one unpack; the same tuples without NLA_F_NESTED flags
+    (or in another attribute order) take the general walk and must give the same entry."""
+    fast = parse_entry(next(messages(entry_message(SERVICE_ENTRY))))
+    unflagged = SERVICE_ENTRY.replace(struct.pack("=H", CTA_TUPLE_IP | NLA_F_NESTED),
+                                      struct.pack("=H", CTA_TUPLE_IP))  # fmt: skip
+    assert unflagged != SERVICE_ENTRY
+    walked = parse_entry(next(messages(entry_message(unflagged))))
+    assert (walked.original, walked.reply) == (fast.original, fast.reply)
+
+
+def test_a_usual_layout_with_a_wrong_header_is_not_trusted() -> None:
+    """Same size as the usual layout, but the source address attribute has another type: the
+    walk finds no source address and says so."""
+    wrong = SERVICE_ENTRY.replace(struct.pack("=HH", 8, CTA_IP_V4_SRC), struct.pack("=HH", 8, 9))
+    with pytest.raises(NetlinkParseError, match="source and destination"):
+        parse_entry(next(messages(entry_message(wrong))))
+
+
 def test_unknown_attributes_are_skipped() -> None:
     body = attr(99, b"whatever") + SERVICE_ENTRY + attr(CTA_MARK, b"\x01")  # short mark: ignored
     entry = parse_entry(next(messages(entry_message(body))))
