@@ -37,10 +37,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import operator
 import socket
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from enforcement.ctnetlink import ConntrackEntry, CtNetlink
 from enforcement.decide import ACCEPTING
@@ -58,6 +59,9 @@ read and filtered here. Each filtered dump still walks the whole table in the ke
 C, but not free), so many of them cost more than one full read."""
 
 _KNOWN_SNAPSHOT_FIELDS = frozenset({"namespaces", "pods", "policies"})
+_POD_KEY: Callable[[Pod], str] = operator.attrgetter("key")
+_NAMESPACE_NAME: Callable[[Namespace], str] = operator.attrgetter("name")
+_POLICY_KEY: Callable[[NetworkPolicy], str] = operator.attrgetter("key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,35 +172,36 @@ class Generation:
 
     tables: AllowTables
     snapshot: ClusterSnapshot
+    """What ``tables`` were compiled from."""
     pod_ranges: PodRanges
-    pods: Mapping[str, Pod]
-    """The snapshot's pods by key (kept to compare the next snapshot in one pass)."""
-    namespaces: Mapping[str, Namespace]
-    policies: Mapping[str, NetworkPolicy]
-
-    @classmethod
-    def of(
-        cls, tables: AllowTables, snapshot: ClusterSnapshot, pod_ranges: PodRanges
-    ) -> Generation:
-        return cls(
-            tables=tables,
-            snapshot=snapshot,
-            pod_ranges=pod_ranges,
-            pods={pod.key: pod for pod in snapshot.pods},
-            namespaces={namespace.name: namespace for namespace in snapshot.namespaces},
-            policies={policy.key: policy for policy in snapshot.policies},
-        )
 
 
-def _changed_keys(before: Mapping[str, object], after: Mapping[str, object]) -> set[str]:
-    """Keys added, removed, or whose object differs (the state cache reuses unchanged objects,
-    so ``is`` settles almost every comparison)."""
-    changed = {key for key in before if key not in after}
-    for key, value in after.items():
-        old = before.get(key)
-        if old is not value and old != value:
-            changed.add(key)
-    return changed
+_T = TypeVar("_T")
+
+
+def _changed_keys(
+    before: Sequence[_T], after: Sequence[_T], key: Callable[[_T], str]
+) -> tuple[set[str], dict[str, _T], dict[str, _T]]:
+    """Keys of the objects added, removed or replaced, and both sides by key.
+
+    The state cache hands out the same objects until they change and keeps their order, so an
+    untouched kind is settled by one identity pass in C, without building anything."""
+    if len(before) == len(after):
+        if all(map(operator.is_, before, after)):
+            return set(), {}, {}
+        # Objects replaced in place (an update keeps its position): compare only those.
+        moved = [(old, new) for old, new in zip(before, after, strict=True) if old is not new]
+        if all(key(old) == key(new) for old, new in moved):
+            changed = {key(new) for old, new in moved if old != new}
+            return changed, {key(old): old for old, _ in moved}, {key(new): new for _, new in moved}
+    old = {key(item): item for item in before}
+    new = {key(item): item for item in after}
+    changed = {name for name in old if name not in new}
+    for name, item in new.items():
+        previous = old.get(name)
+        if previous is not item and previous != item:
+            changed.add(name)
+    return changed, old, new
 
 
 def _same_table(
@@ -244,16 +249,44 @@ def changed_addresses(before: Generation, after: Generation) -> frozenset[bytes]
             before.snapshot, known.name
         ) != getattr(after.snapshot, known.name):
             return None  # a field this comparison does not understand: judge everything
-    changed_pods = _changed_keys(before.pods, after.pods)
-    changed_namespaces = _changed_keys(before.namespaces, after.namespaces)
-    changed_policies = _changed_keys(before.policies, after.policies)
+    changed_pods, old_pods, new_pods = _changed_keys(
+        before.snapshot.pods, after.snapshot.pods, _POD_KEY
+    )
+    changed_namespaces, _, _ = _changed_keys(
+        before.snapshot.namespaces, after.snapshot.namespaces, _NAMESPACE_NAME
+    )
+    changed_policies, _, _ = _changed_keys(
+        before.snapshot.policies, after.snapshot.policies, _POLICY_KEY
+    )
+    changed: set[bytes] = set()
+    # The pods that changed, at their old and new addresses (the compiler keys its ipcache by
+    # ``address.packed``); with a namespace's labels, every pod in it.
+    for key in changed_pods:
+        for pod in (old_pods.get(key), new_pods.get(key)):
+            if pod is not None:
+                changed.update(address.packed for address in pod.ips)
+    if changed_namespaces:
+        for pods in (before.snapshot.pods, after.snapshot.pods):
+            for pod in pods:
+                if pod.namespace in changed_namespaces:
+                    changed.update(address.packed for address in pod.ips)
     old = before.tables.endpoints()
     new = after.tables.endpoints()
-    changed = {address for address in old if address not in new}
-    for address, endpoint in new.items():
-        previous = old.get(address)
-        if previous is None or not _same_endpoint(
-            previous, endpoint, changed_pods, changed_namespaces, changed_policies
+    if changed_pods:
+        # Addresses that appeared or vanished, whatever the reason (set operations in C). The
+        # ipcache is compiled from the pods alone: with the same pods, the same addresses.
+        changed.update(old.keys() ^ new.keys())
+    # Local pods whose tables may differ: other policies, or a policy that changed.
+    for address in before.tables.local_addresses() | after.tables.local_addresses():
+        if address in changed:
+            continue
+        previous, endpoint = old.get(address), new.get(address)
+        if (
+            previous is None
+            or endpoint is None
+            or not _same_endpoint(
+                previous, endpoint, changed_pods, changed_namespaces, changed_policies
+            )
         ):
             changed.add(address)
     return frozenset(changed)
@@ -383,7 +416,7 @@ class Revoker:
         """
         pod_ranges = PodRanges(pod_cidrs)
         previous = self._last
-        current = Generation.of(tables, snapshot, pod_ranges) if snapshot is not None else None
+        current = Generation(tables, snapshot, pod_ranges) if snapshot is not None else None
         before = self._last_tables
         try:
             changed = (

@@ -196,7 +196,7 @@ def test_pod_ranges(address: str, inside: bool) -> None:
 def generation(
     snapshot: ClusterSnapshot, number: int, ranges: PodRanges = POD_RANGES
 ) -> Generation:
-    return Generation.of(tables_of(snapshot, number), snapshot, ranges)
+    return Generation(tables_of(snapshot, number), snapshot, ranges)
 
 
 def replaced(
@@ -395,9 +395,7 @@ def test_filtered_revocation_cuts_what_a_full_one_cuts(
     expected = set(to_revoke(survivors, new, previous=old, pod_ranges=RANGES))
     assert set(survivors) - set(table.table) == expected
     assert filtered.cut == len(expected)
-    changed = changed_addresses(
-        Generation.of(old, before, RANGES), Generation.of(new, after, RANGES)
-    )
+    changed = changed_addresses(Generation(old, before, RANGES), Generation(new, after, RANGES))
     assert changed is not None
     assert all(c.src in changed or c.dst in changed for c in table.read)
 
