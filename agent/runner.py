@@ -28,7 +28,7 @@ from typing import Any
 from agent.sources import Source
 from agent.state import ClusterState, PodRanges, StateView
 from enforcement.compiler import compile_tables
-from enforcement.conntrack import KernelConntrack
+from enforcement.conntrack import Revoker
 from enforcement.firewall import Firewall, FirewallConfig, FirewallError
 from enforcement.flows import FlowTable
 from enforcement.model import ClusterSnapshot
@@ -117,7 +117,7 @@ class Agent:
         self.config = config
         self.source = source
         self.firewall = firewall or Firewall(config.firewall)
-        self.conntrack = KernelConntrack()
+        self.conntrack = Revoker()
         self.tracer = tracer
         self.status = AgentStatus()
         self._dirty = threading.Event()
@@ -256,10 +256,13 @@ class Agent:
         status = self.status
         if self.config.firewall.mode == "fast":
             # Tables first, then the cut: a connection deleted here is re-decided by new tables.
-            revoked = self.conntrack.revoke_denied(tables)
-            if revoked:
-                log.info("cut %d established connections the change denies", revoked)
-            status.revoked += revoked
+            # Judged by the real endpoints; only connections of addresses the change touched.
+            revocation = self.conntrack.revoke_denied(
+                tables, view.snapshot, self.firewall.config.pod_cidrs
+            )
+            if revocation.cut:
+                log.info("cut %d established connections the change denies", revocation.cut)
+            status.revoked += revocation.cut
         status.ready = True
         status.generation = tables.generation
         status.source_version = view.source_version

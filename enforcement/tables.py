@@ -434,6 +434,10 @@ class AllowTables:
         """The pod (of any node) that owns this packed address, or None."""
         return self._ipcache.get(address)
 
+    def endpoints(self) -> Mapping[bytes, Endpoint]:
+        """Every packed address with its pod, read-only (to compare two generations)."""
+        return MappingProxyType(self._ipcache)
+
     def local_addresses(self) -> frozenset[bytes]:
         """Packed addresses of this node's pods (hostNetwork pods excluded)."""
         return self._local
