@@ -267,8 +267,8 @@ def changed_addresses(before: Generation, after: Generation) -> frozenset[bytes]
         map(operator.is_, unreadable_before, unreadable_after)
     )
     if unreadable_changed:
-        for pod in set(unreadable_before) ^ set(unreadable_after):
-            changed.update(address.packed for address in pod.ips)
+        for broken in set(unreadable_before) ^ set(unreadable_after):
+            changed.update(address.packed for address in broken.ips)
     # The pods that changed, at their old and new addresses (the compiler keys its ipcache by
     # ``address.packed``); with a namespace's labels, every pod in it.
     for key in changed_pods:

@@ -27,6 +27,7 @@ Comments say which rule an expectation rests on where it is not obvious.
 from __future__ import annotations
 
 import ipaddress
+import json
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ def namespace_manifest(name: str, extra_labels: Mapping[str, str] | None = None)
     labels = {"ns": name, **(extra_labels or {})}
     return (
         "apiVersion: v1\nkind: Namespace\nmetadata:\n"
-        f"  name: {name}\n  labels:\n{_labels(labels, 4)}"
+        f"  name: {json.dumps(name)}\n  labels:\n{_labels(labels, 4)}"
     )
 
 
@@ -86,13 +87,16 @@ def pod_manifest(namespace: str, name: str, extra_labels: Mapping[str, str] | No
     )
     return (
         "apiVersion: v1\nkind: Pod\nmetadata:\n"
-        f"  name: {name}\n  namespace: {namespace}\n  labels:\n{_labels(labels, 4)}"
+        f"  name: {json.dumps(name)}\n  namespace: {json.dumps(namespace)}\n"
+        f"  labels:\n{_labels(labels, 4)}"
         f"spec:\n  containers:\n{containers}"
     )
 
 
 def _labels(labels: Mapping[str, str], indent: int) -> str:
-    return "".join(f"{' ' * indent}{key}: {value!s}\n" for key, value in labels.items())
+    # Quoted: YAML reads a plain y or n as a boolean, as kubectl does (namespaces x, y, z).
+    pad = " " * indent
+    return "".join(f"{pad}{key}: {json.dumps(str(value))}\n" for key, value in labels.items())
 
 
 def join_documents(*documents: str) -> str:
@@ -203,7 +207,7 @@ def policy(namespace: str, name: str, spec: str) -> str:
     body = textwrap.indent(textwrap.dedent(spec).strip("\n"), "  ")
     return (
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n"
-        f"  name: {name}\n  namespace: {namespace}\nspec:\n{body}\n"
+        f"  name: {json.dumps(name)}\n  namespace: {json.dumps(namespace)}\nspec:\n{body}\n"
     )
 
 
@@ -338,7 +342,7 @@ def _only_from_other_namespace(p: Protocol) -> tuple[Step, ...]:
                 ingress:
                 - from:
                   - namespaceSelector:
-                      matchLabels: {ns: y}
+                      matchLabels: {ns: "y"}
                 """,
             )
         ),
@@ -389,7 +393,7 @@ def _namespace_match_expressions(p: Protocol) -> tuple[Step, ...]:
                 - from:
                   - namespaceSelector:
                       matchExpressions:
-                      - {key: ns, operator: In, values: [y]}
+                      - {key: ns, operator: In, values: ["y"]}
                 """,
             )
         ),
@@ -542,7 +546,7 @@ def _pod_in_other_namespace(p: Protocol) -> tuple[Step, ...]:
                 ingress:
                 - from:
                   - namespaceSelector:
-                      matchLabels: {ns: y}
+                      matchLabels: {ns: "y"}
                     podSelector:
                       matchLabels: {pod: a}
                 """,
@@ -562,7 +566,7 @@ def _allow_ns_y_on_port(name: str, selector: str, port: int, p: Protocol) -> str
         ingress:
         - from:
           - namespaceSelector:
-              matchLabels: {{ns: y}}
+              matchLabels: {{ns: "y"}}
           ports:
           - {{protocol: {p}, port: {port}}}
         """,
@@ -664,7 +668,7 @@ def _ingress_from_namespace_named_port(p: Protocol) -> tuple[Step, ...]:
                 ingress:
                 - from:
                   - namespaceSelector:
-                      matchLabels: {{ns: y}}
+                      matchLabels: {{ns: "y"}}
                   ports:
                   - {{protocol: {p}, port: {named_port(80, p)}}}
                 """,
@@ -884,7 +888,7 @@ def _client_side_egress_denial(p: Protocol) -> tuple[Step, ...]:
                 egress:
                 - to:
                   - namespaceSelector:
-                      matchLabels: {ns: y}
+                      matchLabels: {ns: "y"}
                 """,
             )
         ),
@@ -932,7 +936,7 @@ def _egress_pod_and_namespace(p: Protocol) -> tuple[Step, ...]:
                 egress:
                 - to:
                   - namespaceSelector:
-                      matchLabels: {ns: y}
+                      matchLabels: {ns: "y"}
                     podSelector:
                       matchLabels: {pod: b}
                 """,
@@ -1239,7 +1243,7 @@ def _default_ns_label_match_labels(p: Protocol) -> tuple[Step, ...]:
                 ingress:
                 - from:
                   - namespaceSelector:
-                      matchLabels: {{{METADATA_NAME}: y}}
+                      matchLabels: {{{METADATA_NAME}: "y"}}
                 """,
             )
         ),
@@ -1268,7 +1272,7 @@ def _default_ns_label_match_expressions(p: Protocol) -> tuple[Step, ...]:
                 - from:
                   - namespaceSelector:
                       matchExpressions:
-                      - {{key: {METADATA_NAME}, operator: NotIn, values: [y]}}
+                      - {{key: {METADATA_NAME}, operator: NotIn, values: ["y"]}}
                 """,
             )
         ),
@@ -1292,7 +1296,7 @@ def _end_port_80_81(p: Protocol) -> tuple[Step, ...]:
                 ingress:
                 - from:
                   - namespaceSelector:
-                      matchLabels: {{ns: y}}
+                      matchLabels: {{ns: "y"}}
                   ports:
                   - {{protocol: {p}, port: 80, endPort: 81}}
                 """,

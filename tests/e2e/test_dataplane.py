@@ -28,7 +28,7 @@ def pod(name: str, namespace: str = "x", port: int = 80) -> str:
     return f"""
 apiVersion: v1
 kind: Pod
-metadata: {{name: {name}, namespace: {namespace}, labels: {{pod: {name}}}}}
+metadata: {{name: "{name}", namespace: "{namespace}", labels: {{pod: "{name}"}}}}
 spec:
   containers:
   - name: serve
@@ -307,9 +307,9 @@ def test_new_pod_is_enforced_from_its_first_packet(lab: LabDriver) -> None:
 
 
 def test_deleting_a_namespace_removes_its_pods(lab: LabDriver) -> None:
-    lab.up(CLUSTER, "apiVersion: v1\nkind: Namespace\nmetadata: {name: y}", pod("e", "y"))
+    lab.up(CLUSTER, 'apiVersion: v1\nkind: Namespace\nmetadata: {name: "y"}', pod("e", "y"))
     assert "y/e" in lab.probe(80)
-    lab.delete("apiVersion: v1\nkind: Namespace\nmetadata: {name: y}")
+    lab.delete('apiVersion: v1\nkind: Namespace\nmetadata: {name: "y"}')
     assert "y/e" not in lab.probe(80)
     assert not [p for p in lab.pods() if p["namespace"] == "y"]
     assert not [name for name in os.listdir("/run/netns") if name == record(lab).prefix + "y-e"]

@@ -72,7 +72,7 @@ class RunningAgent:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[LabDriver, FakeApiServer, RunningAgent]]:
-    extra_namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: y}"
+    extra_namespace = 'apiVersion: v1\nkind: Namespace\nmetadata: {name: "y"}'
     with lab_session("k8s", tmp_path) as lab:
         lab.up(CLUSTER, extra_namespace, pod("c2", "y"), extra=["--no-agent"])
         record = Lab(lab.name).record()
