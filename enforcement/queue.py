@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import select
+import signal
 import socket
 import struct
 import threading
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING
 from enforcement.decide import decide
 from enforcement.firewall import MARK_ACCEPTED, MARK_HOST, MARK_KERNEL_REPLY, MARK_UNKNOWN
 from enforcement.flows import FlowTable
+from enforcement.latency import compile_quietly, prefer_decisions
 from enforcement.model import ClusterSnapshot
 from enforcement.packets import MalformedPacket, PacketInfo, parse_packet
 from enforcement.tables import AllowTables
@@ -270,14 +272,15 @@ class WorkerReport:
 
 def worker_process_main(settings: WorkerSettings, connection: Connection) -> None:
     """Entry point of a worker process (runs until the pipe closes or says stop)."""
-    import signal
-
     from enforcement.compiler import compile_tables
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    prefer_decisions()
     first: Publication = connection.recv()
-    holder = TablesHolder(compile_tables(first.snapshot, settings.node_name, first.generation))
+    holder = TablesHolder(
+        compile_quietly(compile_tables, first.snapshot, settings.node_name, first.generation)
+    )
     worker = QueueWorker(
         settings.queue_num,
         holder,
@@ -314,8 +317,10 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
                 break
             if message is None:
                 break
-            holder.current = compile_tables(
-                message.snapshot, settings.node_name, message.generation
+            snapshot, generation = message.snapshot, message.generation
+            del message  # the snapshot is frozen with the tables, not left to the collector
+            holder.current = compile_quietly(
+                compile_tables, snapshot, settings.node_name, generation
             )
             report()  # tells the runner this generation is in force here
         stop.set()
@@ -345,19 +350,34 @@ class _FlowCounts:
 
 
 class RemoteWorker:
-    """The runner's handle on a worker process; mirrors ``QueueWorker``'s stats for metrics."""
+    """The runner's handle on a worker process; mirrors ``QueueWorker``'s stats for metrics.
 
-    def __init__(self, settings: WorkerSettings, first: Publication) -> None:
+    Nothing here raises when the process is gone: ``publish`` says whether the message went,
+    ``wait_generation`` returns as soon as the process is known dead, and ``exited`` is set
+    (and ``on_exit`` called, from the report thread) when the pipe reaches end-of-file, which
+    is when the process ends, however it ends.
+    """
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        first: Publication,
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
         import multiprocessing
 
         # spawn, not fork: the runner already has threads (the source), and forking a
         # multi-threaded process can copy a held lock into the child.
         context = multiprocessing.get_context("spawn")
+        self.settings = settings
         self.queue_num = settings.queue_num
         self.stats = QueueStats()
         self.flows = _FlowCounts()
         self.bound = threading.Event()
+        self.exited = threading.Event()
+        """Set once the process is gone (pipe end-of-file, or a failed send)."""
         self.generation = first.generation
+        self._on_exit = on_exit
         self._reported = threading.Condition()
         self._connection, child = context.Pipe()
         self.process = context.Process(
@@ -368,30 +388,74 @@ class RemoteWorker:
         )
         self.process.start()
         child.close()
-        self._connection.send(first)
         self._reader = threading.Thread(target=self._read, name="worker-reports", daemon=True)
         self._reader.start()
+        self.publish(first)
 
-    def publish(self, publication: Publication) -> None:
-        self._connection.send(publication)
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def publish(self, publication: Publication) -> bool:
+        """Send ``publication``; False (and the worker marked exited) if the process is gone."""
+        if self.exited.is_set():
+            return False
+        try:
+            self._connection.send(publication)
+        except (OSError, EOFError, ValueError):  # BrokenPipeError, a closed connection
+            self._mark_exited()
+            return False
+        return True
 
     def wait_generation(self, generation: int, timeout: float) -> bool:
-        """Block until the worker decides with ``generation`` (or later) tables."""
+        """Block until the worker decides with ``generation`` (or later) tables.
+
+        False after ``timeout``, or at once when the process has exited.
+        """
         with self._reported:
-            return self._reported.wait_for(lambda: self.generation >= generation, timeout)
+            self._reported.wait_for(
+                lambda: self.generation >= generation or self.exited.is_set(), timeout
+            )
+            return self.generation >= generation and not self.exited.is_set()
+
+    def exit_description(self) -> str:
+        """How the process ended, for logs and health messages."""
+        # Reaps it: its pipe may reach end-of-file a moment before the kernel reports the exit.
+        self.process.join(2.0 if self.exited.is_set() else 0)
+        code = self.process.exitcode
+        if code is None:
+            return "lost its pipe" if self.exited.is_set() else "running"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
 
     def stop(self, timeout: float = 5.0) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             self._connection.send(None)
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
+            self.process.join(timeout)
+        with contextlib.suppress(OSError):
+            self._connection.close()
+
+    def _mark_exited(self) -> None:
+        if self.exited.is_set():
+            return
+        with self._reported:
+            self.exited.set()
+            self.bound.clear()
+            self._reported.notify_all()
+        if self._on_exit is not None:
+            self._on_exit()
 
     def _read(self) -> None:
         while True:
             try:
                 report: WorkerReport = self._connection.recv()
             except (EOFError, OSError):
+                self._mark_exited()
                 return
             self.stats.verdicts = Counter(report.verdicts)
             self.stats.errors = report.errors
