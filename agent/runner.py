@@ -15,9 +15,9 @@ One thread per source and per queue worker; this loop is the only writer of tabl
   backoff that doubles while it keeps dying. Meanwhile its queue has no listener, and the kernel
   drops what it queues there (fail-closed) or accepts it (``--fail-open``, the queue's bypass
   flag). Publishing to a dead worker never raises out of the loop.
-- Latency: compiles run with the cycle collector paused and freeze what they build
-  (``enforcement.latency``), so a packet queued meanwhile waits a switch interval, not a
-  collection of the whole heap.
+- Latency: compiles run with the cycle collector paused and freeze what they build, and the
+  previous tables are freed record by record (``enforcement.latency``), so a packet queued
+  meanwhile waits a switch interval, not a collection of the whole heap.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from enforcement.compiler import compile_tables
 from enforcement.conntrack import KernelConntrack
 from enforcement.firewall import Firewall, FirewallConfig
 from enforcement.flows import FlowTable
-from enforcement.latency import compile_quietly, prefer_decisions
+from enforcement.latency import compile_quietly, pieces_of, prefer_decisions, release_gradually
 from enforcement.model import ClusterSnapshot
 from enforcement.queue import (
     Publication,
@@ -415,6 +415,7 @@ class Agent:
             if view.revision == applied:
                 continue
             tables = self._compile(view)
+            previous = self.tables.current
             self.tables.current = tables
             self._published = Publication(view.snapshot, tables.generation)
             for slot in self.slots:
@@ -422,6 +423,11 @@ class Agent:
                     slot.worker.publish(self._published)  # a dead one is noticed below
             self._publish(view, tables)
             applied = view.revision
+            # Free the previous tables record by record, not in one C call that holds the
+            # interpreter lock while the queue thread waits (enforcement.latency).
+            records = pieces_of(previous)
+            del previous
+            release_gradually(records)
 
     def _compile(self, view: StateView) -> AllowTables:
         started = time.perf_counter()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import select
 import signal
 import socket
@@ -33,15 +34,20 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from enforcement.decide import decide
 from enforcement.firewall import MARK_ACCEPTED, MARK_HOST, MARK_KERNEL_REPLY, MARK_UNKNOWN
 from enforcement.flows import FlowTable
-from enforcement.latency import compile_quietly, prefer_decisions
+from enforcement.latency import (
+    compile_quietly,
+    pieces_of,
+    prefer_decisions,
+    release_gradually,
+)
 from enforcement.model import ClusterSnapshot
 from enforcement.packets import MalformedPacket, PacketInfo, parse_packet
 from enforcement.tables import AllowTables
@@ -254,6 +260,63 @@ class Publication:
     generation: int
 
 
+PUBLICATION_CHUNK = 1000
+"""Records (pods, policies, namespaces) per message when a snapshot is sent to a worker. The
+worker unpickles one message at a time: unpickling a whole 100k-pod snapshot in one call held
+its interpreter lock for a quarter of a second at a time (a memo of millions of entries grown
+and freed in C), while its queue thread waited."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPart:
+    """Some records of one field of the snapshot being sent (a message on the pipe)."""
+
+    field: str
+    """The ``ClusterSnapshot`` field the records belong to."""
+    records: tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationEnd:
+    """The last message of a publication: the parts sent since the previous one are the
+    whole snapshot of ``generation``."""
+
+    generation: int
+
+
+def publication_messages(publication: Publication) -> Iterator[SnapshotPart | PublicationEnd]:
+    """``publication`` as pipe messages: its snapshot's fields in chunks, then the end."""
+    snapshot = publication.snapshot
+    for each in fields(snapshot):
+        records: tuple[object, ...] = getattr(snapshot, each.name)
+        for start in range(0, len(records), PUBLICATION_CHUNK):
+            yield SnapshotPart(each.name, records[start : start + PUBLICATION_CHUNK])
+    yield PublicationEnd(publication.generation)
+
+
+def receive_publication(connection: Connection) -> Publication | None:
+    """Read messages until a publication is complete; None when told to stop or the pipe ends.
+
+    Each message is unpickled with the collector paused (enforcement.latency): a snapshot's
+    millions of objects would otherwise be walked again by every full collection.
+    """
+    parts: dict[str, list[object]] = {each.name: [] for each in fields(ClusterSnapshot)}
+    while True:
+        try:
+            data = connection.recv_bytes()  # waits without the interpreter lock
+        except (EOFError, OSError):
+            return None
+        message = compile_quietly(pickle.loads, data)
+        del data
+        if isinstance(message, SnapshotPart):
+            parts[message.field].extend(message.records)
+        elif isinstance(message, PublicationEnd):
+            whole: dict[str, Any] = {name: tuple(records) for name, records in parts.items()}
+            return Publication(ClusterSnapshot(**whole), message.generation)
+        else:
+            return None  # None: the runner says stop
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerReport:
     """What a worker process sends back about itself."""
@@ -277,7 +340,9 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     prefer_decisions()
-    first: Publication = connection.recv()
+    first = receive_publication(connection)
+    if first is None:
+        return
     holder = TablesHolder(
         compile_quietly(compile_tables, first.snapshot, settings.node_name, first.generation)
     )
@@ -310,19 +375,20 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
             connection.send(message)
 
     def receive() -> None:
-        while True:
-            try:
-                message = connection.recv()
-            except (EOFError, OSError):
-                break
-            if message is None:
-                break
-            snapshot, generation = message.snapshot, message.generation
-            del message  # the snapshot is frozen with the tables, not left to the collector
+        while (publication := receive_publication(connection)) is not None:
+            snapshot, generation = publication.snapshot, publication.generation
+            del publication
+            previous = holder.current
             holder.current = compile_quietly(
                 compile_tables, snapshot, settings.node_name, generation
             )
             report()  # tells the runner this generation is in force here
+            # The previous tables and this process's copy of the snapshot are needed no more:
+            # free them record by record.
+            records = pieces_of(previous)
+            records += [*snapshot.pods, *snapshot.policies, *snapshot.namespaces]
+            del previous, snapshot
+            release_gradually(records)
         stop.set()
 
     def reporter() -> None:
@@ -401,7 +467,8 @@ class RemoteWorker:
         if self.exited.is_set():
             return False
         try:
-            self._connection.send(publication)
+            for message in publication_messages(publication):
+                self._connection.send(message)
         except (OSError, EOFError, ValueError):  # BrokenPipeError, a closed connection
             self._mark_exited()
             return False

@@ -25,8 +25,10 @@ from enforcement.latency import (
     SWITCH_INTERVAL,
     compile_leaves_no_cycles,
     compile_quietly,
+    pieces_of,
     prefer_decisions,
     quiet_collector,
+    release_gradually,
 )
 from enforcement.model import ClusterSnapshot
 from enforcement.queue import QueueWorker, TablesHolder
@@ -115,3 +117,25 @@ def test_packets_are_decided_while_a_compile_runs(large: ClusterSnapshot) -> Non
         f"a decision waited {max(during) * 1000:.0f} ms behind a compile of "
         f"{shortest * 1000:.0f} ms (the old agent: about half of it, a full garbage collection)"
     )
+
+
+def test_pieces_of_a_structure_hold_its_records_and_change_nothing() -> None:
+    inner = {"a": (1, 2), "b": (3,)}
+    members = frozenset({b"x", b"y"})
+
+    class Holder:
+        __slots__ = ("members", "table")
+
+        def __init__(self) -> None:
+            self.table, self.members = inner, members
+
+    holder = Holder()
+    pieces = pieces_of(holder)
+    assert sorted(map(repr, pieces)) == sorted(map(repr, [(1, 2), (3,), b"x", b"y"]))
+    assert holder.table == {"a": (1, 2), "b": (3,)} and holder.members == members
+
+
+def test_release_gradually_empties_the_list() -> None:
+    records: list[object] = [object() for _ in range(100)]
+    release_gradually(records)
+    assert records == []

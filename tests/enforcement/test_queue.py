@@ -25,12 +25,16 @@ from enforcement.queue import (
     DECISION_BUCKETS_NS,
     NFQA_CFG_F_FAIL_OPEN,
     NFQA_CFG_F_GSO,
+    PUBLICATION_CHUNK,
     Publication,
     QueueWorker,
     RemoteWorker,
+    SnapshotPart,
     TablesHolder,
     WorkerSettings,
+    publication_messages,
     queue_flags_message,
+    receive_publication,
 )
 from enforcement.tables import AllowTables
 from enforcement.verdict import Reason
@@ -145,3 +149,25 @@ def test_a_dead_worker_process_is_noticed_and_publishing_to_it_never_raises(
         assert time.monotonic() - started < 10, "waited for a generation a dead worker never takes"
     finally:
         remote.stop(timeout=5)
+
+
+def test_a_publication_crosses_the_pipe_in_chunks_and_arrives_whole() -> None:
+    import multiprocessing
+
+    pods = [make_pod("x", f"p{i}", f"10.244.{i // 250}.{i % 250 + 1}") for i in range(2500)]
+    snapshot = cluster(make_namespace("x"), *pods, make_policy("x", "p", selector(pod="b")))
+    messages = list(publication_messages(Publication(snapshot, 7)))
+    assert [type(m).__name__ for m in messages].count("SnapshotPart") == 1 + 3 + 1
+    assert all(len(m.records) <= PUBLICATION_CHUNK for m in messages if isinstance(m, SnapshotPart))
+    sender, receiver = multiprocessing.Pipe()
+    writer = threading.Thread(
+        target=lambda: [sender.send(m) for m in [*messages, *messages, None]], daemon=True
+    )
+    writer.start()
+    for _ in range(2):
+        received = receive_publication(receiver)
+        assert received == Publication(snapshot, 7)
+    assert receive_publication(receiver) is None, "None tells the worker to stop"
+    sender.close()
+    assert receive_publication(receiver) is None, "so does the end of the pipe"
+    writer.join(timeout=5)
