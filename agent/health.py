@@ -283,13 +283,20 @@ class HealthServer:
                     connection = self._connections.get(sock)  # type: ignore[call-overload]
                     if connection is None:
                         continue
-                    if connection.draining:
-                        self._drain(connection)
-                    elif events & selectors.EVENT_READ and connection.outgoing is None:
-                        self._read(connection)
-                    elif events & selectors.EVENT_WRITE:
-                        self._write(connection)
+                    try:
+                        self._service(connection, events)
+                    except Exception:  # one bad connection must not end the server
+                        log.exception("health: error serving a connection")
+                        self._drop(connection)
             self._expire()
+
+    def _service(self, connection: _Connection, events: int) -> None:
+        if connection.draining:
+            self._drain(connection)
+        elif events & selectors.EVENT_READ and connection.outgoing is None:
+            self._read(connection)
+        elif events & selectors.EVENT_WRITE:
+            self._write(connection)
 
     def _next_timeout(self) -> float:
         if not self._connections:
@@ -356,7 +363,12 @@ class HealthServer:
             if len(connection.received) >= MAX_REQUEST_HEAD:
                 self._respond(connection, 431, b"request head too large\n")
             return
-        self._respond(connection, *self._answer(bytes(connection.received[:head_end])))
+        try:
+            answer = self._answer(bytes(connection.received[:head_end]))
+        except Exception:  # a failing collector must not take the probes down with it
+            log.exception("health: error answering a request")
+            answer = (500, b"internal error, see the agent's log\n", "text/plain")
+        self._respond(connection, *answer)
 
     def _answer(self, head: bytes) -> tuple[int, bytes, str]:
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")

@@ -263,3 +263,28 @@ def test_parse_allow(values: list[str], expected: tuple[object, ...]) -> None:
 def test_parse_allow_names_the_bad_value() -> None:
     with pytest.raises(ValueError, match=r"'10\.0\.0\.300/8'"):
         parse_allow(["10.0.0.300/8"])
+
+
+class BrokenStats:
+    """A source whose counters fail: stands for any error while collecting metrics."""
+
+    def stats(self) -> dict[str, object]:
+        raise RuntimeError("boom")
+
+
+def test_a_failing_metric_answers_500_and_the_server_keeps_serving(
+    served: tuple[Agent, str],
+) -> None:
+    agent, base = served
+    agent.source = BrokenStats()  # type: ignore[assignment]
+    status, body = get(f"{base}/metrics")
+    assert status == 500 and "internal error" in body
+    assert get(f"{base}/healthz") == (200, "ok\n")
+
+
+def test_serves_on_an_ipv6_address(tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    agent = make_agent(tmp_path)
+    with serving(agent, HealthConfig(address="::1", port=0)) as server:
+        assert get(f"http://[::1]:{server.port}/healthz") == (200, "ok\n")
