@@ -139,3 +139,21 @@ def test_release_gradually_empties_the_list() -> None:
     records: list[object] = [object() for _ in range(100)]
     release_gradually(records)
     assert records == []
+
+
+class Cycle:
+    """An object in a reference cycle with itself."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_young_cycles_are_collected_before_a_compile_not_frozen() -> None:
+    import weakref
+
+    gc.enable()
+    garbage = Cycle()
+    alive = weakref.ref(garbage)
+    del garbage  # unreachable, but only the cycle collector can free it
+    compile_quietly(lambda: None)
+    assert alive() is None, "the cycle was frozen instead of collected"
