@@ -274,6 +274,8 @@ class SnapshotPart:
     field: str
     """The ``ClusterSnapshot`` field the records belong to."""
     records: tuple[object, ...]
+    whole: bool = False
+    """The field is no tuple of records: ``records`` holds its one value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,9 +290,12 @@ def publication_messages(publication: Publication) -> Iterator[SnapshotPart | Pu
     """``publication`` as pipe messages: its snapshot's fields in chunks, then the end."""
     snapshot = publication.snapshot
     for each in fields(snapshot):
-        records: tuple[object, ...] = getattr(snapshot, each.name)
-        for start in range(0, len(records), PUBLICATION_CHUNK):
-            yield SnapshotPart(each.name, records[start : start + PUBLICATION_CHUNK])
+        value = getattr(snapshot, each.name)
+        if not isinstance(value, tuple):
+            yield SnapshotPart(each.name, (value,), whole=True)
+            continue
+        for start in range(0, len(value), PUBLICATION_CHUNK):
+            yield SnapshotPart(each.name, value[start : start + PUBLICATION_CHUNK])
     yield PublicationEnd(publication.generation)
 
 
@@ -301,6 +306,7 @@ def receive_publication(connection: Connection) -> Publication | None:
     millions of objects would otherwise be walked again by every full collection.
     """
     parts: dict[str, list[object]] = {each.name: [] for each in fields(ClusterSnapshot)}
+    wholes: dict[str, object] = {}
     while True:
         try:
             data = connection.recv_bytes()  # waits without the interpreter lock
@@ -308,11 +314,14 @@ def receive_publication(connection: Connection) -> Publication | None:
             return None
         message = compile_quietly(pickle.loads, data)
         del data
-        if isinstance(message, SnapshotPart):
+        if isinstance(message, SnapshotPart) and message.whole:
+            wholes[message.field] = message.records[0]
+        elif isinstance(message, SnapshotPart):
             parts[message.field].extend(message.records)
         elif isinstance(message, PublicationEnd):
-            whole: dict[str, Any] = {name: tuple(records) for name, records in parts.items()}
-            return Publication(ClusterSnapshot(**whole), message.generation)
+            values: dict[str, Any] = {name: tuple(records) for name, records in parts.items()}
+            values.update(wholes)
+            return Publication(ClusterSnapshot(**values), message.generation)
         else:
             return None  # None: the runner says stop
 
@@ -385,8 +394,7 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
             report()  # tells the runner this generation is in force here
             # The previous tables and this process's copy of the snapshot are needed no more:
             # free them record by record.
-            records = pieces_of(previous)
-            records += [*snapshot.pods, *snapshot.policies, *snapshot.namespaces]
+            records = pieces_of(previous) + pieces_of(snapshot)
             del previous, snapshot
             release_gradually(records)
         stop.set()

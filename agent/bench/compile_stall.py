@@ -170,7 +170,7 @@ def measure(pods: int, old: bool, emit: Callable[[str], None] = print) -> None:
                 else:  # as the runner and worker_process_main free them
                     records = pieces_of(previous)
                     if phase == "worker":
-                        records += [*received.pods, *received.policies, *received.namespaces]
+                        records += pieces_of(received)
                     del previous, received
                     release_gradually(records)
                 ended = time.perf_counter()
