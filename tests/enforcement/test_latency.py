@@ -111,11 +111,15 @@ def test_packets_are_decided_while_a_compile_runs(large: ClusterSnapshot) -> Non
         done.set()
         thread.join(timeout=10)
     during = [wait for at, wait in waits if any(a < at < b for a, b in spans)]
-    shortest = min(b - a for a, b in spans)
     assert len(during) > 10, "the queue thread decided nothing while the compiles ran"
-    assert max(during) < shortest / 4, (
-        f"a decision waited {max(during) * 1000:.0f} ms behind a compile of "
-        f"{shortest * 1000:.0f} ms (the old agent: about half of it, a full garbage collection)"
+    # Time the queue thread spent waiting for the lock, counting only waits longer than 5 ms
+    # (short ones are the switch interval and scheduling), as a share of the compiles' time.
+    # The old agent: about half (full garbage collections holding the lock); now a few %.
+    blocked = sum(wait for wait in during if wait > 0.005)
+    compiling = sum(b - a for a, b in spans)
+    assert blocked < compiling / 4, (
+        f"the queue thread waited {blocked * 1000:.0f} ms in long waits during "
+        f"{compiling * 1000:.0f} ms of compiles (longest {max(during) * 1000:.0f} ms)"
     )
 
 
