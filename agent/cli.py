@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from enforcement.verdict import Verdict
 
 from agent.bench import add_bench_parser, run_bench
+from agent.health import DEFAULT_HEALTH_PORT
 
 PROBE_PROTOCOLS = ("TCP", "UDP")
 
@@ -236,11 +237,24 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     run.add_argument(
         "--health-port",
         type=int,
-        default=9099,
-        help="port of /healthz, /readyz and /metrics (default 9099; 0 turns them off)",
+        default=DEFAULT_HEALTH_PORT,
+        help=f"port of /healthz, /readyz and /metrics (default {DEFAULT_HEALTH_PORT}; 0 turns "
+        "them off)",
     )
     run.add_argument(
-        "--health-address", default="0.0.0.0", help="address to serve them on (default all)"
+        "--health-address",
+        default="0.0.0.0",
+        help="address to serve them on (default 0.0.0.0: all of the node's IPv4 addresses, "
+        "which the kubelet's probes and scrapers from other nodes need; :: for IPv6 too)",
+    )
+    run.add_argument(
+        "--health-allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="only these sources may connect (repeatable, e.g. the Prometheus pods' range); "
+        "others are closed without an answer. The node itself is always allowed. Default: "
+        "any source. A NetworkPolicy cannot protect this port: it is on the host network",
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -296,7 +310,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.health import HealthServer
+    from agent.health import HealthConfig, HealthServer, parse_allow
     from agent.runner import Agent, AgentConfig
     from agent.sources import Source
     from enforcement.firewall import FirewallConfig
@@ -305,6 +319,13 @@ def _run(args: argparse.Namespace) -> int:
     log = logging.getLogger("netpol-agent")
     if not args.node_name:
         log.error("no node name: pass --node-name or set NODE_NAME")
+        return 2
+    try:
+        health_config = HealthConfig(
+            address=args.health_address, port=args.health_port, allow=parse_allow(args.health_allow)
+        )
+    except ValueError as error:
+        log.error("%s", error)
         return 2
     source: Source
     if args.source == "lab":
@@ -360,7 +381,7 @@ def _run(args: argparse.Namespace) -> int:
     health = None
     try:
         if args.health_port:
-            health = HealthServer(agent, args.health_address, args.health_port).start()
+            health = HealthServer(agent, health_config).start()
         agent.run(stop)
     except Exception:
         log.exception("the agent failed")

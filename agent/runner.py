@@ -10,6 +10,14 @@ One thread per source and per queue worker; this loop is the only writer of tabl
   more, and never compiles more often than that.
 - Publishing: new tables are published to the queue workers by swapping one reference before the
   address sets change, so a packet that newly reaches the queue always meets tables that know why.
+- Supervision: a queue worker (thread or process) that ends is reported down (``/readyz`` and
+  ``/healthz`` answer 503 naming its queue) and restarted with the current snapshot after a
+  backoff that doubles while it keeps dying. Meanwhile its queue has no listener, and the kernel
+  drops what it queues there (fail-closed) or accepts it (``--fail-open``, the queue's bypass
+  flag). Publishing to a dead worker never raises out of the loop.
+- Latency: compiles run with the cycle collector paused and freeze what they build, and the
+  previous tables are freed record by record (``enforcement.latency``), so a packet queued
+  meanwhile waits a switch interval, not a collection of the whole heap.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from enforcement.compiler import compile_tables
 from enforcement.conntrack import Revoker
 from enforcement.firewall import Firewall, FirewallConfig, FirewallError
 from enforcement.flows import FlowTable
+from enforcement.latency import compile_quietly, pieces_of, prefer_decisions, release_gradually
 from enforcement.model import ClusterSnapshot
 from enforcement.queue import (
     Publication,
@@ -43,6 +52,13 @@ from enforcement.queue import (
 from enforcement.tables import AllowTables
 
 log = logging.getLogger(__name__)
+
+RESTART_BACKOFF = 0.5
+"""Seconds before a dead queue worker's first restart; doubled for each further failure."""
+RESTART_BACKOFF_MAX = 30.0
+"""The longest wait between restarts (the kubelet's own back-off starts at 10 s, caps at 5 min)."""
+STABLE_AFTER = 60.0
+"""Seconds a restarted worker must stay bound before its back-off starts from the beginning."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +101,13 @@ class AgentStatus:
     """This node's pod ranges the new-pod guard covers (``--pod-cidr`` or the Node's); empty:
     the guard is off."""
     errors: list[str] = field(default_factory=list)
+    workers_down: list[str] = field(default_factory=list)
+    """Queue workers that are not deciding: which queue, why, and when it restarts."""
+    worker_restarts: int = 0
+    """Queue workers restarted since the agent started."""
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    """Per queue: its number, the worker's pid, whether it is deciding, its restarts and the
+    generation of the tables it decides with."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -101,8 +124,44 @@ class AgentStatus:
             "revoked": self.revoked,
             "pod_cidrs": self.pod_cidrs,
             "errors": self.errors,
+            "workers_down": self.workers_down,
+            "worker_restarts": self.worker_restarts,
+            "workers": self.workers,
             "pid": os.getpid(),
         }
+
+
+@dataclass(slots=True)
+class WorkerSlot:
+    """One queue and the worker deciding it, as the runner supervises it."""
+
+    worker: QueueWorker | RemoteWorker
+    thread: threading.Thread | None = None
+    """The thread serving the queue (single-queue mode); None for a worker process."""
+    error: str | None = None
+    """Why the thread ended (its exception), for the health message."""
+    down_since: float | None = None
+    """Monotonic time the worker was found dead; None while it is up (or starting)."""
+    restart_at: float = 0.0
+    """Monotonic time of the next restart, while down."""
+    failures: int = 0
+    """Deaths since the worker last stayed up for ``STABLE_AFTER`` seconds (the back-off)."""
+    restarts: int = 0
+    """Restarts of this queue's worker since the agent started."""
+    started: float = 0.0
+    """Monotonic time of the last (re)start."""
+    reason: str = ""
+    """How the worker last ended."""
+
+    @property
+    def queue_num(self) -> int:
+        return self.worker.queue_num
+
+    @property
+    def alive(self) -> bool:
+        if isinstance(self.worker, RemoteWorker):
+            return not self.worker.exited.is_set() and self.worker.process.is_alive()
+        return self.thread is not None and self.thread.is_alive()
 
 
 class Agent:
@@ -123,15 +182,43 @@ class Agent:
         self._dirty = threading.Event()
         self.state = ClusterState(on_change=self._dirty.set)
         self.tables = TablesHolder(compile_tables(ClusterSnapshot(), config.node_name, 0))
-        self.workers: list[QueueWorker | RemoteWorker] = []
+        self.slots: list[WorkerSlot] = []
         """One per queue: a thread with one queue, processes with ``--queue-workers`` > 1."""
         self.ready = threading.Event()
         """Set once enforcement is active (for readiness probes)."""
         self.heartbeat = time.monotonic()
         """When the sync loop last turned (for liveness probes)."""
+        self._published = Publication(ClusterSnapshot(), 0)
+        """The snapshot and generation in force: what a restarted worker starts from."""
+        self._stop = threading.Event()
+        self._worker_states: tuple[tuple[int, int, bool, bool], ...] = ()
+        """What the status file last said about the workers (queue, restarts, up, bound)."""
+
+    @property
+    def workers(self) -> list[QueueWorker | RemoteWorker]:
+        """The queue workers, for metrics."""
+        return [slot.worker for slot in self.slots]
+
+    def workers_down(self) -> list[str]:
+        """One line per queue whose worker is not deciding (read by the health endpoints)."""
+        now = time.monotonic()
+        lines = []
+        for slot in list(self.slots):
+            if slot.down_since is not None:
+                lines.append(
+                    f"queue {slot.queue_num}: worker down ({slot.reason}), restart "
+                    f"{slot.restarts + 1} in {max(0.0, slot.restart_at - now):.1f}s"
+                )
+            elif slot.restarts and not slot.worker.bound.is_set():
+                lines.append(
+                    f"queue {slot.queue_num}: worker restarted ({slot.reason}), not bound yet"
+                )
+        return lines
 
     def run(self, stop: threading.Event) -> None:
         """Enforce until ``stop`` is set. Raises only for set-up failures (no rules, no queue)."""
+        self._stop = stop
+        prefer_decisions()
         threads = [
             threading.Thread(
                 target=self.source.run, args=(self.state, stop), name="source", daemon=True
@@ -144,15 +231,17 @@ class Agent:
             if stop.wait(0.02):
                 return
         try:
-            self._start_enforcing(stop, threads)
-            self._sync_loop(stop)
+            applied = self._start_enforcing(stop)
+            self._sync_loop(stop, applied)
         finally:
             stop.set()
             for thread in threads:
                 thread.join(timeout=5)
-            for worker in self.workers:
-                if isinstance(worker, RemoteWorker):
-                    worker.stop()
+            for slot in self.slots:
+                if slot.thread is not None:
+                    slot.thread.join(timeout=5)
+                if isinstance(slot.worker, RemoteWorker):
+                    slot.worker.stop()
             if self.config.removes_rules_on_exit:
                 log.info("removing the agent's rules (clean exit)")
                 self.firewall.remove()
@@ -162,23 +251,26 @@ class Agent:
             self.status.ready = False
             self._write_status()
 
-    def _start_enforcing(self, stop: threading.Event, threads: list[threading.Thread]) -> None:
+    def _start_enforcing(self, stop: threading.Event) -> int:
+        """Compile, bind the queues, fill the sets; returns the state revision now in force."""
         view = self.state.view()
         tables = self._compile(view)
         self.tables.current = tables
+        self._published = Publication(view.snapshot, tables.generation)
         self.firewall.install()
         if self.config.firewall.queue_count > 1:
-            self._start_worker_processes(Publication(view.snapshot, tables.generation))
+            self._start_worker_processes(self._published)
         else:
-            self._start_worker_thread(stop, threads)
-        for worker in self.workers:
-            if not worker.bound.wait(30):
-                raise RuntimeError(f"could not bind NFQUEUE {worker.queue_num}")
+            self._start_worker_thread()
+        for slot in self.slots:
+            if not slot.worker.bound.wait(30):
+                raise RuntimeError(f"could not bind NFQUEUE {slot.queue_num}")
         self._publish(view, tables)
         self.ready.set()
         log.info("enforcing on node %s", self.config.node_name)
+        return view.revision
 
-    def _start_worker_thread(self, stop: threading.Event, threads: list[threading.Thread]) -> None:
+    def _start_worker_thread(self) -> None:
         config = self.config.firewall
         worker = QueueWorker(
             config.queue_num,
@@ -189,12 +281,29 @@ class Agent:
             max_len=self.config.queue_max_len,
             tracer=self.tracer,
         )
-        thread = threading.Thread(
-            target=worker.serve, args=(stop,), name=f"queue-{worker.queue_num}", daemon=True
-        )
-        thread.start()
-        threads.append(thread)
-        self.workers.append(worker)
+        slot = WorkerSlot(worker)
+        self.slots.append(slot)
+        self._serve_in_thread(slot)
+
+    def _serve_in_thread(self, slot: WorkerSlot) -> None:
+        worker = slot.worker
+        assert isinstance(worker, QueueWorker)
+
+        def serve() -> None:
+            try:
+                worker.serve(self._stop)
+            except Exception as error:  # reported and restarted by the sync loop
+                slot.error = f"{type(error).__name__}: {error}"
+                log.exception("the queue %d thread failed", worker.queue_num)
+            else:
+                slot.error = "returned"
+            finally:
+                self._dirty.set()  # wakes the sync loop, which notices the thread is gone
+
+        slot.error = None
+        slot.started = time.monotonic()
+        slot.thread = threading.Thread(target=serve, name=f"queue-{worker.queue_num}", daemon=True)
+        slot.thread.start()
 
     def _start_worker_processes(self, first: Publication) -> None:
         config = self.config.firewall
@@ -208,10 +317,97 @@ class Agent:
                 max_flows=self.config.max_flows,
                 node_name=self.config.node_name,
             )
-            self.workers.append(RemoteWorker(settings, first))
+            slot = WorkerSlot(RemoteWorker(settings, first, on_exit=self._dirty.set))
+            slot.started = time.monotonic()
+            self.slots.append(slot)
 
-    def _sync_loop(self, stop: threading.Event) -> None:
-        applied = self.state.revision
+    def _supervise(self) -> None:
+        """Notice dead workers and restart those whose back-off has passed (sync loop only)."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if self._stop.is_set():
+                return
+            if slot.down_since is None:
+                if slot.alive:
+                    if slot.failures and now - slot.started >= STABLE_AFTER:
+                        slot.failures = 0
+                    continue
+                slot.reason = self._how_it_ended(slot)
+                slot.failures += 1
+                slot.down_since = now
+                delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (slot.failures - 1))
+                slot.restart_at = now + delay
+                log.error(
+                    "queue %d worker %s; its queue has no listener (%s) until it restarts in %.1fs",
+                    slot.queue_num,
+                    slot.reason,
+                    "accepted" if self.config.firewall.fail_open else "dropped",
+                    delay,
+                )
+            elif now >= slot.restart_at:
+                self._restart(slot)
+        states = tuple(
+            (slot.queue_num, slot.restarts, slot.down_since is None, slot.worker.bound.is_set())
+            for slot in self.slots
+        )
+        if states != self._worker_states:  # written when a worker dies, restarts or binds
+            self._worker_states = states
+            self.status.workers_down = self.workers_down()
+            self.status.workers = self._worker_summaries()
+            self._write_status()
+
+    def _worker_summaries(self) -> list[dict[str, Any]]:
+        summaries = []
+        for slot in self.slots:
+            worker = slot.worker
+            summaries.append(
+                {
+                    "queue": slot.queue_num,
+                    "pid": worker.pid if isinstance(worker, RemoteWorker) else os.getpid(),
+                    "up": slot.down_since is None and worker.bound.is_set(),
+                    "restarts": slot.restarts,
+                    "generation": worker.generation
+                    if isinstance(worker, RemoteWorker)
+                    else self.tables.current.generation,
+                }
+            )
+        return summaries
+
+    def _how_it_ended(self, slot: WorkerSlot) -> str:
+        if isinstance(slot.worker, RemoteWorker):
+            return f"process {slot.worker.pid} {slot.worker.exit_description()}"
+        return f"thread ended: {slot.error or 'unknown'}"
+
+    def _restart(self, slot: WorkerSlot) -> None:
+        slot.restarts += 1
+        self.status.worker_restarts += 1
+        log.warning("restarting the queue %d worker (restart %d)", slot.queue_num, slot.restarts)
+        old = slot.worker
+        if isinstance(old, RemoteWorker):
+            old.stop(timeout=1.0)
+            try:
+                slot.worker = RemoteWorker(old.settings, self._published, on_exit=self._dirty.set)
+            except OSError as error:  # no process could start: try again after the back-off
+                slot.reason = f"could not start a process: {error}"
+                slot.restart_at = time.monotonic() + RESTART_BACKOFF_MAX
+                return
+            slot.started = time.monotonic()
+        else:
+            self._serve_in_thread(slot)
+        slot.down_since = None
+
+    def _next_wait(self) -> float:
+        """Seconds the sync loop may sleep: until the next restart is due, at most 0.5."""
+        due = [slot.restart_at for slot in self.slots if slot.down_since is not None]
+        if not due:
+            return 0.5
+        return max(0.01, min(0.5, min(due) - time.monotonic()))
+
+    def _sync_loop(self, stop: threading.Event, applied: int) -> None:
+        """Compile and publish every change after revision ``applied`` (the one in force).
+
+        Not the state's revision when the loop starts: a change that landed while the first
+        tables were being installed would count as applied and wait for the next one."""
         next_check = time.monotonic() + self.config.jump_check_interval
         while not stop.is_set():
             self.heartbeat = time.monotonic()
@@ -219,7 +415,8 @@ class Agent:
                 next_check = self.heartbeat + self.config.jump_check_interval
                 for where in self.firewall.ensure_first():
                     log.warning("another rule had been put above the agent's jump in %s", where)
-            if not self._dirty.wait(0.5):
+            self._supervise()
+            if not self._dirty.wait(self._next_wait()):
                 continue
             # Let a burst of changes land before compiling it once.
             time.sleep(self.config.settle)
@@ -228,28 +425,40 @@ class Agent:
             if view.revision == applied:
                 continue
             tables = self._compile(view)
+            previous = self.tables.current
             self.tables.current = tables
-            for worker in self.workers:
-                if isinstance(worker, RemoteWorker):
-                    worker.publish(Publication(view.snapshot, tables.generation))
+            self._published = Publication(view.snapshot, tables.generation)
+            for slot in self.slots:
+                if isinstance(slot.worker, RemoteWorker) and slot.down_since is None:
+                    slot.worker.publish(self._published)  # a dead one is noticed below
             self._publish(view, tables)
             applied = view.revision
+            # Free the previous tables record by record, not in one C call that holds the
+            # interpreter lock while the queue thread waits (enforcement.latency).
+            records = pieces_of(previous)
+            del previous
+            release_gradually(records)
 
     def _compile(self, view: StateView) -> AllowTables:
         started = time.perf_counter()
         generation = self.tables.current.generation + 1
-        tables = compile_tables(view.snapshot, self.config.node_name, generation)
+        tables = compile_quietly(compile_tables, view.snapshot, self.config.node_name, generation)
         self.status.compile_seconds = time.perf_counter() - started
         return tables
 
     def _publish(self, view: StateView, tables: AllowTables) -> None:
         started = time.perf_counter()
-        for worker in self.workers:
-            if isinstance(worker, RemoteWorker) and not worker.wait_generation(
-                tables.generation, timeout=30
+        for slot in self.slots:
+            worker = slot.worker
+            if (
+                isinstance(worker, RemoteWorker)
+                and slot.down_since is None
+                and not worker.wait_generation(tables.generation, timeout=30)
             ):
-                log.error("queue worker %d did not take generation %d", worker.queue_num,
+                what = "exited before taking" if worker.exited.is_set() else "did not take"
+                log.error("queue worker %d %s generation %d", worker.queue_num, what,
                           tables.generation)  # fmt: skip
+        self._supervise()
         isolated = tables.isolated_local_addresses()
         self.firewall.sync(isolated, self._known(view, tables))
         ranges_problem = None if view.pod_ranges is None else self._guard(view.pod_ranges)
@@ -273,6 +482,8 @@ class Agent:
         status.last_sync_seconds = time.perf_counter() - started
         status.syncs += 1
         status.errors = [error.message for error in self.state.errors()]
+        status.workers_down = self.workers_down()
+        status.workers = self._worker_summaries()
         for message in status.errors:
             log.warning("%s", message)
         status.pod_cidrs = list(self.firewall.config.pod_cidrs)

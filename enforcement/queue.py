@@ -25,21 +25,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import select
+import signal
 import socket
 import struct
 import threading
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from enforcement.decide import decide
 from enforcement.firewall import MARK_ACCEPTED, MARK_HOST, MARK_KERNEL_REPLY, MARK_UNKNOWN
 from enforcement.flows import FlowTable
+from enforcement.latency import (
+    compile_quietly,
+    pieces_of,
+    prefer_decisions,
+    release_gradually,
+)
 from enforcement.model import ClusterSnapshot
 from enforcement.packets import MalformedPacket, PacketInfo, parse_packet
 from enforcement.tables import AllowTables
@@ -252,6 +260,72 @@ class Publication:
     generation: int
 
 
+PUBLICATION_CHUNK = 1000
+"""Records (pods, policies, namespaces) per message when a snapshot is sent to a worker. The
+worker unpickles one message at a time: unpickling a whole 100k-pod snapshot in one call held
+its interpreter lock for a quarter of a second at a time (a memo of millions of entries grown
+and freed in C), while its queue thread waited."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPart:
+    """Some records of one field of the snapshot being sent (a message on the pipe)."""
+
+    field: str
+    """The ``ClusterSnapshot`` field the records belong to."""
+    records: tuple[object, ...]
+    whole: bool = False
+    """The field is no tuple of records: ``records`` holds its one value."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationEnd:
+    """The last message of a publication: the parts sent since the previous one are the
+    whole snapshot of ``generation``."""
+
+    generation: int
+
+
+def publication_messages(publication: Publication) -> Iterator[SnapshotPart | PublicationEnd]:
+    """``publication`` as pipe messages: its snapshot's fields in chunks, then the end."""
+    snapshot = publication.snapshot
+    for each in fields(snapshot):
+        value = getattr(snapshot, each.name)
+        if not isinstance(value, tuple):
+            yield SnapshotPart(each.name, (value,), whole=True)
+            continue
+        for start in range(0, len(value), PUBLICATION_CHUNK):
+            yield SnapshotPart(each.name, value[start : start + PUBLICATION_CHUNK])
+    yield PublicationEnd(publication.generation)
+
+
+def receive_publication(connection: Connection) -> Publication | None:
+    """Read messages until a publication is complete; None when told to stop or the pipe ends.
+
+    Each message is unpickled with the collector paused (enforcement.latency): a snapshot's
+    millions of objects would otherwise be walked again by every full collection.
+    """
+    parts: dict[str, list[object]] = {each.name: [] for each in fields(ClusterSnapshot)}
+    wholes: dict[str, object] = {}
+    while True:
+        try:
+            data = connection.recv_bytes()  # waits without the interpreter lock
+        except (EOFError, OSError):
+            return None
+        message = compile_quietly(pickle.loads, data)
+        del data
+        if isinstance(message, SnapshotPart) and message.whole:
+            wholes[message.field] = message.records[0]
+        elif isinstance(message, SnapshotPart):
+            parts[message.field].extend(message.records)
+        elif isinstance(message, PublicationEnd):
+            values: dict[str, Any] = {name: tuple(records) for name, records in parts.items()}
+            values.update(wholes)
+            return Publication(ClusterSnapshot(**values), message.generation)
+        else:
+            return None  # None: the runner says stop
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerReport:
     """What a worker process sends back about itself."""
@@ -270,14 +344,17 @@ class WorkerReport:
 
 def worker_process_main(settings: WorkerSettings, connection: Connection) -> None:
     """Entry point of a worker process (runs until the pipe closes or says stop)."""
-    import signal
-
     from enforcement.compiler import compile_tables
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    first: Publication = connection.recv()
-    holder = TablesHolder(compile_tables(first.snapshot, settings.node_name, first.generation))
+    prefer_decisions()
+    first = receive_publication(connection)
+    if first is None:
+        return
+    holder = TablesHolder(
+        compile_quietly(compile_tables, first.snapshot, settings.node_name, first.generation)
+    )
     worker = QueueWorker(
         settings.queue_num,
         holder,
@@ -307,17 +384,19 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
             connection.send(message)
 
     def receive() -> None:
-        while True:
-            try:
-                message = connection.recv()
-            except (EOFError, OSError):
-                break
-            if message is None:
-                break
-            holder.current = compile_tables(
-                message.snapshot, settings.node_name, message.generation
+        while (publication := receive_publication(connection)) is not None:
+            snapshot, generation = publication.snapshot, publication.generation
+            del publication
+            previous = holder.current
+            holder.current = compile_quietly(
+                compile_tables, snapshot, settings.node_name, generation
             )
             report()  # tells the runner this generation is in force here
+            # The previous tables and this process's copy of the snapshot are needed no more:
+            # free them record by record.
+            records = pieces_of(previous) + pieces_of(snapshot)
+            del previous, snapshot
+            release_gradually(records)
         stop.set()
 
     def reporter() -> None:
@@ -345,19 +424,34 @@ class _FlowCounts:
 
 
 class RemoteWorker:
-    """The runner's handle on a worker process; mirrors ``QueueWorker``'s stats for metrics."""
+    """The runner's handle on a worker process; mirrors ``QueueWorker``'s stats for metrics.
 
-    def __init__(self, settings: WorkerSettings, first: Publication) -> None:
+    Nothing here raises when the process is gone: ``publish`` says whether the message went,
+    ``wait_generation`` returns as soon as the process is known dead, and ``exited`` is set
+    (and ``on_exit`` called, from the report thread) when the pipe reaches end-of-file, which
+    is when the process ends, however it ends.
+    """
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        first: Publication,
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
         import multiprocessing
 
         # spawn, not fork: the runner already has threads (the source), and forking a
         # multi-threaded process can copy a held lock into the child.
         context = multiprocessing.get_context("spawn")
+        self.settings = settings
         self.queue_num = settings.queue_num
         self.stats = QueueStats()
         self.flows = _FlowCounts()
         self.bound = threading.Event()
+        self.exited = threading.Event()
+        """Set once the process is gone (pipe end-of-file, or a failed send)."""
         self.generation = first.generation
+        self._on_exit = on_exit
         self._reported = threading.Condition()
         self._connection, child = context.Pipe()
         self.process = context.Process(
@@ -368,30 +462,75 @@ class RemoteWorker:
         )
         self.process.start()
         child.close()
-        self._connection.send(first)
         self._reader = threading.Thread(target=self._read, name="worker-reports", daemon=True)
         self._reader.start()
+        self.publish(first)
 
-    def publish(self, publication: Publication) -> None:
-        self._connection.send(publication)
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def publish(self, publication: Publication) -> bool:
+        """Send ``publication``; False (and the worker marked exited) if the process is gone."""
+        if self.exited.is_set():
+            return False
+        try:
+            for message in publication_messages(publication):
+                self._connection.send(message)
+        except (OSError, EOFError, ValueError):  # BrokenPipeError, a closed connection
+            self._mark_exited()
+            return False
+        return True
 
     def wait_generation(self, generation: int, timeout: float) -> bool:
-        """Block until the worker decides with ``generation`` (or later) tables."""
+        """Block until the worker decides with ``generation`` (or later) tables.
+
+        False after ``timeout``, or at once when the process has exited.
+        """
         with self._reported:
-            return self._reported.wait_for(lambda: self.generation >= generation, timeout)
+            self._reported.wait_for(
+                lambda: self.generation >= generation or self.exited.is_set(), timeout
+            )
+            return self.generation >= generation and not self.exited.is_set()
+
+    def exit_description(self) -> str:
+        """How the process ended, for logs and health messages."""
+        # Reaps it: its pipe may reach end-of-file a moment before the kernel reports the exit.
+        self.process.join(2.0 if self.exited.is_set() else 0)
+        code = self.process.exitcode
+        if code is None:
+            return "lost its pipe" if self.exited.is_set() else "running"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
 
     def stop(self, timeout: float = 5.0) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             self._connection.send(None)
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
+            self.process.join(timeout)
+        with contextlib.suppress(OSError):
+            self._connection.close()
+
+    def _mark_exited(self) -> None:
+        if self.exited.is_set():
+            return
+        with self._reported:
+            self.exited.set()
+            self.bound.clear()
+            self._reported.notify_all()
+        if self._on_exit is not None:
+            self._on_exit()
 
     def _read(self) -> None:
         while True:
             try:
                 report: WorkerReport = self._connection.recv()
             except (EOFError, OSError):
+                self._mark_exited()
                 return
             self.stats.verdicts = Counter(report.verdicts)
             self.stats.errors = report.errors

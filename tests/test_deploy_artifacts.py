@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.health import DEFAULT_HEALTH_PORT
 from enforcement.firewall import Firewall, FirewallConfig
 
 try:
@@ -40,7 +41,6 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 GUIDES = {"kind": ROOT / "docs" / "kind.md", "minikube": ROOT / "docs" / "minikube.md"}
 
 IMAGE = "ghcr.io/netpol-agent/netpol-agent:0.1.0"
-DEFAULT_HEALTH_PORT = 9099
 OLDEST_KUBERNETES = "1.29.0"
 """The oldest API version the manifests must stay valid for (the client library's floor)."""
 

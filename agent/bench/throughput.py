@@ -62,6 +62,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from agent.health import DEFAULT_HEALTH_PORT
+
 if TYPE_CHECKING:
     from agent.lab.lab import Lab
     from enforcement.model import ClusterSnapshot
@@ -81,7 +83,7 @@ NAMESPACE = "bench"
 CLIENT, SERVER, OTHER = f"{NAMESPACE}/client", f"{NAMESPACE}/server", f"{NAMESPACE}/other"
 IPERF_PORT = 5201
 HTTP_PORT = 80
-METRICS_PORT = 9099
+METRICS_PORT = DEFAULT_HEALTH_PORT
 """The lab's agents serve /metrics here, inside the node namespace."""
 
 MANIFEST = f"""\
