@@ -127,6 +127,12 @@ class AgentCollector(Collector):
             ("ready", "1 when enforcement is active.", 1.0 if agent.ready.is_set() else 0.0),
             ("generation", "Generation of the tables in force.", status.generation),
             ("pods", "Pods known in the cluster.", status.pods),
+            (
+                "unreadable_pods",
+                "Pods whose objects could not be read, enforced as unknown endpoints (all "
+                "their traffic denied on their node).",
+                status.unreadable_pods,
+            ),
             ("local_addresses", "Addresses of this node's pods.", status.local_pods),
             (
                 "isolated_addresses",
@@ -151,6 +157,12 @@ class AgentCollector(Collector):
             f"{PREFIX}_revoked_connections",
             "Established connections cut because a policy change denied them.",
             value=status.revoked,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_spoofed_packets",
+            "Packets dropped because their source address does not belong to the interface they "
+            "came from (--anti-spoofing; read from the rules' counters every few seconds).",
+            value=status.spoofed_packets,
         )
         yield from self._source_metrics()
 

@@ -89,6 +89,8 @@ class AgentStatus:
     generation: int = 0
     source_version: str | None = None
     pods: int = 0
+    unreadable_pods: int = 0
+    """Pods whose objects could not be read: enforced as unknown endpoints (fail-closed)."""
     local_pods: int = 0
     isolated_addresses: int = 0
     policies: int = 0
@@ -97,6 +99,8 @@ class AgentStatus:
     syncs: int = 0
     revoked: int = 0
     """Accepted connections cut because a change denied them (fast path)."""
+    spoofed_packets: int = 0
+    """Packets the anti-spoofing rules dropped (read from their counters every few seconds)."""
     pod_cidrs: list[str] = field(default_factory=list)
     """This node's pod ranges the new-pod guard covers (``--pod-cidr`` or the Node's); empty:
     the guard is off."""
@@ -115,6 +119,7 @@ class AgentStatus:
             "generation": self.generation,
             "source_version": self.source_version,
             "pods": self.pods,
+            "unreadable_pods": self.unreadable_pods,
             "local_pods": self.local_pods,
             "isolated_addresses": self.isolated_addresses,
             "policies": self.policies,
@@ -122,6 +127,7 @@ class AgentStatus:
             "compile_seconds": self.compile_seconds,
             "syncs": self.syncs,
             "revoked": self.revoked,
+            "spoofed_packets": self.spoofed_packets,
             "pod_cidrs": self.pod_cidrs,
             "errors": self.errors,
             "workers_down": self.workers_down,
@@ -415,6 +421,11 @@ class Agent:
                 next_check = self.heartbeat + self.config.jump_check_interval
                 for where in self.firewall.ensure_first():
                     log.warning("another rule had been put above the agent's jump in %s", where)
+                if self.config.firewall.anti_spoofing:
+                    spoofed = self.firewall.spoofed_drops()
+                    if spoofed != self.status.spoofed_packets:
+                        self.status.spoofed_packets = spoofed
+                        self._write_status()
             self._supervise()
             if not self._dirty.wait(self._next_wait()):
                 continue
@@ -476,6 +487,7 @@ class Agent:
         status.generation = tables.generation
         status.source_version = view.source_version
         status.pods = len(view.snapshot.pods)
+        status.unreadable_pods = len(view.snapshot.unreadable_pods)
         status.local_pods = len(tables.local_addresses())
         status.isolated_addresses = len(isolated)
         status.policies = len(view.snapshot.policies)

@@ -47,8 +47,9 @@ class Reason(Enum):
     FAIL_CLOSED = "fail-closed"
     """The agent could not decide (an internal error) and runs fail-closed."""
     UNKNOWN_ENDPOINT = "unknown-endpoint"
-    """An address of this node's pod ranges that no known pod has (yet): its policies are
-    unknown, so nothing passes until the agent learns the pod."""
+    """An endpoint whose policies cannot be known: an address of this node's pod ranges that no
+    known pod has (yet), or the address of a pod whose object could not be read. Nothing passes
+    until the agent knows the pod."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,10 +76,14 @@ def test_liveness_fails_when_the_sync_loop_stalls(served: tuple[Agent, str]) -> 
 def test_metrics_are_prometheus_text(served: tuple[Agent, str]) -> None:
     agent, base = served
     agent.status.policies = 3
+    agent.status.unreadable_pods = 2
+    agent.status.spoofed_packets = 5
     status, body = get(f"{base}/metrics")
     assert status == 200
     assert "netpol_agent_ready 0.0" in body
     assert "netpol_agent_policies 3.0" in body
+    assert "netpol_agent_unreadable_pods 2.0" in body
+    assert "netpol_agent_spoofed_packets_total 5.0" in body
     assert "# TYPE netpol_agent_syncs_total counter" in body
 
 

@@ -11,6 +11,8 @@ arrive: the check stops the lie, not the traffic.
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -156,3 +158,14 @@ def test_drops_are_counted(lab: LabDriver) -> None:
     packet = forged(address(lab, "x/b", 4), address(lab, "x/c", 4), "UDP", marker)
     assert not arrives(lab, "x/a", packet, marker)
     assert counter.spoofed_drops() == before + 3, "each of the three copies counted once"
+    # The agent reports the same counters (status file and metrics), read every few seconds.
+    lab_dir = Lab(lab.name).dir
+    deadline = time.monotonic() + 15
+    reported = 0
+    while time.monotonic() < deadline:
+        status = json.loads((lab_dir / "status-node-1.json").read_text())
+        reported = status["spoofed_packets"]
+        if reported >= before + 3:
+            break
+        time.sleep(0.2)
+    assert reported >= before + 3, f"the agent reports {reported} spoofed packets"
