@@ -532,7 +532,7 @@ def _policy_port(value: Any, field: str) -> PolicyPort:
     if raw_end is not None:
         end_field = f"{field}.endPort"
         if not isinstance(raw_end, int) or isinstance(raw_end, bool):
-            raise FieldError(end_field, f"must be an integer, got {_type_name(raw_end)}")
+            raise FieldError(end_field, f"must be an integer, got {type_name(raw_end)}")
         if port is None:
             raise FieldError(end_field, "may not be specified when `port` is not specified")
         if isinstance(port, str):
@@ -787,7 +787,7 @@ _CONTAINER_PORT: Final = _Struct(
 
 def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     if not isinstance(obj, Mapping):
-        raise FieldError("", f"must be an object, got {_type_name(obj)}")
+        raise FieldError("", f"must be an object, got {type_name(obj)}")
     return _mapping(obj.get("metadata"), "metadata")
 
 
@@ -796,7 +796,7 @@ def _name(metadata: Mapping[str, Any], field: str, check: Callable[[str], str | 
     if value is None or value == "":
         raise FieldError(field, "required")
     if not isinstance(value, str):
-        raise FieldError(field, f"must be a string, got {_type_name(value)}")
+        raise FieldError(field, f"must be a string, got {type_name(value)}")
     problem = check(value)
     if problem is not None:
         raise FieldError(field, f"{problem}, got {_show(value)}")
@@ -832,7 +832,7 @@ def _label_value(value: Any, field: str) -> str:
 
 def _cidr(value: Any, field: str, *, strict: bool) -> IPNetwork:
     if not isinstance(value, str):
-        raise FieldError(field, f"must be a CIDR string, got {_type_name(value)}")
+        raise FieldError(field, f"must be a CIDR string, got {type_name(value)}")
     try:
         return parse_cidr(value, strict=strict)
     except ValueError as error:
@@ -949,7 +949,7 @@ def _string(value: Any, field: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise FieldError(field, f"must be a string, got {_type_name(value)}")
+        raise FieldError(field, f"must be a string, got {type_name(value)}")
     return value
 
 
@@ -966,7 +966,7 @@ def _mapping(value: Any, field: str) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise FieldError(field, f"must be an object, got {_type_name(value)}")
+        raise FieldError(field, f"must be an object, got {type_name(value)}")
     return value
 
 
@@ -979,7 +979,7 @@ def _list(value: Any, field: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list | tuple):
-        raise FieldError(field, f"must be a list, got {_type_name(value)}")
+        raise FieldError(field, f"must be a list, got {type_name(value)}")
     return list(value)
 
 
@@ -987,7 +987,9 @@ def _items(value: Any, field: str) -> Iterator[tuple[int, Any]]:
     return enumerate(_list(value, field))
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any, mapping: str = "object") -> str:
+    """``string``, ``integer``, ``null``...: what a value is, in words for error messages;
+    ``mapping`` names a mapping (the API's JSON says "object", a YAML reader "mapping")."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -999,7 +1001,7 @@ def _type_name(value: Any) -> str:
     if isinstance(value, str):
         return "string"
     if isinstance(value, Mapping):
-        return "object"
+        return mapping
     if isinstance(value, list | tuple):
         return "list"
     return type(value).__name__
@@ -1008,8 +1010,8 @@ def _type_name(value: Any) -> str:
 def _describe(value: Any) -> str:
     """``integer 1``, ``string "x"``, ``null``, ``list``: a wrong value, for messages."""
     if value is None or isinstance(value, Mapping | list | tuple):
-        return _type_name(value)
-    return f"{_type_name(value)} {_show(value)}"
+        return type_name(value)
+    return f"{type_name(value)} {_show(value)}"
 
 
 def _show(value: Any) -> str:

@@ -65,6 +65,7 @@ from agent.convert import (
     pod_from_k8s,
     policy_from_k8s,
     selector_from_k8s,
+    type_name,
 )
 
 STDIN: Final = "-"
@@ -813,7 +814,7 @@ class _YamlBuilder:
             key = self._node(depth + 1)
             if not isinstance(key, str):  # an alias to something that is not a string
                 raise _Problem(
-                    f"mapping keys must be strings, got {_type_name(key)}", key_event.start_mark
+                    f"mapping keys must be strings, got {_yaml_type(key)}", key_event.start_mark
                 )
             if key in result:
                 raise _Problem(
@@ -936,7 +937,7 @@ def _expand(location: _Location, document: Any, budget: _Budget) -> Iterator[tup
     if items is None:
         items = []
     if not isinstance(items, list):
-        raise location.error(f"{kind}: items: must be a list, got {_type_name(items)}")
+        raise location.error(f"{kind}: items: must be a list, got {_yaml_type(items)}")
     _count_object(location, budget, len(items))
     # A typed list (NetworkPolicyList) may leave kind and apiVersion off its items.
     item_kind = None if kind == "List" else kind.removesuffix("List")
@@ -967,7 +968,7 @@ def _count_object(location: _Location, budget: _Budget, count: int) -> None:
 def _check(location: _Location, obj: Any, budget: _Budget) -> dict[str, Any]:
     """The object with its namespace filled in, or ManifestError."""
     if not isinstance(obj, dict):
-        raise location.error(f"expected a Kubernetes object (a mapping), got {_type_name(obj)}")
+        raise location.error(f"expected a Kubernetes object (a mapping), got {_yaml_type(obj)}")
     normalised: dict[str, Any] = obj
     try:
         normalised = _normalise(obj)
@@ -989,7 +990,7 @@ def _normalise(obj: dict[str, Any]) -> dict[str, Any]:
         if value is None or value == "":
             raise FieldError(field, "required")
         if not isinstance(value, str):
-            raise FieldError(field, f"must be a string, got {_type_name(value)}")
+            raise FieldError(field, f"must be a string, got {_yaml_type(value)}")
     _check_kind(obj["kind"])
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):
@@ -999,7 +1000,7 @@ def _normalise(obj: dict[str, Any]) -> dict[str, Any]:
         raise FieldError("metadata.name", "required" if not name else "must be a string")
     namespace = metadata.get("namespace")
     if namespace is not None and not isinstance(namespace, str):
-        raise FieldError("metadata.namespace", f"must be a string, got {_type_name(namespace)}")
+        raise FieldError("metadata.namespace", f"must be a string, got {_yaml_type(namespace)}")
     for field, text in (("metadata.name", name), ("metadata.namespace", namespace or "")):
         # No API server validation lets these through, and callers print names.
         if not text.isprintable():
@@ -1133,20 +1134,6 @@ def _count_nodes(value: Any, limit: int) -> int:
     return count
 
 
-def _type_name(value: Any) -> str:
-    """``string``, ``integer``, ``null``...: what a value is, in agent.convert's words."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "mapping"
-    if isinstance(value, list):
-        return "list"
-    return type(value).__name__
+def _yaml_type(value: Any) -> str:
+    """What a value is, in YAML's words (a YAML reader calls a dict a mapping)."""
+    return type_name(value, "mapping")

@@ -6,6 +6,8 @@ import functools
 import os
 import shutil
 import subprocess
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,3 +31,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         reason = _root_skip_reason()
         if reason is not None:
             pytest.skip(reason)
+
+
+@pytest.fixture
+def scratch_netns() -> Iterator[str]:
+    """An empty network namespace of the test's own (``npt-...``), removed afterwards."""
+    name = f"npt-{uuid.uuid4().hex[:12]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,21 +103,11 @@ def test_a_deleted_pods_connections_do_not_pass_for_its_address(tmp_path: Path, 
             topology.detach_pod(rogue)
 
 
-@pytest.fixture
-def test_netns() -> Iterator[str]:
-    name = f"npt-rvk-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def test_thousands_of_entries_only_the_denied_ones_are_deleted(test_netns: str) -> None:
+def test_thousands_of_entries_only_the_denied_ones_are_deleted(scratch_netns: str) -> None:
     """3000 accepted Service connections to 50 pods, plus unmarked and node-opened ones; one
     pod's policy becomes deny-all: exactly its 60 connections go, the others stay."""
     count = 3000
-    with entered(test_netns), CtNetlink() as netlink:
+    with entered(scratch_netns), CtNetlink() as netlink:
         assert netlink.create(bench.service_entries(count)) == count
         extra = list(bench.service_entries(count + 2 * bench.REMOTE_PODS))[count:]
         unmarked = [(f, o, r, 0, t) for f, o, r, _m, t in extra[: bench.REMOTE_PODS]]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -203,16 +201,6 @@ def test_set_payload_swaps_atomically_and_keeps_one_family() -> None:
     assert lines[-2:] == ["swap npa-isolated-v4-new npa-isolated-v4", "destroy npa-isolated-v4-new"]
 
 
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"npt-fw-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
 def in_namespace(name: str) -> Runner:
     def run(argv: Sequence[str], stdin: str | None) -> str:
         return subprocess_runner(["ip", "netns", "exec", name, *argv], stdin)
@@ -221,8 +209,8 @@ def in_namespace(name: str) -> Runner:
 
 
 @pytest.mark.root
-def test_install_sync_remove_in_a_namespace(namespace: str) -> None:
-    run = in_namespace(namespace)
+def test_install_sync_remove_in_a_namespace(scratch_netns: str) -> None:
+    run = in_namespace(scratch_netns)
     firewall = Firewall(FirewallConfig(), run=run)
     firewall.install()
     firewall.install()  # idempotent: no duplicate jumps
@@ -244,8 +232,8 @@ def test_install_sync_remove_in_a_namespace(namespace: str) -> None:
 
 
 @pytest.mark.root
-def test_anti_spoofing_installs_survives_ensure_first_and_is_removed(namespace: str) -> None:
-    run = in_namespace(namespace)
+def test_anti_spoofing_installs_survives_ensure_first_and_is_removed(scratch_netns: str) -> None:
+    run = in_namespace(scratch_netns)
     firewall = Firewall(SPOOF_CHECKED, run=run)
     firewall.install()
     firewall.install()  # idempotent
@@ -271,8 +259,8 @@ def test_anti_spoofing_installs_survives_ensure_first_and_is_removed(namespace: 
 
 
 @pytest.mark.root
-def test_turning_anti_spoofing_off_removes_its_rules(namespace: str) -> None:
-    run = in_namespace(namespace)
+def test_turning_anti_spoofing_off_removes_its_rules(scratch_netns: str) -> None:
+    run = in_namespace(scratch_netns)
     Firewall(SPOOF_CHECKED, run=run).install()
     Firewall(FirewallConfig(pod_cidrs=SPOOF_CHECKED.pod_cidrs), run=run).install()
     for save in ("iptables-save", "ip6tables-save"):
@@ -281,8 +269,8 @@ def test_turning_anti_spoofing_off_removes_its_rules(namespace: str) -> None:
 
 
 @pytest.mark.root
-def test_jumps_are_put_back_on_top(namespace: str) -> None:
-    run = in_namespace(namespace)
+def test_jumps_are_put_back_on_top(scratch_netns: str) -> None:
+    run = in_namespace(scratch_netns)
     firewall = Firewall(FirewallConfig(), run=run)
     firewall.install()
     assert firewall.ensure_first() == []
@@ -375,8 +363,8 @@ def test_malformed_pod_cidrs_are_refused_before_anything_is_written(cidrs: list[
 
 
 @pytest.mark.root
-def test_pod_cidrs_set_at_runtime_in_a_namespace(namespace: str) -> None:
-    run = in_namespace(namespace)
+def test_pod_cidrs_set_at_runtime_in_a_namespace(scratch_netns: str) -> None:
+    run = in_namespace(scratch_netns)
     firewall = Firewall(FirewallConfig(), run=run)
     firewall.install()
     assert "NETPOL-AGENT-UNKNOWN" not in run(["iptables", "-S", "NETPOL-AGENT-FORWARD"], None)

@@ -9,11 +9,8 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from scapy.all import IP, TCP
@@ -109,19 +106,9 @@ def test_decision_buckets_are_increasing_1_2_5_steps() -> None:
 # -- a worker process that dies (real NFQUEUE, in a namespace of the test's own) ---------------
 
 
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"npt-q-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
 @pytest.mark.root
 def test_a_dead_worker_process_is_noticed_and_publishing_to_it_never_raises(
-    namespace: str,
+    scratch_netns: str,
 ) -> None:
     """Finding 7: publishing to a killed worker raised BrokenPipeError and killed the agent."""
     first = Publication(
@@ -132,7 +119,7 @@ def test_a_dead_worker_process_is_noticed_and_publishing_to_it_never_raises(
         max_flows=1024, node_name="node-1",
     )  # fmt: skip
     exited = threading.Event()
-    with entered(namespace):  # the process is started, and binds its queue, in the namespace
+    with entered(scratch_netns):  # the process is started, and binds its queue, in the namespace
         remote = RemoteWorker(settings, first, on_exit=exited.set)
     try:
         assert remote.bound.wait(60), "the worker did not bind its queue"
