@@ -14,7 +14,10 @@ import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from enforcement.clusterpolicy import ClusterNetworkPolicy
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -145,6 +148,16 @@ class Namespace:
     name: str
     labels: Labels = field(default_factory=Labels)
     """Includes ``kubernetes.io/metadata.name``, which the API server always sets."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A cluster node, for ClusterNetworkPolicy ``nodes`` peers (egress to nodes' addresses)."""
+
+    name: str
+    labels: Labels = field(default_factory=Labels)
+    addresses: tuple[IPAddress, ...] = ()
+    """The node's own addresses (``status.addresses`` of types InternalIP and ExternalIP)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,3 +299,7 @@ class ClusterSnapshot:
     policies: tuple[NetworkPolicy, ...] = ()
     unreadable_pods: tuple[UnreadablePod, ...] = ()
     """Pods whose objects could not be read fully: unknown endpoints (see UnreadablePod)."""
+    cluster_policies: tuple[ClusterNetworkPolicy, ...] = ()
+    """ClusterNetworkPolicies of both tiers (enforcement/clusterpolicy.py), any order."""
+    nodes: tuple[Node, ...] = ()
+    """Nodes with their labels and addresses, for ``nodes`` peers of ClusterNetworkPolicies."""

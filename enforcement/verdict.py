@@ -76,3 +76,38 @@ VERDICTS: dict[Reason, Verdict] = {
     reason: Verdict(Action.DROP if reason in _DROPS else Action.ACCEPT, reason) for reason in Reason
 }
 """The one Verdict object of each reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRef:
+    """What decided a verdict, for people: one rule of one policy (or one policy, for a
+    NetworkPolicy that isolates without allowing). One object per rule, made by the compiler
+    and shared by every table that holds the rule, so the packet path never builds one."""
+
+    kind: str
+    """``NetworkPolicy`` or ``ClusterNetworkPolicy``."""
+    namespace: str | None
+    """None for cluster-scoped kinds."""
+    name: str
+    tier: str
+    """``Admin``, ``NetworkPolicy`` or ``Baseline``."""
+    rule: int | None
+    """Index of the rule in its direction's list; None when the policy as a whole decided (a
+    NetworkPolicy that isolates the pod and allows nothing that matches)."""
+    rule_name: str = ""
+    """The rule's name, where the kind has names (ClusterNetworkPolicy); empty otherwise."""
+    action: str = ""
+    """``Accept``, ``Deny`` or ``Pass`` for ClusterNetworkPolicy rules; ``Allow`` for a
+    NetworkPolicy rule that allowed, ``Isolate`` for a NetworkPolicy that denied by isolating."""
+
+    def as_dict(self) -> dict[str, str | int | None]:
+        """The JSON form flow logs and ``explain -o json`` print."""
+        return {
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "tier": self.tier,
+            "rule": self.rule,
+            "rule_name": self.rule_name,
+            "action": self.action,
+        }
