@@ -12,6 +12,7 @@ two agents); it is skipped, saying why, when the lab refuses ``--nodes 2``.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,7 +56,9 @@ class LabCluster:
     def reset(self, relabelled: bool) -> None:
         """Delete every policy left and restore the original labels."""
         if self.policies:
-            self.lab.delete(yaml.safe_dump_all(list(self.policies.values())))
+            # JSON documents (valid YAML): PyYAML's dump leaves a value like y unquoted, which
+            # the lab, reading YAML as kubectl does, takes for a boolean.
+            self.lab.delete("---\n".join(json.dumps(p) + "\n" for p in self.policies.values()))
             self.policies.clear()
         if relabelled:
             self.lab.apply(CLUSTER_MANIFEST)
