@@ -1328,3 +1328,41 @@ def test_fail_closed_never_raises_and_never_opens(obj: Any) -> None:
             single["spec"] = {**obj["spec"], "ingress": [], "egress": []}
             single["spec"][direction] = [obj["spec"][direction][index]]
             assert rule_ == one_rule(cluster_policy_from_k8s(single, strict=False))
+
+
+def test_a_bug_in_a_rule_is_that_rules_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> ClusterRule:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("agent.kinds.clusterpolicy._rule", broken)
+    result = fail_closed_cluster_policy(
+        cnp(ingress=[accept_from(ALL_NAMESPACES)], egress=[{"action": "Pass", "to": []}])
+    )
+    assert result.record is not None
+    assert result.record.ingress == (ClusterRule(RuleAction.ACCEPT, MATCH_NOTHING_PEERS),)
+    assert result.record.egress == (DENY_ALL_EGRESS,)
+    assert result.error == (
+        "ClusterNetworkPolicy guard: spec.ingress[0]: cannot be read; spec.egress[0]: cannot be "
+        "read; enforced fail-closed: ingress rule 0 (Accept) matches nothing, egress rule 0 "
+        "(Pass) denies all traffic"
+    )
+
+
+def test_a_bug_in_the_stand_in_closes_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("agent.kinds.clusterpolicy._whole_object_stand_in", broken)
+    result = fail_closed_cluster_policy(cnp(tier="Nope", ingress=[accept_from(ALL_NAMESPACES)]))
+    assert result.record == ClusterNetworkPolicy(
+        "",
+        Tier.ADMIN,
+        0,
+        ClusterSubject(namespaces=SELECT_ALL),
+        ingress=(DENY_ALL_INGRESS,),
+        egress=(DENY_ALL_EGRESS,),
+    )
+    assert result.error == (
+        'ClusterNetworkPolicy guard: spec.tier: must be Admin or Baseline, got "Nope"; enforced '
+        "fail-closed: all traffic of every pod in the cluster denied at tier Admin, priority 0"
+    )
