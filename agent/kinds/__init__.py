@@ -197,7 +197,7 @@ _CALICO_KINDS: Final = (
 
 REFUSED_POLICY_KINDS: Final[tuple[RefusedKind, ...]] = (
     RefusedKind(
-        "policy.networking.k8s.io",
+        clusterpolicy.GROUP,
         "AdminNetworkPolicy",
         "adminnetworkpolicies",
         namespaced=False,
@@ -205,7 +205,7 @@ REFUSED_POLICY_KINDS: Final[tuple[RefusedKind, ...]] = (
         note=_AP_NOTE.format(tier="Admin"),
     ),
     RefusedKind(
-        "policy.networking.k8s.io",
+        clusterpolicy.GROUP,
         "BaselineAdminNetworkPolicy",
         "baselineadminnetworkpolicies",
         namespaced=False,
