@@ -1094,3 +1094,25 @@ def _port_name_problem(value: str) -> str | None:
     if value.startswith("-") or value.endswith("-"):
         return "must not begin or end with a hyphen"
     return None
+
+
+# -- shared with the converters of other kinds (agent/kinds/) --------------------------------
+# Public names for helpers above, so that every kind validates, decodes strictly and words its
+# errors the same way. Additive: the names above stay as they are.
+
+Struct = _Struct
+ListOf = _ListOf
+reject_unknown_fields = _reject_unknown_fields
+OBJECT_META = _OBJECT_META
+"""The fields of ``metadata`` (ObjectMeta), for strict decoding."""
+SELECTOR_REQUIREMENT = _REQUIREMENT
+"""The fields of a ``matchExpressions`` entry, for strict decoding."""
+mapping_field = _mapping
+list_field = _list
+string_field = _string
+required_name = _name
+port_number = _port_number
+show = _show
+describe = _describe
+dns_subdomain_problem = _dns_subdomain_problem
+port_name_problem = _port_name_problem
