@@ -51,9 +51,11 @@ def apt_packages() -> frozenset[str]:
     return frozenset(words)
 
 
-def _argv_programs(tree: ast.AST) -> Iterator[tuple[str, int]]:
+def _argv_programs(tree: ast.AST) -> Iterator[tuple[str, int, bool]]:
     """Program names in argv-shaped literals: the first string of a list or tuple, the program
-    after ``ip netns exec NAME``, and the argument of ``shutil.which``."""
+    after ``ip netns exec NAME``, and the argument of ``shutil.which``; with whether the literal
+    is surely a command line (a call's first argument, ``ip netns exec``, ``shutil.which``)
+    rather than a list that merely starts with a word that names a program."""
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     for node in ast.walk(tree):
         if isinstance(node, ast.List | ast.Tuple) and node.elts:
@@ -66,11 +68,19 @@ def _argv_programs(tree: ast.AST) -> Iterator[tuple[str, int]]:
             items = node.elts
             first = items[0]
             if isinstance(first, ast.Constant) and isinstance(first.value, str):
-                yield first.value, node.lineno
+                called = (
+                    isinstance(parent, ast.Call)
+                    and parent.args[:1] == [node]
+                    # pytest.mark.parametrize(("name", ...), ...) names arguments, not programs
+                    and not (
+                        isinstance(parent.func, ast.Attribute) and parent.func.attr == "parametrize"
+                    )
+                )
+                yield first.value, node.lineno, bool(called)
             for index in range(len(items) - 3):
                 words = [i.value if isinstance(i, ast.Constant) else None for i in items[index:]]
                 if words[:2] == ["netns", "exec"] and isinstance(words[3], str):
-                    yield words[3], node.lineno
+                    yield words[3], node.lineno, True
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -79,7 +89,7 @@ def _argv_programs(tree: ast.AST) -> Iterator[tuple[str, int]]:
             and isinstance(node.args[0], ast.Constant)
             and isinstance(node.args[0].value, str)
         ):
-            yield node.args[0].value, node.lineno
+            yield node.args[0].value, node.lineno, True
 
 
 _PROGRAM_NAME = re.compile(r"[a-z][a-z0-9.+-]*\Z")
@@ -92,10 +102,12 @@ def programs_used() -> dict[str, str]:
     for top in PYTHON_TREES:
         for path in sorted((REPO / top).rglob("*.py")):
             tree = ast.parse(path.read_text(), str(path))
-            for name, line in _argv_programs(tree):
+            for name, line, command_line in _argv_programs(tree):
                 if not _PROGRAM_NAME.match(name):
                     continue
-                if name in WELL_KNOWN_PROGRAMS or shutil.which(name) is not None:
+                # A list that merely starts with a word naming some installed program (a test
+                # table's "scalar" column, git's scalar) is not a command line.
+                if name in WELL_KNOWN_PROGRAMS or (command_line and shutil.which(name)):
                     used.setdefault(name, f"{path.relative_to(REPO)}:{line}")
     for pattern in SCRIPT_GLOBS:
         for path in sorted(REPO.glob(pattern)):

@@ -272,7 +272,9 @@ def test_relabel_updates_the_pod_in_place(lab: LabDriver) -> None:
     lab.up(CLUSTER, B_FROM_A_TCP80)
     before = {p["name"]: p["ips"] for p in lab.pods()}
     assert not lab.probe(80)["x/c"]["x/b"]
-    lab.apply(pod("c").replace("labels: {pod: c}", "labels: {pod: a}"))
+    relabelled = pod("c").replace('labels: {pod: "c"}', 'labels: {pod: "a"}')
+    assert relabelled != pod("c"), "the manifest template changed: relabel it another way"
+    lab.apply(relabelled)
     assert {p["name"]: p["ips"] for p in lab.pods()} == before
     assert lab.probe(80)["x/c"]["x/b"], "c now carries pod=a and is admitted"
 
