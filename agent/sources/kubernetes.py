@@ -832,8 +832,14 @@ class _CustomKind:
             try:
                 version = self.version()
             except Exception as error:
-                failures += 1
-                delay = self.source.backoff(failures)
+                if isinstance(error, ApiException) and error.status in ACCESS_DENIED:
+                    # Discovery is open to every authenticated user by default (ClusterRole
+                    # system:discovery); a cluster that closed it must not hold readiness up.
+                    state.set_served(kind, False)
+                    delay = self.source.discovery_interval
+                else:
+                    failures += 1
+                    delay = self.source.backoff(failures)
                 log.warning(
                     "%s: API discovery failed (%s); retrying in %.2fs",
                     kind,

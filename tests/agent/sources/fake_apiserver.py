@@ -228,6 +228,7 @@ class FakeApiServer:
         self._crd_versions: tuple[str, ...] = ()
         """The versions the ClusterNetworkPolicy CRD serves, preferred first; empty: absent."""
         self._crd_removals = 0
+        self._discovery_forbidden = False
         self._extra_apis: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -414,6 +415,11 @@ class FakeApiServer:
             self._revision += 1
             self._crd_removals += 1
             self._cond.notify_all()
+
+    def forbid_discovery(self, forbidden: bool = True) -> None:
+        """Answer ``/apis...`` discovery with 403, as a cluster that removed system:discovery."""
+        with self._cond:
+            self._discovery_forbidden = forbidden
 
     def crd_served(self, version: str) -> bool:
         with self._cond:
@@ -711,6 +717,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_status(401, "Unauthorized")
             return
         if kind is None:
+            with fake._cond:
+                discovery_forbidden = fake._discovery_forbidden
+            if discovery_forbidden and path.startswith("/apis"):
+                log(403)
+                self._send_status(403, f'forbidden: User "netpol-agent" cannot get path "{path}"')
+                return
             discovery = _discovery(path, fake.discovery_apis())
             log(200 if discovery is not None else 404)
             if discovery is None:

@@ -1155,3 +1155,19 @@ def test_served_refused_policy_kinds_are_logged_once_as_not_enforced(
         ]
     )
     assert all(r.levelname == "WARNING" for r in caplog.records if "is not enforced" in r.message)
+
+
+def test_discovery_forbidden_holds_nothing_up(
+    server: FakeApiServer, api_client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(server)
+    server.forbid_discovery()
+    state = ClusterState()
+    source = make_source(api_client, discovery_interval=0.05)
+    with running(source, state):
+        eventually(lambda: state.ready, "ready without knowing whether the CRD is served")
+        assert keys(state, CNP) == set()
+        server.forbid_discovery(False)
+        server.create(CNP, cnp("found"))
+        eventually(lambda: keys(state, CNP) == {"found"}, "found once discovery answers")
+    assert "API discovery failed (HTTP 403" in caplog.text
