@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ from agent.lab.lab import (
 from agent.lab.netns import entered, ip_batch, netns_exists
 from agent.lab.processes import ProcessRef
 from agent.manifests import load_manifests
-from agent.sources.lab_store import LabStoreSource
+from agent.sources.lab_store import LabStoreSource, read_store
 from agent.state import ClusterState
 from tests.e2e.labctl import COMMAND, REPO, LabCommandError, LabDriver
 
@@ -755,3 +756,38 @@ def _digest(lab: str, key: str) -> str:
     from agent.lab.lab import _short_hash
 
     return _short_hash(f"{lab}/{key}")
+
+
+@pytest.mark.root
+def test_cluster_scoped_objects_and_node_labels_in_a_two_node_lab(
+    labs: list[LabDriver], tmp_path: Path
+) -> None:
+    """A ClusterNetworkPolicy is applied and deleted by name, a Node manifest labels a lab node
+    and its deletion takes the labels off; both agents read the one store and put it in force;
+    ``lab get pods`` lists pods only."""
+    lab = new_lab(labs, tmp_path)
+    lab.up("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n", nodes=2)
+    store = Lab(lab.name).store_path
+
+    def objects() -> dict[tuple[str, str], dict[str, Any]]:
+        _revision, found = read_store(store)
+        return {(obj["kind"], obj["metadata"]["name"]): obj for obj in found}
+
+    assert {name for kind, name in objects() if kind == "Node"} == {"node-1", "node-2"}
+    manifests = CNP_AND_NODE.format(api_version="policy.networking.k8s.io/v1alpha2")
+    lab.apply(manifests)
+    stored = objects()
+    assert "namespace" not in stored[("ClusterNetworkPolicy", "guard")]["metadata"]
+    assert stored[("Node", "node-2")]["metadata"]["labels"]["role"] == "storage"
+    for node in ("node-1", "node-2"):  # apply returned: both agents enforce this revision
+        status = json.loads((Lab(lab.name).dir / f"status-{node}.json").read_text())
+        assert status["ready"] is True
+    assert lab.pods() == []
+    # The other apiVersion names the same object (by name, as the API server stores it).
+    lab.apply(manifests.replace("v1alpha2", "v1beta1"))
+    assert objects()[("ClusterNetworkPolicy", "guard")]["apiVersion"].endswith("/v1beta1")
+    lab.delete(manifests)
+    stored = objects()
+    assert ("ClusterNetworkPolicy", "guard") not in stored
+    assert "role" not in stored[("Node", "node-2")]["metadata"]["labels"], "labels taken off"
+    assert ("Node", "node-2") in stored, "the node stays"
