@@ -32,9 +32,14 @@ allowed to every authenticated user) which of the kind's versions is served, pre
 enforcement of the other kinds goes on, readiness does not wait for the kind, and discovery is
 asked again every ``discovery_interval`` seconds, so a CRD installed later is picked up. Removed
 while running (its list or watch answers 404): a warning, its policies are dropped (they no
-longer exist), and discovery is asked again. Every discovery also looks for the policy kinds
-netpol-agent refuses (``agent.kinds.REFUSED_POLICY_KINDS``: AdminNetworkPolicy v1alpha1,
-Cilium's, Calico's, Antrea's): each one served is logged once as not enforced.
+longer exist), and discovery is asked again. A version served later beside the one read (say
+``v1beta1`` added to a CRD serving ``v1alpha2``) is taken up only when the one read stops being
+served: both hold the same objects. Every discovery also looks for the policy kinds netpol-agent
+refuses (``agent.kinds.REFUSED_POLICY_KINDS``: AdminNetworkPolicy v1alpha1, Cilium's, Calico's,
+Antrea's): each one served is logged once as not enforced. Discovery runs at the start and while
+ClusterNetworkPolicy is not served, not on a timer while it is (a refused kind's CRD installed
+while the agent runs is logged at its next start): every agent of a large cluster asking every
+``discovery_interval`` seconds would be a steady load on the API server for nothing.
 
 Handlers only write into the cache (which marks the agent dirty); compiling happens elsewhere,
 coalesced. Responses are read raw (``_preload_content=False``) and parsed here as JSON, so the
