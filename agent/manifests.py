@@ -3,7 +3,11 @@
 ``load_manifests`` reads YAML (several documents per file) and JSON files, directories of them
 and stdin, expands ``List`` kinds, fills in the namespace the way ``kubectl apply`` would, and
 validates the kinds netpol-agent understands by running the same converters the agent uses
-(``agent.convert``). It is all-or-nothing: it returns every object or raises ``ManifestError``
+(the registry ``agent.kinds``: Namespace, Pod, NetworkPolicy, ClusterNetworkPolicy in both of
+its apiVersions, Node), plus the lab's Deployments. A policy kind netpol-agent does not enforce
+(``agent.kinds.REFUSED_POLICY_KINDS``: AdminNetworkPolicy v1alpha1, Cilium's, Calico's,
+Antrea's) is refused with a message naming it, never passed on to be silently ignored.
+It is all-or-nothing: it returns every object or raises ``ManifestError``
 for the first problem, naming the file, the document, the object and the field, so a caller can
 refuse a whole batch and change nothing.
 
@@ -60,13 +64,12 @@ from agent.convert import (
     ConversionError,
     FieldError,
     labels_from_k8s,
-    namespace_from_k8s,
     object_name,
     pod_from_k8s,
-    policy_from_k8s,
     selector_from_k8s,
     type_name,
 )
+from agent.kinds import KINDS, REFUSED_POLICY_KINDS, kind_spec, refusal
 
 STDIN: Final = "-"
 MANIFEST_SUFFIXES: Final = (".yaml", ".yml", ".json")
@@ -111,13 +114,15 @@ own network namespace and veth pair."""
 
 # -- kinds --------------------------------------------------------------------------------
 
-API_VERSIONS: Final[Mapping[str, str]] = {
-    "Namespace": "v1",
-    "Pod": "v1",
-    "NetworkPolicy": "networking.k8s.io/v1",
-    "Deployment": "apps/v1",
+DEPLOYMENT_API_VERSION: Final = "apps/v1"
+"""The lab's Deployments (expanded into Pods) take this apiVersion only."""
+
+API_VERSIONS: Final[Mapping[str, tuple[str, ...]]] = {
+    **{spec.kind: spec.api_versions for spec in KINDS},
+    "Deployment": (DEPLOYMENT_API_VERSION,),
 }
-"""The kinds validated here, and the only apiVersion accepted for each."""
+"""The kinds validated here, and the apiVersions accepted for each (the registry's kinds, with
+their converters, and the lab's Deployments)."""
 
 CLUSTER_SCOPED_KINDS: Final = frozenset(
     {
@@ -140,8 +145,8 @@ CLUSTER_SCOPED_KINDS: Final = frozenset(
         "ValidatingWebhookConfiguration",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
-        "AdminNetworkPolicy",
-        "BaselineAdminNetworkPolicy",
+        *(spec.kind for spec in KINDS if not spec.namespaced),
+        *(refused.kind for refused in REFUSED_POLICY_KINDS if not refused.namespaced),
     }
 )
 """Kinds without a namespace; every other kind is namespaced and defaults to "default"."""
@@ -150,6 +155,7 @@ WELL_KNOWN_KINDS: Final = frozenset(
     {
         *API_VERSIONS,
         *CLUSTER_SCOPED_KINDS,
+        *(refused.kind for refused in REFUSED_POLICY_KINDS),
         "List",
         "ExternalHost",  # the lab's own kind (agent.lab)
         "Service",
@@ -1031,22 +1037,22 @@ def _check_kind(kind: str) -> None:
 
 
 def _validate(obj: dict[str, Any]) -> None:
-    kind = obj["kind"]
+    kind, api_version = obj["kind"], obj["apiVersion"]
+    refused = refusal(api_version, kind)
+    if refused is not None:
+        raise FieldError("kind", refused)
+    spec = kind_spec(api_version, kind)
+    if spec is not None:
+        spec.convert(obj, strict=True)
+        return
     expected = API_VERSIONS.get(kind)
     if expected is None:
         return  # not ours: the caller decides what to do with it
-    if obj["apiVersion"] != expected:
+    if api_version not in expected:
         raise FieldError(
-            "apiVersion", f"must be {expected} for kind {kind}, got {obj['apiVersion']}"
+            "apiVersion", f"must be {' or '.join(expected)} for kind {kind}, got {api_version}"
         )
-    if kind == "Namespace":
-        namespace_from_k8s(obj)
-    elif kind == "Pod":
-        pod_from_k8s(obj, strict=True)
-    elif kind == "NetworkPolicy":
-        policy_from_k8s(obj, strict=True)
-    else:
-        _validate_deployment(obj)
+    _validate_deployment(obj)  # the registry's kinds in a version they take were taken above
 
 
 def _validate_deployment(obj: dict[str, Any]) -> None:

@@ -5,20 +5,34 @@ they are converted to our own records here, at the edge, once. The cache hands o
 ``ClusterSnapshot`` values to the compiler and tells a listener that something changed; it never
 compiles anything itself (watch handlers only mark state dirty, see STYLE.md habit 7).
 
-Bad input loses nothing and opens nothing; every object that cannot be converted has its error
-recorded (``errors()``, logged by the runner on every sync) and is enforced fail-closed:
+The kinds and their conversions come from the registry (``agent.kinds.KINDS``): one table per
+kind, and each object goes through its kind's ``fail_closed`` converter. Bad input loses nothing
+and opens nothing; every object that cannot be converted has its error recorded (``errors()``,
+logged by the runner on every sync) and is enforced by what its kind defines:
 
 - a NetworkPolicy by its stand-in (``agent.convert.fail_closed_policy``): it isolates what it
   selects and allows nothing, so a malformed policy can only ever close traffic;
+- a ClusterNetworkPolicy by its stand-in (``agent.kinds.clusterpolicy``): an Admin-tier policy
+  that denies its subjects' traffic (or, when even the subject cannot be read, every pod's),
+  never one that accepts anything;
 - a Pod as an *unreadable pod* (``agent.convert.fail_closed_pod``): the addresses that can be
   read stay known, as an unknown endpoint (all its traffic denied on its node, matched by no
   selector). Leaving it out instead would take its addresses out of the tables and un-isolate
   it. An update that makes a readable pod unreadable replaces it the same way, and back;
-- a Namespace is left out (its pods are then in a namespace labelled only with its name).
+- a Namespace is left out (its pods are then in a namespace labelled only with its name), and
+  so is a Node (its addresses then match no ``nodes`` peer).
 
 Conversion never raises out of the cache, whatever the object holds: a bug or an unexpected
 shape is an error of that object, not of the whole list (a relist that stopped halfway would
-drop every object after the bad one).
+drop every object after the bad one). An update whose record equals the one held changes
+nothing (Nodes and Pods get status updates all the time; they must not cause recompiles).
+
+Readiness: every kind served must have been listed in full. Every kind counts until the source
+says it is not served (``set_served``): the Kubernetes source does so for a ``custom`` kind
+(ClusterNetworkPolicy) whose CustomResourceDefinition API discovery does not find, and for a
+kind it may not read (Nodes under an old ClusterRole), so readiness waits for a kind only while
+the API serves it, and never enforces before the source knew whether it does. The lab's store
+serves every kind.
 """
 
 from __future__ import annotations
@@ -26,20 +40,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, TypeVar
 
-from agent.convert import (
-    ConversionError,
-    fail_closed_pod,
-    fail_closed_policy,
-    namespace_from_k8s,
-    pod_from_k8s,
-    policy_from_k8s,
-)
-from enforcement.model import ClusterSnapshot, Namespace, NetworkPolicy, Pod, UnreadablePod
+from agent import kinds
+from agent.kinds import KindSpec
+from enforcement.clusterpolicy import ClusterNetworkPolicy
+from enforcement.model import ClusterSnapshot, Namespace, NetworkPolicy, Node, Pod, UnreadablePod
 
-Kind = Literal["Namespace", "Pod", "NetworkPolicy"]
-KINDS: tuple[Kind, ...] = ("Namespace", "Pod", "NetworkPolicy")
+Kind = str
+"""A kind of the registry (``agent.kinds.KINDS``), by its name (``KindSpec.kind``)."""
+KINDS: tuple[Kind, ...] = tuple(spec.kind for spec in kinds.KINDS)
+_SPECS: dict[Kind, KindSpec[Any]] = {spec.kind: spec for spec in kinds.KINDS}
+
+R = TypeVar("R")
 
 ObjectKey = tuple[str, str]
 """(namespace, name); namespace is "" for Namespaces."""
@@ -92,11 +105,11 @@ class ClusterState:
 
     def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
-        self._namespaces: dict[ObjectKey, Namespace] = {}
-        self._pods: dict[ObjectKey, Pod | UnreadablePod] = {}
-        self._policies: dict[ObjectKey, NetworkPolicy] = {}
+        self._tables: dict[Kind, dict[ObjectKey, Any]] = {kind: {} for kind in KINDS}
         self._errors: dict[tuple[Kind, ObjectKey], ObjectError] = {}
         self._synced: set[Kind] = set()
+        self._served: dict[Kind, bool] = dict.fromkeys(KINDS, True)
+        """Kinds readiness waits for: all, until the source says one is not served."""
         self._revision = 0
         self._source_version: str | None = None
         self._pod_ranges: PodRanges | None = None
@@ -126,8 +139,8 @@ class ClusterState:
 
     def upsert(self, kind: Kind, obj: Mapping[str, Any]) -> None:
         with self._lock:
-            self._put(kind, obj)
-            self._changed()
+            if self._put(kind, obj):
+                self._changed()
 
     def delete(self, kind: Kind, obj: Mapping[str, Any]) -> None:
         key = object_key(obj)
@@ -135,6 +148,14 @@ class ClusterState:
             self._table(kind).pop(key, None)
             self._errors.pop((kind, key), None)
             self._changed()
+
+    def set_served(self, kind: Kind, served: bool) -> None:
+        """Whether the source reads ``kind`` (the API serves it, and may be read): readiness
+        waits only for kinds served. Not a change of the state by itself; a kind no longer
+        served is emptied by the source with ``replace(kind, [])``."""
+        with self._lock:
+            self._table(kind)  # an unknown kind is a bug of the caller
+            self._served[kind] = served
 
     def set_pod_ranges(self, ranges: PodRanges) -> None:
         """Set this node's pod ranges; a change only when they (or their problem) differ, so a
@@ -150,9 +171,10 @@ class ClusterState:
 
     @property
     def ready(self) -> bool:
-        """True once every kind has been listed in full: the readiness gate of enforcement."""
+        """True once every kind served has been listed in full: the readiness gate of
+        enforcement."""
         with self._lock:
-            return self._synced.issuperset(KINDS)
+            return all(kind in self._synced for kind, served in self._served.items() if served)
 
     @property
     def revision(self) -> int:
@@ -167,12 +189,16 @@ class ClusterState:
     def view(self) -> StateView:
         """The current revision and an immutable snapshot of it, taken atomically."""
         with self._lock:
-            pods = self._pods.values()
+            pods = self._tables[kinds.POD.kind].values()
             snapshot = ClusterSnapshot(
-                namespaces=tuple(self._namespaces.values()),
+                namespaces=self._records(kinds.NAMESPACE.kind, Namespace),
                 pods=tuple(pod for pod in pods if isinstance(pod, Pod)),
-                policies=tuple(self._policies.values()),
+                policies=self._records(kinds.NETWORK_POLICY.kind, NetworkPolicy),
                 unreadable_pods=tuple(pod for pod in pods if isinstance(pod, UnreadablePod)),
+                cluster_policies=self._records(
+                    kinds.CLUSTER_NETWORK_POLICY.kind, ClusterNetworkPolicy
+                ),
+                nodes=self._records(kinds.NODE.kind, Node),
             )
             return StateView(self._revision, snapshot, self._source_version, self._pod_ranges)
 
@@ -187,41 +213,32 @@ class ClusterState:
         self._synced.add(kind)
 
     def _table(self, kind: Kind) -> dict[ObjectKey, Any]:
-        if kind == "Namespace":
-            return self._namespaces
-        if kind == "Pod":
-            return self._pods
-        return self._policies
+        table = self._tables.get(kind)
+        if table is None:
+            raise ValueError(f"not a kind of agent.kinds.KINDS: {kind!r}")
+        return table
 
-    def _put(self, kind: Kind, obj: Mapping[str, Any]) -> None:
+    def _records(self, kind: Kind, record_type: type[R]) -> tuple[R, ...]:
+        return tuple(r for r in self._tables[kind].values() if isinstance(r, record_type))
+
+    def _put(self, kind: Kind, obj: Mapping[str, Any]) -> bool:
+        """Take ``obj`` in (its record, or its kind's fail-closed form); False when nothing
+        changed (the same record, the same error)."""
+        table = self._table(kind)
         key = object_key(obj)
-        self._errors.pop((kind, key), None)
-        try:
-            if kind == "Namespace":
-                self._namespaces[key] = namespace_from_k8s(obj)
-            elif kind == "Pod":
-                self._pods[key] = pod_from_k8s(obj)
-            else:
-                self._policies[key] = policy_from_k8s(obj)
-        except Exception as error:  # any failure is this object's own: fail-closed
-            if isinstance(error, ConversionError):
-                message = str(error)
-            else:
-                message = f"{kind} {key[0]}/{key[1]}: cannot be read ({type(error).__name__})"
-            if kind == "NetworkPolicy":
-                self._policies[key] = fail_closed_policy(obj)
-                what = "enforced fail-closed (isolates what it selects, allows nothing)"
-            elif kind == "Pod":
-                pod = self._pods[key] = fail_closed_pod(obj, message)
-                addresses = ", ".join(str(address) for address in pod.ips) or "none readable"
-                what = (
-                    f"enforced fail-closed as an unknown endpoint (addresses: {addresses}; all "
-                    "their traffic denied on its node, matched by no selector)"
-                )
-            else:
-                self._namespaces.pop(key, None)
-                what = "left out"
-            self._errors[(kind, key)] = ObjectError(kind, key, f"{message}; {what}")
+        result = _SPECS[kind].fail_closed(obj)  # never raises (agent.kinds.base)
+        error = ObjectError(kind, key, result.error) if result.error else None
+        if key in table and table[key] == result.record and self._errors.get((kind, key)) == error:
+            return False
+        if result.record is None:
+            table.pop(key, None)
+        else:
+            table[key] = result.record
+        if error is None:
+            self._errors.pop((kind, key), None)
+        else:
+            self._errors[(kind, key)] = error
+        return True
 
     def _changed(self) -> None:
         self._revision += 1

@@ -158,14 +158,16 @@ def test_cluster_role_only_reads_what_the_agent_watches() -> None:
         ("", "namespaces"),
         ("networking.k8s.io", "networkpolicies"),
         ("", "nodes"),
+        ("policy.networking.k8s.io", "clusternetworkpolicies"),
     }
     for resource, verbs in granted().items():
         assert verbs == READ_ONLY, f"{resource}: {sorted(verbs)}"
 
 
 def test_cluster_role_reads_nodes_and_nothing_beneath_them() -> None:
-    """The pod ranges come from the Node; its subresources (nodes/proxy reaches the kubelet's
-    API, nodes/status is written by the kubelet) are never needed."""
+    """Every Node is read (its pod ranges, and labels and addresses for ClusterNetworkPolicy
+    nodes peers); its subresources (nodes/proxy reaches the kubelet's API, nodes/status is
+    written by the kubelet) are never needed."""
     assert granted()[("", "nodes")] == READ_ONLY
     assert not any(resource.startswith("nodes/") for _, resource in granted())
     assert not any("*" in group or "*" in resource for group, resource in granted())
@@ -173,7 +175,9 @@ def test_cluster_role_reads_nodes_and_nothing_beneath_them() -> None:
 
 def test_cluster_role_grants_every_request_the_agent_makes() -> None:
     """The Kubernetes source, following its own Node as the DaemonSet runs it, against the fake
-    API server: every (group, resource, verb) it asks for is granted."""
+    API server serving ClusterNetworkPolicies: every (group, resource, verb) it asks for is
+    granted. Discovery (``/apis``) is not a resource: the default ClusterRole system:discovery
+    grants it to every authenticated user."""
     from kubernetes.client import ApiClient, Configuration
 
     from agent.sources.kubernetes import KubernetesSource
@@ -182,6 +186,7 @@ def test_cluster_role_grants_every_request_the_agent_makes() -> None:
 
     with FakeApiServer() as server:
         server.create("Node", {"metadata": {"name": "node-a"}, "spec": {"podCIDR": "10.0.1.0/24"}})
+        server.install_crd("v1beta1", "v1alpha2")
         configuration = Configuration()
         configuration.host = server.url
         api = ApiClient(configuration)
@@ -208,6 +213,9 @@ def test_cluster_role_grants_every_request_the_agent_makes() -> None:
             if r.kind is not None
         }
     assert ("", "nodes", "watch") in asked
+    assert ("policy.networking.k8s.io", "clusternetworkpolicies", "watch") in asked
+    discovery = {r.path for r in server.requests if r.kind is None}
+    assert discovery and all(path.startswith("/apis") for path in discovery), discovery
     for group, resource, verb in sorted(asked):
         assert verb in granted().get((group, resource), set()), f"{verb} {group}/{resource}"
 
@@ -552,6 +560,7 @@ STEPS = {
         "nft list ruleset",
         f"docker build -t {IMAGE} .",
         f"kind load docker-image {IMAGE}",
+        "policy.networking.k8s.io_clusternetworkpolicies.yaml",
         "kubectl apply -f daemonset.yaml",
         "rollout status ds/netpol-agent",
         "{.spec.podCIDRs}",
@@ -574,6 +583,7 @@ STEPS = {
         "net.bridge.bridge-nf-call-iptables=1",
         f"docker build -t {IMAGE} .",
         f"minikube image load {IMAGE}",
+        "policy.networking.k8s.io_clusternetworkpolicies.yaml",
         "kubectl apply -f daemonset.yaml",
         "rollout status ds/netpol-agent",
         "{.spec.podCIDRs}",

@@ -3,8 +3,8 @@
 A lab NAME lives in ``$NETPOL_AGENT_LAB_ROOT/NAME`` (default ``/run/netpol-agent/labs/NAME``):
 
 - ``store.json``: every object the lab was given, like an API server's storage, with the fields
-  a cluster would fill in (``spec.nodeName``, ``status.podIPs``). The agents read it
-  (``agent.sources.lab_store``).
+  a cluster would fill in (``spec.nodeName``, ``status.podIPs``), and a Node object for each of
+  the lab's nodes (see "Nodes" below). The agents read it (``agent.sources.lab_store``).
 - ``lab.json``: the lab's own record: nodes, where each pod lives (network namespace, veth,
   addresses), external hosts, and the processes it started (agents, echo responders).
 - ``status-NODE.json``, ``agent-NODE.log`` and ``supervisor-NODE.json``: each node agent's
@@ -20,6 +20,21 @@ start their echo responders → write the store → wait until every agent repor
 revision in force → bring new pods' links up → remove what was deleted. A change is all or
 nothing: when a step fails, everything the change did is undone (namespaces and responders
 removed, the store written back as it was) and the command says what failed.
+
+Kinds. The lab takes every kind netpol-agent reads (``agent.kinds.KINDS``: Namespaces, Pods,
+NetworkPolicies, ClusterNetworkPolicies in both apiVersions, Nodes), Deployments (expanded into
+Pods) and its own ExternalHosts; a policy kind netpol-agent does not enforce is refused by the
+manifest loader, naming the kind; any other kind is ignored with a note. Cluster-scoped objects
+(ClusterNetworkPolicy) are applied and deleted by name, with no namespace.
+
+Nodes. Each lab node ``node-N`` has a Node object in the store, as a cluster's kubelet registers
+one: labels ``kubernetes.io/hostname: node-N`` and ``kubernetes.io/os: linux``, and its node
+address(es) (``172.18.0.(N+1)``, and ``fc00:f853:ccd:e793::(N+1)`` in a dual-stack lab) as
+``InternalIP``: the address a pod reaches its node at (held on the node's ``lo``), which
+ClusterNetworkPolicy ``nodes`` peers match. ``lab apply`` of a Node manifest sets the labels of
+the lab node of that name (besides the lab's own two, which stay); nothing else of a Node is
+the manifest's to say (a ``spec`` or ``status`` is refused), and a name that is no lab node is
+refused. ``lab delete`` of a Node manifest takes those labels off again: the node stays.
 
 Teardown goes by exact names: the lab records every namespace *before* creating it and removes
 only those (a lab's name may be a prefix of another's, ``relq`` and ``relq-x``). Processes are
@@ -46,6 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.kinds import KINDS, NODE
 from agent.lab import WAIT_SECONDS, processes, supervisor, topology
 from agent.lab.netns import CommandError, netns_exists
 from agent.lab.probe import ProbeEndpoint, probe_matrix
@@ -72,7 +88,12 @@ NODE_NET_V6 = ipaddress.IPv6Network("fc00:f853:ccd:e793::/64")
 
 EXTERNAL_KIND = "ExternalHost"
 EXTERNAL_API_VERSION = "lab.netpol-agent.io/v1"
-LAB_KINDS = {"Namespace", "Pod", "NetworkPolicy", "Deployment", EXTERNAL_KIND}
+LAB_KINDS = {*(spec.kind for spec in KINDS), "Deployment", EXTERNAL_KIND}
+"""Every kind netpol-agent reads, the Deployments the lab expands and its own external hosts."""
+
+NODE_LABELS = ("kubernetes.io/hostname", "kubernetes.io/os")
+"""The labels the lab gives each Node (well-known labels every kubelet sets); a Node manifest
+cannot change them."""
 
 ROLLBACK_WAIT_SECONDS = 10.0
 """How long undoing a failed change waits for the agents to enforce the restored store."""
@@ -269,6 +290,60 @@ def describe(identity: ObjectId) -> str:
     return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
 
 
+def node_object(
+    record: LabRecord, node: LabNode, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The Node object of a lab node, with ``labels`` (from a Node manifest) added to the lab's
+    own: what a kubelet registers, as far as netpol-agent reads it."""
+    spec = node.spec
+    addresses = [spec.node_ip_v4, *([spec.node_ip_v6] if record.ipv6 and spec.node_ip_v6 else [])]
+    own = dict(zip(NODE_LABELS, (node.name, "linux"), strict=True))
+    return {
+        "apiVersion": NODE.api_versions[0],
+        "kind": NODE.kind,
+        "metadata": {"name": node.name, "labels": {**(labels or {}), **own}},
+        "status": {
+            "addresses": [
+                *({"type": "InternalIP", "address": address} for address in addresses),
+                {"type": "Hostname", "address": node.name},
+            ]
+        },
+    }
+
+
+def node_objects(record: LabRecord) -> dict[ObjectId, dict[str, Any]]:
+    """The Node objects of every lab node, with the lab's labels only."""
+    objects = (node_object(record, node) for node in record.nodes)
+    return {object_id(obj): obj for obj in objects}
+
+
+def _labelled_node(record: LabRecord, obj: dict[str, Any]) -> dict[str, Any]:
+    """A Node manifest applied to the lab node of its name: its labels on the lab's Node."""
+    name = obj["metadata"]["name"]
+    identity = object_id(obj)
+    nodes = {node.name: node for node in record.nodes}
+    if name not in nodes:
+        raise LabError(
+            f"{describe(identity)}: metadata.name: no lab node {name!r} (the lab has "
+            f"{', '.join(nodes)}); a Node manifest labels one of them"
+        )
+    for field_name in ("spec", "status"):
+        if obj.get(field_name):
+            raise LabError(
+                f"{describe(identity)}: {field_name}: the lab's nodes have their own addresses "
+                "and ranges; a Node manifest may only set metadata.labels"
+            )
+    labels = dict(obj["metadata"].get("labels") or {})
+    own = node_object(record, nodes[name])["metadata"]["labels"]
+    for key in NODE_LABELS:
+        if labels.get(key, own[key]) != own[key]:
+            raise LabError(
+                f"{describe(identity)}: metadata.labels: {key} is the lab's own label of the "
+                "node and cannot be changed"
+            )
+    return node_object(record, nodes[name], labels)
+
+
 class Lab:
     """One lab; every public method takes the lab's lock for its whole duration."""
 
@@ -381,7 +456,7 @@ class Lab:
             if self.exists():
                 raise self._already_exists()
             try:
-                self._write_objects(0, {})
+                self._write_objects(0, node_objects(record))
                 self._save(record)  # every node recorded before it exists: teardown finds it
                 for node in record.nodes:
                     topology.create_node(node.spec)
@@ -431,6 +506,11 @@ class Lab:
             for what in sorted(missing):
                 self.messages.append(f"{what} not found; nothing to delete")
             remaining = {k: v for k, v in objects.items() if k not in doomed}
+            # A lab node stays as long as the lab: deleting its Node takes the labels a Node
+            # manifest gave it off again.
+            for identity, obj in node_objects(record).items():
+                if identity in objects:
+                    remaining.setdefault(identity, obj)
             self._commit(record, revision, remaining, objects, timeout)
 
     def pods(self) -> list[dict[str, Any]]:
@@ -542,17 +622,20 @@ class Lab:
         """Check a new lab's manifests as far as can be done before anything exists: objects,
         nodes and addresses of its pods (raises LabError; the notes come again later)."""
         notes = len(self.messages)
-        updated = self._merged({}, manifests)
+        updated = self._merged(record, node_objects(record), manifests)
         self._plan_pods(record, [obj for identity, obj in updated.items() if identity[0] == "Pod"])
         del self.messages[notes:]
 
     def _apply(self, record: LabRecord, manifests: list[Manifest], timeout: float) -> None:
         revision, objects = self._read_objects()
-        updated = self._merged(objects, manifests)
+        updated = self._merged(record, objects, manifests)
         self._commit(record, revision, updated, objects, timeout)
 
     def _merged(
-        self, objects: dict[ObjectId, dict[str, Any]], manifests: list[Manifest]
+        self,
+        record: LabRecord,
+        objects: dict[ObjectId, dict[str, Any]],
+        manifests: list[Manifest],
     ) -> dict[ObjectId, dict[str, Any]]:
         """``objects`` with ``manifests`` applied (a new dict), every object checked."""
         updated = dict(objects)
@@ -562,16 +645,20 @@ class Lab:
                 self.messages.append(
                     f"{manifest.source}: ignored {kind} "
                     f"{manifest.obj.get('metadata', {}).get('name')}: the lab models Namespaces, "
-                    "Pods, Deployments, NetworkPolicies and ExternalHosts"
+                    "Pods, Deployments, NetworkPolicies, ClusterNetworkPolicies, Nodes (labels) "
+                    "and ExternalHosts"
                 )
                 continue
             try:
                 for obj in self._expand(manifest.obj):
+                    if obj.get("kind") == NODE.kind:
+                        obj = _labelled_node(record, obj)
                     self._merge(updated, obj)
             except LabError as error:
                 raise LabError(f"refused, nothing changed: {manifest.source}: {error}") from error
         for identity in updated:
-            if identity[0] not in ("Namespace", EXTERNAL_KIND):
+            # Cluster-scoped objects (Namespaces, Nodes, ClusterNetworkPolicies) have none.
+            if identity[1] and identity[0] != EXTERNAL_KIND:
                 namespace = identity[1]
                 if ("Namespace", "", namespace) not in updated:
                     raise LabError(

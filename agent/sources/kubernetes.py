@@ -1,7 +1,7 @@
 """The Kubernetes API as a source of cluster state: list, then watch, per kind.
 
-One thread per kind (Namespaces, Pods in all namespaces, NetworkPolicies in all namespaces, and
-the agent's own Node) runs the list/watch loop every controller runs:
+One thread per kind of the registry (``agent.kinds.KINDS``: Namespaces, Pods and NetworkPolicies
+in all namespaces, ClusterNetworkPolicies, Nodes) runs the list/watch loop every controller runs:
 
 1. **List** the kind in pages (``limit`` / ``continue``; a 410 on a continue token restarts the
    list) and hand the full list to the cache with ``ClusterState.replace``: whatever is not in
@@ -14,13 +14,32 @@ the agent's own Node) runs the list/watch loop every controller runs:
 4. An unreachable API server, a 5xx or any other failure is retried with capped exponential
    backoff with jitter. The cache keeps the last known state meanwhile; it is never cleared.
 
-The Node is read for its pod ranges only (``spec.podCIDRs``, the legacy ``spec.podCIDR``), through
-a list/watch with the field selector ``metadata.name=NODE``, so the agent sees one object and not
-the whole cluster's. Its ranges turn on the new-pod guard (``enforcement.firewall``); it is not
-part of readiness: a missing Node, a Node without podCIDRs (some network plugins allocate pod
-addresses themselves), a malformed value or no permission to read Nodes is reported (logged,
-in the status, in the metrics) and enforcement goes on, with the ranges last known or without
-the guard. ``--pod-cidr`` replaces all of this (the Node is then not read).
+Nodes. ClusterNetworkPolicy ``nodes`` peers need every Node's labels and addresses, so every
+Node is listed and watched (one loop), into the cache; a Node update that changes neither labels
+nor addresses (status heartbeats) changes nothing there. The same stream gives the agent's own
+Node (``--node-name``) its pod ranges (``spec.podCIDRs``, the legacy ``spec.podCIDR``), which turn
+on the new-pod guard (``enforcement.firewall``). A missing own Node, one without podCIDRs (some
+network plugins allocate pod addresses themselves) or a malformed value is reported (logged, in
+the status, in the metrics) and enforcement goes on, with the ranges last known or without the
+guard; ``--pod-cidr`` replaces the ranges (the Nodes are still read, for ``nodes`` peers). No
+permission to read Nodes (a ClusterRole from before ClusterNetworkPolicy) is an error that does
+not hold readiness up: no Node is known, so no ``nodes`` peer matches anything.
+
+ClusterNetworkPolicies are a CustomResourceDefinition that may be absent. Their loop asks API
+discovery (``GET /apis``, then ``/apis/GROUP/VERSION``: what ``kubectl api-resources`` reads,
+allowed to every authenticated user) which of the kind's versions is served, preferring
+``v1beta1``, then ``v1alpha2``, and lists and watches that version. Not served: a warning,
+enforcement of the other kinds goes on, readiness does not wait for the kind, and discovery is
+asked again every ``discovery_interval`` seconds, so a CRD installed later is picked up. Removed
+while running (its list or watch answers 404): a warning, its policies are dropped (they no
+longer exist), and discovery is asked again. A version served later beside the one read (say
+``v1beta1`` added to a CRD serving ``v1alpha2``) is taken up only when the one read stops being
+served: both hold the same objects. Every discovery also looks for the policy kinds netpol-agent
+refuses (``agent.kinds.REFUSED_POLICY_KINDS``: AdminNetworkPolicy v1alpha1, Cilium's, Calico's,
+Antrea's): each one served is logged once as not enforced. Discovery runs at the start and while
+ClusterNetworkPolicy is not served, not on a timer while it is (a refused kind's CRD installed
+while the agent runs is logged at its next start): every agent of a large cluster asking every
+``discovery_interval`` seconds would be a steady load on the API server for nothing.
 
 Handlers only write into the cache (which marks the agent dirty); compiling happens elsewhere,
 coalesced. Responses are read raw (``_preload_content=False``) and parsed here as JSON, so the
@@ -43,12 +62,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from kubernetes import client, config
 from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 
+from agent import kinds
+from agent.kinds import KindSpec
 from agent.state import ClusterState, Kind, PodRanges
 
 log = logging.getLogger(__name__)
@@ -62,8 +83,17 @@ STOP_GRACE = 2.0
 MAX_LIST_RESTARTS = 5
 """How often one list restarts after its continue token expired before it counts as failed."""
 
-SourceKind = Kind | Literal["Node"]
-"""What the source lists and watches: the cache's kinds, and the agent's own Node."""
+SourceKind = Kind
+"""What the source lists and watches: the cache's kinds (``agent.state.KINDS``)."""
+
+OPTIONAL_KINDS: frozenset[Kind] = frozenset(
+    {kinds.NODE.kind, *(spec.kind for spec in kinds.KINDS if spec.custom)}
+)
+"""Kinds whose reading may be denied without holding readiness up (``_CacheSink.optional``):
+the ones a ClusterRole from before ClusterNetworkPolicy did not grant in full."""
+
+NOT_FOUND = 404
+"""HTTP 404: the kind is not served (its CustomResourceDefinition is absent or was deleted)."""
 
 ACCESS_DENIED = (401, 403)
 """HTTP statuses that no retry cures: the credentials or the ClusterRole must change."""
@@ -146,6 +176,8 @@ class _Resource:
     api_version: str
     list_all: Callable[..., Any]
     """The client's list function for the kind across all namespaces (lists and watches)."""
+    may_vanish: bool = False
+    """A custom kind: a 404 means it is no longer served, and ends the loop's ``run``."""
 
 
 class _Sink(Protocol):
@@ -174,8 +206,14 @@ class _CacheSink:
 
     state: ClusterState
     kind: Kind
+    optional: bool = False
+    """No permission to read the kind (HTTP 401/403) does not hold readiness up: a ClusterRole
+    from before the kind was read (Nodes, ClusterNetworkPolicies) must not stop enforcement of
+    the others. The kind counts as not served until a list succeeds."""
 
     def replace(self, objects: list[dict[str, Any]]) -> None:
+        if self.optional:
+            self.state.set_served(self.kind, True)
         self.state.replace(self.kind, objects)
 
     def upsert(self, obj: dict[str, Any]) -> None:
@@ -185,10 +223,48 @@ class _CacheSink:
         self.state.delete(self.kind, obj)
 
     def failed(self, error: BaseException) -> None:
-        pass  # the loop logs it; the cache keeps the last known state
+        # The loop logs it; the cache keeps the last known state.
+        if self.optional and isinstance(error, ApiException) and error.status in ACCESS_DENIED:
+            self.state.set_served(self.kind, False)
 
     def reached(self) -> None:
         pass
+
+
+@dataclass(frozen=True, slots=True)
+class _NodesSink:
+    """Every Node into the cache, and the agent's own Node's pod ranges (when it has a name)."""
+
+    cache: _CacheSink
+    ranges: _NodeRanges | None
+
+    def replace(self, objects: list[dict[str, Any]]) -> None:
+        self.cache.replace(objects)
+        if self.ranges is not None:
+            self.ranges.replace(objects)
+
+    def upsert(self, obj: dict[str, Any]) -> None:
+        self.cache.upsert(obj)
+        if self.ranges is not None:
+            self.ranges.upsert(obj)
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        self.cache.delete(obj)
+        if self.ranges is not None:
+            self.ranges.delete(obj)
+
+    def failed(self, error: BaseException) -> None:
+        self.cache.failed(error)
+        if self.ranges is not None:
+            self.ranges.failed(error)
+
+    def reached(self) -> None:
+        if self.ranges is not None:
+            self.ranges.reached()
+
+
+class _NotServed(Exception):
+    """A custom kind's list or watch answered 404: its CRD is gone."""
 
 
 class _KindLoop:
@@ -279,6 +355,12 @@ class _KindLoop:
             except Exception as error:
                 if stop.is_set():
                     break
+                if (
+                    self.resource.may_vanish
+                    and isinstance(error, ApiException)
+                    and error.status == NOT_FOUND
+                ):
+                    raise _NotServed(_describe(error)) from None
                 self._failures += 1
                 self._count(errors=1)
                 if isinstance(error, _WatchError):
@@ -566,7 +648,7 @@ class _NodeRanges:
             self._gone(f"Node {self.node_name} does not exist")
 
     def upsert(self, obj: dict[str, Any]) -> None:
-        if _name(obj) == self.node_name:  # the field selector sends no other; be sure anyway
+        if _name(obj) == self.node_name:  # the stream carries every Node
             self._take(obj)
 
     def delete(self, obj: dict[str, Any]) -> None:
@@ -632,9 +714,185 @@ class _NodeRanges:
         self.state.set_pod_ranges(ranges)
 
 
+def _snake(kind: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in kind).lstrip("_")
+
+
+def _lister(api_client: ApiClient, spec: KindSpec[Any], version: str) -> Callable[..., Any]:
+    """The client's list function of every object of ``spec`` at ``version``: the typed one of
+    the core group (``list_pod_for_all_namespaces``, ``list_node``), the generic one of any other
+    group (same path, ``/apis/GROUP/VERSION/PLURAL``, answered raw as every list here is)."""
+    if spec.group:
+        custom = client.CustomObjectsApi(api_client)
+        return functools.partial(
+            custom.list_cluster_custom_object, spec.group, version, spec.plural
+        )
+    name = f"list_{_snake(spec.kind)}" + ("_for_all_namespaces" if spec.namespaced else "")
+    function: Callable[..., Any] = getattr(client.CoreV1Api(api_client), name)
+    return function
+
+
+class _Discovery:
+    """What the API serves beyond the core group, as API discovery says (``GET /apis``, then
+    ``/apis/GROUP/VERSION``), and the refused policy kinds among it, each logged once."""
+
+    def __init__(self, source: KubernetesSource, api_client: ApiClient) -> None:
+        self.source = source
+        self.apis = client.ApisApi(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self._lock = threading.Lock()
+        self._logged: set[tuple[str, str]] = set()
+        """(apiVersion, kind) of refused kinds already logged as not enforced."""
+
+    def _json(self, response: Any) -> Any:
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
+
+    def served(self) -> dict[str, dict[str, set[str]]]:
+        """Group to version to the resources (plurals) served there, for the groups of custom
+        and refused kinds; raises on failure (the caller retries)."""
+        wanted = {spec.group for spec in kinds.KINDS if spec.custom}
+        wanted |= {refused.group for refused in kinds.REFUSED_POLICY_KINDS}
+        timeout = (self.source.connect_timeout, self.source.list_timeout)
+        groups = self._json(
+            self.apis.get_api_versions(_preload_content=False, _request_timeout=timeout)
+        )
+        result: dict[str, dict[str, set[str]]] = {}
+        for group in groups.get("groups") or () if isinstance(groups, dict) else ():
+            name = group.get("name") if isinstance(group, dict) else None
+            if name not in wanted:
+                continue
+            for entry in group.get("versions") or ():
+                version = entry.get("version") if isinstance(entry, dict) else None
+                if not isinstance(version, str):
+                    continue
+                try:
+                    listing = self._json(
+                        self.custom.get_api_resources(
+                            name, version, _preload_content=False, _request_timeout=timeout
+                        )
+                    )
+                except ApiException as error:
+                    if error.status == NOT_FOUND:  # gone between the two requests
+                        continue
+                    raise
+                resources = listing.get("resources") if isinstance(listing, dict) else None
+                result.setdefault(name, {})[version] = {
+                    r["name"]
+                    for r in resources or ()
+                    if isinstance(r, dict) and isinstance(r.get("name"), str)
+                }
+        self._log_refused(result)
+        return result
+
+    def _log_refused(self, served: dict[str, dict[str, set[str]]]) -> None:
+        for refused in kinds.REFUSED_POLICY_KINDS:
+            for version, resources in sorted(served.get(refused.group, {}).items()):
+                api_version = f"{refused.group}/{version}"
+                if refused.plural not in resources or not refused.matches(
+                    api_version, refused.kind
+                ):
+                    continue
+                with self._lock:
+                    if (api_version, refused.kind) in self._logged:
+                        continue
+                    self._logged.add((api_version, refused.kind))
+                log.warning(
+                    "%s: the API serves it, and its objects are not enforced",
+                    refused.message(api_version),
+                )
+
+
+class _CustomKind:
+    """The loop of a kind served only while its CRD is installed (``KindSpec.custom``): discover
+    its preferred served version, list and watch it until it answers 404, and start over."""
+
+    def __init__(
+        self,
+        source: KubernetesSource,
+        spec: KindSpec[Any],
+        loop: _KindLoop,
+        lister: Callable[[str], Callable[..., Any]],
+    ) -> None:
+        self.source = source
+        self.spec = spec
+        self.loop = loop
+        self._lister = lister
+
+    def version(self) -> str | None:
+        """The first of the kind's versions the API serves, or None; raises on failure."""
+        served = self.source.discovery.served().get(self.spec.group, {})
+        for version in self.spec.versions:
+            if self.spec.plural in served.get(version, set()):
+                return version
+        return None
+
+    def run(self, sink: _Sink, state: ClusterState, stop: threading.Event) -> None:
+        kind, failures = self.spec.kind, 0
+        announced: str | None = None
+        """What was last logged: a version served, "absent", or None at the start."""
+        while not stop.is_set():
+            try:
+                version = self.version()
+            except Exception as error:
+                if isinstance(error, ApiException) and error.status in ACCESS_DENIED:
+                    # Discovery is open to every authenticated user by default (ClusterRole
+                    # system:discovery); a cluster that closed it must not hold readiness up.
+                    state.set_served(kind, False)
+                    delay = self.source.discovery_interval
+                else:
+                    failures += 1
+                    delay = self.source.backoff(failures)
+                log.warning(
+                    "%s: API discovery failed (%s); retrying in %.2fs",
+                    kind,
+                    _describe(error),
+                    delay,
+                )
+                stop.wait(delay)
+                continue
+            failures = 0
+            if version is None:
+                state.set_served(kind, False)
+                if announced != "absent":
+                    log.warning(
+                        "%s: not served (no CustomResourceDefinition serves it as %s): none "
+                        "enforced; NetworkPolicy enforcement goes on; looking again every %g s",
+                        kind,
+                        " or ".join(self.spec.api_versions),
+                        self.source.discovery_interval,
+                    )
+                    state.replace(kind, [])  # none exist
+                    announced = "absent"
+                stop.wait(self.source.discovery_interval)
+                continue
+            api_version = self.spec.api_version(version)
+            log.info("%s: served as %s; listing and watching it", kind, api_version)
+            announced = api_version
+            state.set_served(kind, True)
+            self.loop.resource = _Resource(
+                kind, api_version, self._lister(version), may_vanish=True
+            )
+            try:
+                self.loop.run(sink, stop)
+            except _NotServed as gone:
+                log.warning(
+                    "%s: %s is no longer served (%s; its CustomResourceDefinition was removed "
+                    "or changed): its policies are dropped; NetworkPolicy enforcement goes on",
+                    kind,
+                    api_version,
+                    gone,
+                )
+                state.set_served(kind, False)
+                state.replace(kind, [])
+                announced = "removed"
+
+
 class KubernetesSource:
-    """Feeds Namespaces, Pods and NetworkPolicies from the Kubernetes API into the cache, and the
-    pod ranges of the agent's own Node when it is told which node that is."""
+    """Feeds every kind of the registry from the Kubernetes API into the cache, and the pod
+    ranges of the agent's own Node when it is told which node that is."""
 
     def __init__(
         self,
@@ -649,6 +907,7 @@ class KubernetesSource:
         backoff_max: float = 30.0,
         jitter: Callable[[], float] = random.random,
         node_name: str | None = None,
+        discovery_interval: float = 30.0,
     ) -> None:
         """
         :param watch_timeout: seconds a watch asks the server to keep it open (timeoutSeconds).
@@ -659,8 +918,11 @@ class KubernetesSource:
         :param backoff_initial: seconds to wait after the first failure in a row.
         :param backoff_max: the cap on the doubling wait, in seconds.
         :param jitter: a random number in [0, 1); the wait is scaled by 0.5 + jitter / 2.
-        :param node_name: the node whose pod ranges (``spec.podCIDRs``) to follow; None: Nodes
-            are not read (the ranges come from ``--pod-cidr``, or there is no guard).
+        :param node_name: the node whose pod ranges (``spec.podCIDRs``) to follow; None: no
+            ranges are read (they come from ``--pod-cidr``, or there is no guard). Every Node is
+            read either way, for ClusterNetworkPolicy ``nodes`` peers.
+        :param discovery_interval: seconds between API discoveries while a custom kind
+            (ClusterNetworkPolicy) is not served, so its CRD installed later is picked up.
         """
         self.watch_timeout = watch_timeout
         self.page_size = page_size
@@ -671,24 +933,17 @@ class KubernetesSource:
         self.backoff_max = backoff_max
         self._jitter = jitter
         self.node_name = node_name
-        core = client.CoreV1Api(api_client)
-        networking = client.NetworkingV1Api(api_client)
-        resources = [
-            _Resource("Namespace", "v1", core.list_namespace),
-            _Resource("Pod", "v1", core.list_pod_for_all_namespaces),
-            _Resource(
-                "NetworkPolicy",
-                "networking.k8s.io/v1",
-                networking.list_network_policy_for_all_namespaces,
-            ),
-        ]
-        if node_name is not None:
-            # One object, not every Node of the cluster: a field selector on the name, which
-            # lists and watches honour alike.
-            selector = f"metadata.name={node_name}"
-            only_this_node = functools.partial(core.list_node, field_selector=selector)
-            resources.append(_Resource("Node", "v1", only_this_node))
-        self._loops = {resource.kind: _KindLoop(self, resource) for resource in resources}
+        self.discovery_interval = discovery_interval
+        self.discovery = _Discovery(self, api_client)
+        self._custom: dict[Kind, _CustomKind] = {}
+        self._loops: dict[Kind, _KindLoop] = {}
+        for spec in kinds.KINDS:
+            version = spec.versions[0]
+            lister = functools.partial(_lister, api_client, spec)
+            resource = _Resource(spec.kind, spec.api_version(version), lister(version))
+            loop = self._loops[spec.kind] = _KindLoop(self, resource)
+            if spec.custom:
+                self._custom[spec.kind] = _CustomKind(self, spec, loop, lister)
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after ``failures`` failures in a row (capped doubling, jittered)."""
@@ -704,7 +959,7 @@ class KubernetesSource:
         threads = [
             threading.Thread(
                 target=self._run_loop,
-                args=(loop, self._sink(loop.kind, state), stop),
+                args=(loop, self._sink(loop.kind, state), state, stop),
                 name=f"kubernetes-{kind}",
                 daemon=True,
             )
@@ -724,15 +979,22 @@ class KubernetesSource:
                 log.warning("%s did not stop within %.0f s", thread.name, STOP_GRACE)
 
     def _sink(self, kind: SourceKind, state: ClusterState) -> _Sink:
-        if kind == "Node":
-            assert self.node_name is not None  # the Node loop exists only with a node name
-            return _NodeRanges(self.node_name, state)
-        return _CacheSink(state, kind)
+        cache = _CacheSink(state, kind, optional=kind in OPTIONAL_KINDS)
+        if kind == kinds.NODE.kind:
+            ranges = None if self.node_name is None else _NodeRanges(self.node_name, state)
+            return _NodesSink(cache, ranges)
+        return cache
 
-    def _run_loop(self, loop: _KindLoop, sink: _Sink, stop: threading.Event) -> None:
+    def _run_loop(
+        self, loop: _KindLoop, sink: _Sink, state: ClusterState, stop: threading.Event
+    ) -> None:
+        custom = self._custom.get(loop.kind)
         while not stop.is_set():
             try:
-                loop.run(sink, stop)
+                if custom is not None:
+                    custom.run(sink, state, stop)
+                else:
+                    loop.run(sink, stop)
             except Exception:  # a bug in the loop itself: log it, wait, start over
                 log.exception("%s: list/watch loop failed; restarting it", loop.kind)
                 stop.wait(self.backoff_max)

@@ -1489,3 +1489,136 @@ def test_lab_command_with_a_deep_file(tmp_path: Path) -> None:
         f"netpol-agent lab apply: refused, nothing changed: {path} (line 1, column 101): "
         f"nested deeper than {MAX_DEPTH} levels, the most a manifest may nest\n"
     )
+
+
+# -- the registry's kinds: ClusterNetworkPolicy, Node, and the refused policy kinds -------------
+
+CLUSTER_POLICY = """\
+apiVersion: {api_version}
+kind: ClusterNetworkPolicy
+metadata:
+  name: guard
+  namespace: {namespace}
+spec:
+  tier: Admin
+  priority: 10
+  subject:
+    namespaces: {{}}
+  ingress:
+  - name: deny-all
+    action: Deny
+    from:
+    - namespaces: {{}}
+"""
+
+NODE = """\
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-1
+  labels:
+    zone: {zone}
+status:
+  addresses:
+  - type: InternalIP
+    address: {address}
+"""
+
+
+@pytest.mark.parametrize(
+    "api_version",
+    [
+        pytest.param("policy.networking.k8s.io/v1alpha2", id="v1alpha2"),
+        pytest.param("policy.networking.k8s.io/v1beta1", id="v1beta1"),
+    ],
+)
+@pytest.mark.parametrize(
+    "namespace", [pytest.param("default", id="namespace-given"), pytest.param("", id="none")]
+)
+def test_cluster_network_policy_is_accepted_without_a_namespace(
+    tmp_path: Path, api_version: str, namespace: str
+) -> None:
+    text = CLUSTER_POLICY.format(api_version=api_version, namespace=namespace or "null")
+    (manifest,) = load_manifests([write(tmp_path, "cnp.yaml", text)])
+    assert manifest.obj["apiVersion"] == api_version
+    assert "namespace" not in manifest.obj["metadata"], "cluster-scoped: the API clears it"
+
+
+def test_a_list_mixes_kinds(tmp_path: Path) -> None:
+    policy = CLUSTER_POLICY.format(api_version="policy.networking.k8s.io/v1beta1", namespace="x")
+    node = NODE.format(zone="a", address="172.18.0.2")
+    items = "".join(
+        "- " + text.replace("\n", "\n  ").rstrip() + "\n"
+        for text in (NAMESPACE, policy, POLICY.format(port=80), node)
+    )
+    manifests = load_manifests(
+        [write(tmp_path, "list.yaml", f"apiVersion: v1\nkind: List\nitems:\n{items}")]
+    )
+    assert [(m.obj["kind"], m.obj["metadata"].get("namespace")) for m in manifests] == [
+        ("Namespace", None),
+        ("ClusterNetworkPolicy", None),
+        ("NetworkPolicy", "default"),
+        ("Node", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            CLUSTER_POLICY.format(
+                api_version="policy.networking.k8s.io/v1beta1", namespace="x"
+            ).replace("action: Deny", "action: Allow"),
+            "objects.yaml: ClusterNetworkPolicy guard: spec.ingress[0].action:",
+            id="cnp-action",
+        ),
+        pytest.param(
+            CLUSTER_POLICY.format(
+                api_version="policy.networking.k8s.io/v1beta1", namespace="x"
+            ).replace("  priority: 10\n", "  priority: 10\n  prority: 3\n"),
+            "objects.yaml: ClusterNetworkPolicy guard: spec.prority: unknown field",
+            id="cnp-unknown-field",
+        ),
+        pytest.param(
+            CLUSTER_POLICY.format(api_version="policy.networking.k8s.io/v1", namespace="x"),
+            "ClusterNetworkPolicy guard: apiVersion: must be policy.networking.k8s.io/v1beta1 or "
+            "policy.networking.k8s.io/v1alpha2 for kind ClusterNetworkPolicy, got "
+            "policy.networking.k8s.io/v1",
+            id="cnp-version",
+        ),
+        pytest.param(
+            NODE.format(zone="a", address="172.18.0.02"),
+            "objects.yaml: Node node-1: status.addresses[0].address:",
+            id="node-address",
+        ),
+        pytest.param(
+            NODE.format(zone="-a", address="172.18.0.2"),
+            "objects.yaml: Node node-1: metadata.labels",
+            id="node-label",
+        ),
+    ],
+)
+def test_registry_kinds_are_validated_strictly(tmp_path: Path, text: str, message: str) -> None:
+    assert message in str(load_error(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind"),
+    [
+        pytest.param("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy", id="anp"),
+        pytest.param("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy", id="banp"),
+        pytest.param("cilium.io/v2", "CiliumNetworkPolicy", id="cilium"),
+        pytest.param("cilium.io/v2", "CiliumClusterwideNetworkPolicy", id="cilium-clusterwide"),
+        pytest.param("projectcalico.org/v3", "NetworkPolicy", id="calico-networkpolicy"),
+        pytest.param("projectcalico.org/v3", "GlobalNetworkPolicy", id="calico-global"),
+        pytest.param("crd.projectcalico.org/v1", "GlobalNetworkPolicy", id="calico-crd"),
+        pytest.param("crd.antrea.io/v1beta1", "ClusterNetworkPolicy", id="antrea-cnp"),
+    ],
+)
+def test_refused_policy_kinds_are_errors_naming_the_kind(
+    tmp_path: Path, api_version: str, kind: str
+) -> None:
+    text = f"apiVersion: {api_version}\nkind: {kind}\nmetadata:\n  name: p\nspec: {{}}\n"
+    message = str(load_error(tmp_path, text))
+    assert f"{api_version} {kind} is not enforced" in message
+    assert message.startswith(f"{tmp_path / 'objects.yaml'}: {kind} ")

@@ -341,7 +341,9 @@ def test_kubernetes_source_never_opens_a_pod_whose_object_turns_bad(
     with running(client, state):
         eventually(lambda: state.ready and verdicts(state) == denied, "web denied")
         # The attack: the status IP in the sloppy form the API server stores.
-        sloppy = k8s_pod()
+        # (A label changes too, so the update is a change of the record: an update that
+        # leaves the record as it was changes nothing in the cache.)
+        sloppy = k8s_pod(labels={"app": "web", "update": "sloppy"})
         sloppy["status"].update(podIP="010.244.1.3", podIPs=[{"ip": "010.244.1.3"}])
         server.update("Pod", sloppy)
         revision = state.revision
@@ -367,3 +369,103 @@ def test_kubernetes_source_never_opens_a_pod_whose_object_turns_bad(
     with running(client, restarted):
         eventually(lambda: restarted.ready, "relisted")
         assert verdicts(restarted) == unknown
+
+
+# -- every kind of the registry ----------------------------------------------------------------
+
+
+def k8s_cluster_policy(name: str, action: str = "Deny", priority: int = 10) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy.networking.k8s.io/v1beta1",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "tier": "Admin",
+            "priority": priority,
+            "subject": {"namespaces": {}},
+            "ingress": [{"action": action, "from": [{"namespaces": {}}]}],
+        },
+    }
+
+
+def k8s_node(name: str, address: str, **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": address},
+                {"type": "Hostname", "address": name},
+            ]
+        },
+    }
+
+
+def test_cluster_policies_and_nodes_reach_the_snapshot() -> None:
+    state = ClusterState()
+    state.replace("ClusterNetworkPolicy", [k8s_cluster_policy("guard")])
+    state.replace("Node", [k8s_node(NODE, "172.18.0.2", zone="a")])
+    snapshot = state.view().snapshot
+    [policy] = snapshot.cluster_policies
+    assert (policy.name, policy.priority, policy.ingress[0].action.value) == ("guard", 10, "Deny")
+    [node] = snapshot.nodes
+    assert (node.name, dict(node.labels), node.addresses) == (
+        NODE,
+        {"zone": "a"},
+        (ipaddress.ip_address("172.18.0.2"),),
+    )
+    state.delete("ClusterNetworkPolicy", k8s_cluster_policy("guard"))
+    assert state.view().snapshot.cluster_policies == ()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param({"action": "Allow"}, id="unknown-action"),
+        pytest.param({"priority": 5000}, id="priority-out-of-range"),
+        pytest.param({"tier": "Middle"}, id="unknown-tier"),
+    ],
+)
+def test_a_malformed_cluster_policy_is_kept_fail_closed_and_reported(spec: dict[str, Any]) -> None:
+    obj = k8s_cluster_policy("bad", action=spec.get("action", "Deny"))
+    obj["spec"].update({k: v for k, v in spec.items() if k != "action"})
+    state = ClusterState()
+    state.replace("ClusterNetworkPolicy", [obj, k8s_cluster_policy("good")])
+    names = {policy.name for policy in state.view().snapshot.cluster_policies}
+    assert names == {"bad", "good"}, "never dropped"
+    [error] = state.errors()
+    assert (error.kind, error.key) == ("ClusterNetworkPolicy", ("", "bad"))
+    assert "enforced fail-closed" in error.message
+    stand_in = next(p for p in state.view().snapshot.cluster_policies if p.name == "bad")
+    rules = (*stand_in.ingress, *stand_in.egress)
+    assert rules and all(rule.action.value == "Deny" for rule in rules), "opens nothing"
+    state.upsert("ClusterNetworkPolicy", k8s_cluster_policy("bad"))  # fixed
+    assert state.errors() == []
+
+
+def test_an_update_that_leaves_the_record_as_it_was_changes_nothing() -> None:
+    """Nodes' heartbeats and status conditions must not cause recompiles."""
+    state = ClusterState()
+    state.replace("Node", [k8s_node(NODE, "172.18.0.2")])
+    revision = state.revision
+    heartbeat = k8s_node(NODE, "172.18.0.2")
+    heartbeat["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    state.upsert("Node", heartbeat)
+    assert state.revision == revision
+    state.upsert("Node", k8s_node(NODE, "172.18.0.2", zone="b"))  # a label: a change
+    assert state.revision == revision + 1
+
+
+def test_readiness_waits_for_every_kind_served() -> None:
+    state = ClusterState()
+    for kind in ("Namespace", "Pod", "NetworkPolicy", "Node"):
+        state.replace(kind, [])
+    assert not state.ready, "ClusterNetworkPolicy counts until the source says it is not served"
+    state.set_served("ClusterNetworkPolicy", False)
+    assert state.ready
+    state.set_served("ClusterNetworkPolicy", True)  # the CRD appears: wait for its list
+    state.replace("ClusterNetworkPolicy", [])
+    assert state.ready
+    with pytest.raises(ValueError, match="not a kind"):
+        state.set_served("CiliumNetworkPolicy", False)

@@ -1,11 +1,18 @@
 """A fake Kubernetes API server on 127.0.0.1 speaking the list/watch protocol over real HTTP.
 
-It serves Namespaces, Pods, NetworkPolicies and Nodes the way kube-apiserver does, closely enough
-that the official client cannot tell:
+It serves Namespaces, Pods, NetworkPolicies, Nodes and (when its CustomResourceDefinition is
+installed) ClusterNetworkPolicies the way kube-apiserver does, closely enough that the official
+client cannot tell:
 
 - ``GET /api/v1/namespaces``, ``/api/v1/pods``, ``/apis/networking.k8s.io/v1/networkpolicies``,
   ``/api/v1/nodes`` and the namespaced variants (``/api/v1/namespaces/{ns}/pods``, ...);
-  ``/version``, ``/api`` and ``/apis`` answer minimal discovery documents.
+  ``/version``, ``/api`` and ``/apis`` answer minimal discovery documents, and so do
+  ``/apis/GROUP`` (APIGroup) and ``/apis/GROUP/VERSION`` (APIResourceList) for the groups served.
+- ClusterNetworkPolicies (``/apis/policy.networking.k8s.io/VERSION/clusternetworkpolicies``) are
+  served only at the versions ``install_crd`` names, one storage for all of them, as a CRD with
+  several served versions is; any other version is 404. ``remove_crd`` deletes the CRD while
+  running: its objects are gone, its open watches end, and every later request is 404.
+  ``serve_api`` adds a resource to discovery only (a kind the agent refuses, like Cilium's).
 - ``fieldSelector`` ``metadata.name=NAME`` (also ``==`` and ``!=``, comma-separated terms ANDed)
   filters lists and watches; any other field is refused with 400, as the real server refuses a
   field it does not index for that kind.
@@ -26,8 +33,8 @@ tests keep changing objects.
 
 Test controls: ``create``/``update``/``delete``, ``compact()``, ``bookmark()``, ``drop_watches()``,
 ``inject_raw()`` (a raw line into open watch streams), ``fail_next()`` (canned error answers),
-``forbid()``/``permit()`` (403 for a kind, as when RBAC does not grant it), ``stop()``/``start()``
-and the request log ``requests``.
+``forbid()``/``permit()`` (403 for a kind, as when RBAC does not grant it), ``install_crd()``/
+``remove_crd()``/``serve_api()``, ``stop()``/``start()`` and the request log ``requests``.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-Kind = Literal["Namespace", "Pod", "NetworkPolicy", "Node"]
+Kind = Literal["Namespace", "Pod", "NetworkPolicy", "Node", "ClusterNetworkPolicy"]
 Phase = Literal["any", "list", "continue", "watch"]
 
 
@@ -69,7 +76,18 @@ RESOURCES: dict[Kind, Resource] = {
     "Pod": Resource("Pod", "v1", "pods", namespaced=True),
     "NetworkPolicy": Resource("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", True),
     "Node": Resource("Node", "v1", "nodes", namespaced=False),
+    "ClusterNetworkPolicy": Resource(
+        "ClusterNetworkPolicy",
+        "policy.networking.k8s.io/v1alpha2",
+        "clusternetworkpolicies",
+        namespaced=False,
+    ),
 }
+"""Each kind served; ClusterNetworkPolicy's ``api_version`` names its group (its versions are
+the ones ``install_crd`` serves)."""
+
+CRD_KIND: Kind = "ClusterNetworkPolicy"
+CRD_GROUP = "policy.networking.k8s.io"
 
 SELECTABLE_FIELDS = ("metadata.name",)
 """The fields ``fieldSelector`` may name (the real server adds per-kind ones we do not need)."""
@@ -100,8 +118,15 @@ def selected(obj: Mapping[str, Any], selector: FieldSelector) -> bool:
     return True
 
 
-_ROUTES: list[tuple[re.Pattern[str], Kind]] = []
+_ROUTES: list[tuple[re.Pattern[str], Kind]] = [
+    (
+        re.compile(rf"^/apis/{re.escape(CRD_GROUP)}/(?P<version>[^/]+)/clusternetworkpolicies$"),
+        CRD_KIND,
+    )
+]
 for _resource in RESOURCES.values():
+    if _resource.kind == CRD_KIND:
+        continue
     _ROUTES.append((re.compile(rf"^{_resource.prefix}/{_resource.plural}$"), _resource.kind))
     if _resource.namespaced:
         _ROUTES.append(
@@ -200,6 +225,11 @@ class FakeApiServer:
         self._drops = 0
         self._expiries = 0
         self._paused = False
+        self._crd_versions: tuple[str, ...] = ()
+        """The versions the ClusterNetworkPolicy CRD serves, preferred first; empty: absent."""
+        self._crd_removals = 0
+        self._discovery_forbidden = False
+        self._extra_apis: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -367,6 +397,58 @@ class FakeApiServer:
     def permit(self, kind: Kind) -> None:
         with self._cond:
             self._forbidden.discard(kind)
+
+    # -- the ClusterNetworkPolicy CRD and discovery --------------------------------------------
+
+    def install_crd(self, *versions: str) -> None:
+        """Serve ClusterNetworkPolicies at ``versions`` (the first is the group's preferred
+        version in discovery), as installing (or updating) their CRD does."""
+        with self._cond:
+            self._crd_versions = versions
+
+    def remove_crd(self) -> None:
+        """Delete the CRD: its objects are gone (no events: the storage goes with it), its open
+        watches end, and its paths answer 404 from now on."""
+        with self._cond:
+            self._crd_versions = ()
+            self._objects[CRD_KIND].clear()
+            self._revision += 1
+            self._crd_removals += 1
+            self._cond.notify_all()
+
+    def forbid_discovery(self, forbidden: bool = True) -> None:
+        """Answer ``/apis...`` discovery with 403, as a cluster that removed system:discovery."""
+        with self._cond:
+            self._discovery_forbidden = forbidden
+
+    def crd_served(self, version: str) -> bool:
+        with self._cond:
+            return version in self._crd_versions
+
+    def serve_api(
+        self, group: str, version: str, kind: str, plural: str, *, namespaced: bool
+    ) -> None:
+        """List ``kind`` in discovery under ``group/version`` (nothing more is served)."""
+        with self._cond:
+            self._extra_apis.setdefault((group, version), []).append(
+                {"name": plural, "kind": kind, "namespaced": namespaced, "verbs": ["list"]}
+            )
+
+    def discovery_apis(self) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """(group, version) to the APIResource entries of every API group beyond the core."""
+        with self._cond:
+            apis: dict[tuple[str, str], list[dict[str, Any]]] = {
+                ("networking.k8s.io", "v1"): [
+                    {"name": "networkpolicies", "kind": "NetworkPolicy", "namespaced": True}
+                ]
+            }
+            for version in self._crd_versions:
+                apis[(CRD_GROUP, version)] = [
+                    {"name": "clusternetworkpolicies", "kind": CRD_KIND, "namespaced": False}
+                ]
+            for key, resources in self._extra_apis.items():
+                apis.setdefault(key, []).extend(resources)
+            return apis
 
     # -- request log -------------------------------------------------------------------------
 
@@ -612,11 +694,13 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path.rstrip("/") or "/"
         kind: Kind | None = None
         namespace: str | None = None
+        version: str | None = None
         for pattern, route_kind in _ROUTES:
             match = pattern.match(path)
             if match:
                 kind = route_kind
                 namespace = match.groupdict().get("ns")
+                version = match.groupdict().get("version")
                 break
         watch = query.get("watch") in ("true", "1", "True")
 
@@ -633,12 +717,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_status(401, "Unauthorized")
             return
         if kind is None:
-            discovery = _discovery(path)
+            with fake._cond:
+                discovery_forbidden = fake._discovery_forbidden
+            if discovery_forbidden and path.startswith("/apis"):
+                log(403)
+                self._send_status(403, f'forbidden: User "netpol-agent" cannot get path "{path}"')
+                return
+            discovery = _discovery(path, fake.discovery_apis())
             log(200 if discovery is not None else 404)
             if discovery is None:
                 self._send_status(404, f"the server could not find the requested resource {path}")
             else:
                 self._send_json(200, discovery)
+            return
+        if version is not None and not fake.crd_served(version):
+            log(404)
+            self._send_status(404, f"the server could not find the requested resource {path}")
             return
         phase: Phase = "watch" if watch else ("continue" if query.get("continue") else "list")
         with fake._cond:
@@ -648,7 +742,7 @@ class _Handler(BaseHTTPRequestHandler):
             log(403)
             verb = "watch" if watch else "list"
             resource = RESOURCES[kind]
-            group = "" if resource.api_version == "v1" else resource.api_version.split("/")[0]
+            group = resource.api_version.rpartition("/")[0]
             self._send_status(
                 403,
                 f'{resource.plural} is forbidden: User "system:serviceaccount:kube-system:'
@@ -678,6 +772,8 @@ class _Handler(BaseHTTPRequestHandler):
         status, body = fake.list_page(
             kind, namespace, limit, query.get("continue") or None, selector
         )
+        if version is not None:
+            body["apiVersion"] = f"{CRD_GROUP}/{version}"
         log(status)
         self._send_json(status, body)
 
@@ -730,6 +826,7 @@ class _Handler(BaseHTTPRequestHandler):
                 kind, namespace, selector, self.connection, bookmarks, bookmarks=fake._bookmarks
             )
             drops, expiries, expired = fake._drops, fake._expiries, False
+            removals = fake._crd_removals
             if gone is None:
                 fake._watchers.append(watcher)
         if gone is not None:
@@ -746,6 +843,9 @@ class _Handler(BaseHTTPRequestHandler):
                             return
                         if fake._expiries != expiries:
                             expired = True
+                            break
+                        if kind == CRD_KIND and fake._crd_removals != removals:
+                            deadline = 0.0  # the CRD was deleted: its watches end
                             break
                         if not fake._paused:
                             since = self._collect(watcher, since, pending, matches)
@@ -776,7 +876,9 @@ def _gone_line(message: str) -> bytes:
     return _event_line("ERROR", status_object(410, "Expired", message))
 
 
-def _discovery(path: str) -> dict[str, Any] | None:
+def _discovery(
+    path: str, apis: Mapping[tuple[str, str], list[dict[str, Any]]]
+) -> dict[str, Any] | None:
     if path == "/version":
         return {
             "major": "1",
@@ -797,16 +899,31 @@ def _discovery(path: str) -> dict[str, Any] | None:
                 {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}
             ],
         }
+    groups: dict[str, list[str]] = {}
+    for group, version in apis:
+        groups.setdefault(group, []).append(version)
+
+    def api_group(name: str) -> dict[str, Any]:
+        versions = [{"groupVersion": f"{name}/{v}", "version": v} for v in groups[name]]
+        return {"name": name, "versions": versions, "preferredVersion": versions[0]}
+
     if path == "/apis":
         return {
             "kind": "APIGroupList",
             "apiVersion": "v1",
-            "groups": [
-                {
-                    "name": "networking.k8s.io",
-                    "versions": [{"groupVersion": "networking.k8s.io/v1", "version": "v1"}],
-                    "preferredVersion": {"groupVersion": "networking.k8s.io/v1", "version": "v1"},
-                }
+            "groups": [api_group(name) for name in groups],
+        }
+    parts = path.split("/")
+    if len(parts) == 3 and parts[1] == "apis" and parts[2] in groups:
+        return {"kind": "APIGroup", "apiVersion": "v1", **api_group(parts[2])}
+    if len(parts) == 4 and parts[1] == "apis" and (parts[2], parts[3]) in apis:
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{parts[2]}/{parts[3]}",
+            "resources": [
+                {"singularName": "", "verbs": ["get", "list", "watch"], **resource}
+                for resource in apis[(parts[2], parts[3])]
             ],
         }
     return None

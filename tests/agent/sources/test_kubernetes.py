@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -15,6 +16,7 @@ from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import ConfigException
 
+from agent import kinds
 from agent.sources.kubernetes import (
     KubernetesSource,
     WatchStats,
@@ -74,6 +76,7 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def server() -> Iterator[FakeApiServer]:
     with FakeApiServer(token=TOKEN) as fake:
+        fake.install_crd("v1beta1", "v1alpha2")  # as upstream's main branch serves it
         yield fake
 
 
@@ -164,6 +167,10 @@ def keys(state: ClusterState, kind: Kind) -> set[str]:
     snapshot = state.view().snapshot
     if kind == "Namespace":
         return {ns.name for ns in snapshot.namespaces}
+    if kind == "ClusterNetworkPolicy":
+        return {policy.name for policy in snapshot.cluster_policies}
+    if kind == "Node":
+        return {node.name for node in snapshot.nodes}
     records = snapshot.pods if kind == "Pod" else snapshot.policies
     return {f"{r.namespace}/{r.name}" for r in records}
 
@@ -390,7 +397,8 @@ def test_watch_events_reach_the_state_within_a_second(
         )
         assert matches_server(state, server)
     assert total(source, "events") == 6
-    assert (total(source, "lists"), total(source, "relists"), total(source, "errors")) == (3, 0, 0)
+    counts = (total(source, "lists"), total(source, "relists"), total(source, "errors"))
+    assert counts == (len(KINDS), 0, 0)
     watch = server.requests_for("Pod", watch=True)[0]
     assert watch.query["allowWatchBookmarks"] == "true"
     assert watch.query["timeoutSeconds"] == "30"
@@ -459,7 +467,7 @@ def test_a_dropped_watch_is_resumed_without_a_relist(
         version = stats(source, "Namespace").resource_version
         lists = {kind: list_requests(server, kind) for kind in KINDS}
 
-        assert server.drop_watches() == 3
+        assert server.drop_watches() == len(KINDS)
         server.create("Namespace", namespace("during"))  # likely while reconnecting
         eventually(lambda: "during" in keys(state, "Namespace"), "change made during the drop")
         eventually(all_watching(server), "all kinds watching again")
@@ -778,10 +786,12 @@ def test_the_source_learns_the_pod_ranges_of_its_own_node_only(
         server.update("Node", node("node-2", "10.244.9.0/24"))
         server.create("Namespace", namespace("marker"))
         eventually(lambda: "marker" in keys(state, "Namespace"), "a later event")
-        eventually(lambda: stats(source, "Node").events == 1, "the own Node's update seen")
+        eventually(lambda: stats(source, "Node").events == 2, "both Nodes' updates seen")
         assert state.revision == revision + 1, "only the namespace changed the cache"
+        assert keys(state, "Node") == {NODE, "node-2"}
+    # Every Node is read (ClusterNetworkPolicy nodes peers), in one list/watch.
     requests = server.requests_for("Node")
-    assert requests and all(r.query["fieldSelector"] == f"metadata.name={NODE}" for r in requests)
+    assert requests and all("fieldSelector" not in r.query for r in requests)
     assert {r.watch for r in requests} == {False, True}
     assert stats(source, "Node").errors == 0
 
@@ -897,19 +907,38 @@ def test_a_missing_node_is_reported_and_known_ranges_are_kept(
             assert "the new-pod guard covers 10.244.1.0/24" in str(found.problem)
 
 
-def test_without_a_node_name_nodes_are_never_read(
+def test_without_a_node_name_nodes_are_read_for_peers_only(
     server: FakeApiServer, api_client: ApiClient
 ) -> None:
-    """--pod-cidr given: the Node is not consulted, and no RBAC for Nodes is needed."""
+    """--pod-cidr given: no pod ranges are read, but every Node is, for nodes peers."""
     seed(server)
-    server.forbid("Node")
+    server.create("Node", node(NODE, "10.244.1.0/24"))
     state = ClusterState()
     source = make_source(api_client)
     with running(source, state):
         eventually(lambda: state.ready, "state ready")
-    assert "Node" not in source.stats()
-    assert server.requests_for("Node") == []
+        assert keys(state, "Node") == {NODE}
     assert state.view().pod_ranges is None
+
+
+def test_nodes_forbidden_hold_nothing_up(
+    server: FakeApiServer, api_client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ClusterRole from before ClusterNetworkPolicy (no list on every Node): the other kinds
+    are enforced, no Node is known (no nodes peer matches), and the failure is logged."""
+    seed(server)
+    server.create("Node", node(NODE, "10.244.1.0/24"))
+    server.forbid("Node")
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(lambda: stats(source, "Node").errors >= 1, "the Node list refused")
+        eventually(lambda: state.ready, "ready without Nodes")
+        assert keys(state, "Node") == set()
+        assert "HTTP 403" in caplog.text
+        server.permit("Node")
+        eventually(lambda: keys(state, "Node") == {NODE}, "Nodes read once permitted")
+        assert state.ready
 
 
 @pytest.mark.parametrize(
@@ -957,3 +986,188 @@ def test_fake_server_refuses_an_unknown_field_selector(
         client.CoreV1Api(api_client).list_node(field_selector="spec.podCIDR=10.0.0.0/24")
     assert raised.value.status == 400
     assert "field label not supported" in raised.value.body
+
+
+# -- ClusterNetworkPolicy: a CustomResourceDefinition that may be absent ------------------------
+
+CNP = "ClusterNetworkPolicy"
+CNP_PATH = "/apis/policy.networking.k8s.io/{}/clusternetworkpolicies"
+
+
+def cnp(name: str, priority: int = 10, **spec: Any) -> dict[str, Any]:
+    """A valid ClusterNetworkPolicy (Admin tier, every namespace, one Deny rule)."""
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "tier": "Admin",
+            "priority": priority,
+            "subject": {"namespaces": {}},
+            "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+            **spec,
+        },
+    }
+
+
+def cnp_paths(server: FakeApiServer) -> set[str]:
+    return {r.path for r in server.requests_for(CNP)}
+
+
+@pytest.mark.parametrize(
+    ("served", "expected"),
+    [
+        pytest.param(("v1beta1", "v1alpha2"), "v1beta1", id="both-prefers-v1beta1"),
+        pytest.param(("v1alpha2", "v1beta1"), "v1beta1", id="v1beta1-not-preferred-by-server"),
+        pytest.param(("v1alpha2",), "v1alpha2", id="v1alpha2-only"),
+        pytest.param(("v1beta1",), "v1beta1", id="v1beta1-only"),
+    ],
+)
+def test_cluster_network_policies_at_the_preferred_served_version(
+    server: FakeApiServer, api_client: ApiClient, served: tuple[str, ...], expected: str
+) -> None:
+    server.install_crd(*served)
+    seed(server)
+    server.create(CNP, cnp("first"))
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        eventually(lambda: state.ready and keys(state, CNP) == {"first"}, "listed")
+        eventually(lambda: server.open_watches(CNP) == 1, "watching")
+        server.create(CNP, cnp("second", priority=20))
+        eventually(lambda: keys(state, CNP) == {"first", "second"}, "watched")
+        server.delete(CNP, "first")
+        eventually(lambda: keys(state, CNP) == {"second"}, "deleted")
+        assert matches_server(state, server)
+    assert cnp_paths(server) == {CNP_PATH.format(expected)}
+    [policy] = state.view().snapshot.cluster_policies
+    assert (policy.name, policy.priority) == ("second", 20)
+    assert stats(source, CNP).resource_version is not None
+
+
+def test_crd_absent_is_a_warning_and_enforcement_goes_on(
+    server: FakeApiServer, api_client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.install_crd()  # not installed
+    seed(server)
+    state = ClusterState()
+    source = make_source(api_client, discovery_interval=0.05)
+    with running(source, state):
+        eventually(lambda: state.ready, "ready without ClusterNetworkPolicies")
+        assert matches_server(state, server)
+        assert state.view().snapshot.policies, "NetworkPolicies are enforced"
+        discoveries = lambda: sum(r.path == "/apis" for r in server.requests)  # noqa: E731
+        eventually(lambda: discoveries() >= 3, "discovery asked again")
+    assert server.requests_for(CNP) == [], "no list of a kind not served"
+    warnings = [r for r in caplog.records if "ClusterNetworkPolicy: not served" in r.message]
+    assert len(warnings) == 1, "said once, not at every discovery"
+    assert warnings[0].levelname == "WARNING"
+    assert "NetworkPolicy enforcement goes on" in warnings[0].message
+
+
+def test_crd_installed_later_is_picked_up(
+    server: FakeApiServer, api_client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.sources.kubernetes")
+    server.install_crd()
+    seed(server)
+    state = ClusterState()
+    source = make_source(api_client, discovery_interval=0.05)
+    with running(source, state):
+        eventually(lambda: state.ready, "ready without the CRD")
+        server.install_crd("v1alpha2")
+        server.create(CNP, cnp("late"))
+        eventually(lambda: keys(state, CNP) == {"late"}, "the CRD found, its policies listed")
+        eventually(lambda: state.ready, "ready again once listed")
+    assert "served as policy.networking.k8s.io/v1alpha2" in caplog.text
+
+
+def test_crd_removed_while_running_drops_its_policies(
+    server: FakeApiServer, api_client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(server)
+    server.create(CNP, cnp("doomed"))
+    state = ClusterState()
+    source = make_source(api_client, discovery_interval=0.05)
+    with running(source, state):
+        eventually(lambda: state.ready and keys(state, CNP) == {"doomed"}, "listed")
+        eventually(lambda: server.open_watches(CNP) == 1, "watching")
+        server.remove_crd()
+        eventually(lambda: keys(state, CNP) == set(), "its policies dropped")
+        assert state.ready, "readiness does not wait for a kind no longer served"
+        # The other kinds are still followed.
+        server.create("Namespace", namespace("after"))
+        eventually(lambda: "after" in keys(state, "Namespace"), "namespaces still watched")
+        # Installed again: picked up again.
+        server.install_crd("v1beta1")
+        server.create(CNP, cnp("back"))
+        eventually(lambda: keys(state, CNP) == {"back"}, "the CRD back")
+    assert "is no longer served (HTTP 404" in caplog.text
+    assert "its policies are dropped" in caplog.text
+
+
+def test_a_malformed_cluster_network_policy_is_enforced_fail_closed(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    """The API server has validated what it stores, but a CRD of another version (or a
+    schema-less one) may let anything through: never dropped, never opening anything."""
+    seed(server)
+    bad = cnp("bad", ingress=[{"action": "Allow", "from": [{"namespaces": {}}]}])  # no Allow
+    server.create(CNP, bad)
+    server.create(CNP, cnp("good"))
+    state = ClusterState()
+    with running(make_source(api_client), state):
+        eventually(lambda: keys(state, CNP) == {"bad", "good"}, "both in the snapshot")
+        [error] = state.errors()
+    assert (error.kind, error.key) == (CNP, ("", "bad"))
+    assert "enforced fail-closed" in error.message
+    stand_in = next(p for p in state.view().snapshot.cluster_policies if p.name == "bad")
+    assert all(rule.action.value == "Deny" for rule in (*stand_in.ingress, *stand_in.egress))
+    assert stand_in.ingress or stand_in.egress
+
+
+def test_served_refused_policy_kinds_are_logged_once_as_not_enforced(
+    server: FakeApiServer, api_client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.serve_api(
+        "policy.networking.k8s.io",
+        "v1alpha1",
+        "AdminNetworkPolicy",
+        "adminnetworkpolicies",
+        namespaced=False,
+    )
+    server.serve_api(
+        "cilium.io", "v2", "CiliumNetworkPolicy", "ciliumnetworkpolicies", namespaced=True
+    )
+    server.install_crd()  # discovery is asked again and again: each kind still said once
+    seed(server)
+    state = ClusterState()
+    source = make_source(api_client, discovery_interval=0.05)
+    with running(source, state):
+        eventually(lambda: state.ready, "ready")
+        discoveries = lambda: sum(r.path == "/apis" for r in server.requests)  # noqa: E731
+        eventually(lambda: discoveries() >= 3, "discovery asked again")
+    refused = [r.message for r in caplog.records if "is not enforced" in r.message]
+    assert sorted(refused) == sorted(
+        [
+            kinds.refusal("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy")
+            + ": the API serves it, and its objects are not enforced",
+            kinds.refusal("cilium.io/v2", "CiliumNetworkPolicy")
+            + ": the API serves it, and its objects are not enforced",
+        ]
+    )
+    assert all(r.levelname == "WARNING" for r in caplog.records if "is not enforced" in r.message)
+
+
+def test_discovery_forbidden_holds_nothing_up(
+    server: FakeApiServer, api_client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(server)
+    server.forbid_discovery()
+    state = ClusterState()
+    source = make_source(api_client, discovery_interval=0.05)
+    with running(source, state):
+        eventually(lambda: state.ready, "ready without knowing whether the CRD is served")
+        assert keys(state, CNP) == set()
+        server.forbid_discovery(False)
+        server.create(CNP, cnp("found"))
+        eventually(lambda: keys(state, CNP) == {"found"}, "found once discovery answers")
+    assert "API discovery failed (HTTP 403" in caplog.text
