@@ -257,10 +257,10 @@ spec:
 
 
 def test_a_cluster_wide_pod_cidr_override_holds_only_pods_no_one_knows(tmp_path: Path) -> None:
-    """``--pod-cidr`` replaces the Node's ranges (its spec.podCIDRs are ignored). A range wider than the
-    node's own, here the whole cluster's, as a DaemonSet's one value for every node would be:
-    known pods of the other node pass through it, a pod of the other node that the agent does
-    not know yet is held like a local one."""
+    """``--pod-cidr`` replaces the Node's ranges (its spec.podCIDRs are ignored). A range wider
+    than the node's own, here the whole cluster's, as a DaemonSet's one value for every node
+    would be: known pods of the other node pass through it, a pod of the other node that the
+    agent does not know yet is held like a local one."""
     with lab_session("k8swide", tmp_path) as lab:
         namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}"
         pods = [pinned_pod("a", "node-1"), pinned_pod("b", "node-2"), pinned_pod("far", "node-2")]
