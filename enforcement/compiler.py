@@ -77,14 +77,24 @@ from enforcement.tables import (
     UNKNOWN_IDENTITY,
     UNKNOWN_INGRESS,
     AddressMap,
+    AddressSet,
     AllowTables,
+    Decision,
+    DirectionPlan,
     Endpoint,
     PeerSelection,
+    PodSet,
     PolicyTable,
     PortMatch,
     PortNames,
+    RuleMatch,
 )
-from enforcement.verdict import Reason
+from enforcement.tiers import (
+    TierCompiler,
+    network_policy_isolation_ref,
+    network_policy_rule_ref,
+)
+from enforcement.verdict import Reason, RuleRef
 
 METADATA_NAME_LABEL = "kubernetes.io/metadata.name"
 
@@ -251,22 +261,9 @@ class _Identity:
     """At least one pod of this identity runs on the node being compiled for."""
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class _Target:
-    """The pods one selector peer stands for, in the cheapest form to record.
-
-    One object per distinct (namespace scope, pod selector, namespace selector): tables that
-    share a large target share its sets.
-    """
-
-    all_pods: bool
-    namespaces: frozenset[str]
-    """Namespaces all of whose pods are selected."""
-    identities: frozenset[int]
-
-    def is_larger_than(self, threshold: int) -> bool:
-        return len(self.namespaces) + len(self.identities) > threshold
-
+_Target = PodSet
+"""One object per distinct (namespace scope, pod selector, namespace selector): tables and
+rules that share a target share its sets."""
 
 _NO_TARGET = _Target(False, frozenset(), frozenset())
 _ALL_PODS = _Target(True, frozenset(), frozenset())
@@ -297,8 +294,23 @@ class _Compiler:
         self._unions: dict[tuple[PortMatch, PortMatch], PortMatch] = {}
         self._resolved: dict[tuple[PortMatch, PortKey], PortMatch] = {}
         self._targets: dict[tuple[str, LabelSelector | None, LabelSelector | None], _Target] = {}
+        self._peer_targets: dict[tuple[str, int], _Target] = {}
         self._blocks: dict[IPBlock, tuple[int, tuple[tuple[int, int], ...]]] = {}
         self._address_maps: dict[tuple[tuple[int, int, PortMatch], ...], AddressMap] = {}
+        self._rule_matches: dict[tuple[int, Direction], tuple[RuleMatch, ...]] = {}
+        self._isolation: dict[int, RuleRef] = {}
+        self._block_sets: dict[
+            tuple[IPBlock, ...], tuple[AddressSet | None, AddressSet | None]
+        ] = {}
+        self._rank: list[int] | None = None
+        self._tiers = TierCompiler(
+            snapshot.cluster_policies,
+            snapshot.nodes,
+            select_namespaces=self._namespaces.select,
+            local_identities=self._local_identities,
+            pod_set=lambda pods, namespaces: self._selection("", pods, namespaces),
+            port_match=self._port_match,
+        )
 
     def _group_pods(self) -> None:
         """Give every pod that can be a peer or a subject its identity."""
@@ -375,11 +387,24 @@ class _Compiler:
                     table = interned[key] = self._table(direction, indices, identity)
                 tables[number] = table
 
+        # ClusterNetworkPolicies: local identities they select get a plan per direction.
+        ingress_plans: dict[int, DirectionPlan | None] = {}
+        egress_plans: dict[int, DirectionPlan | None] = {}
+        if self._tiers:
+            for number, indices in self._tiers.subjects().items():
+                ingress_plans[number] = self._tiers.plan(
+                    Direction.INGRESS, indices, ingress_tables.get(number)
+                )
+                egress_plans[number] = self._tiers.plan(
+                    Direction.EGRESS, indices, egress_tables.get(number)
+                )
+
         ipcache: dict[bytes, Endpoint] = {}
         node_name = self._node_name
         for pod, identity in self._pods:
             local = pod.node_name == node_name
             number = identity.number
+            tiered = local and number in ingress_plans
             endpoint = Endpoint(
                 pod.namespace,
                 pod.name,
@@ -390,6 +415,10 @@ class _Compiler:
                 identity.names,
                 ingress_tables.get(number) if local else None,
                 egress_tables.get(number) if local else None,
+                False,
+                ingress_plans.get(number) if tiered else None,
+                egress_plans.get(number) if tiered else None,
+                tiered,
             )
             for address in pod.ips:
                 packed = address.packed
@@ -461,9 +490,14 @@ class _Compiler:
                         )
                         if not peer_match.is_empty:
                             identities[number] = self._union(identities.get(number), peer_match)
+        by_name = sorted(indices, key=self._policy_rank().__getitem__)
         return PolicyTable(
             direction=direction,
             policies=tuple(self._policies[i].key for i in indices),
+            rules=tuple(
+                rule for index in by_name for rule in self._network_rules(index, direction)
+            ),
+            isolated=Decision(False, tuple(self._isolation_ref(index) for index in by_name)),
             any_peer=any_peer,
             v4=self._address_map(blocks[4]),
             v6=self._address_map(blocks[6]),
@@ -475,6 +509,73 @@ class _Compiler:
                 for target, match in large.items()
             ),
         )
+
+    def _policy_rank(self) -> list[int]:
+        """Position of each NetworkPolicy by key: the order provenance names rules in."""
+        if self._rank is None:
+            order = sorted(range(len(self._policies)), key=lambda i: self._policies[i].key)
+            self._rank = [0] * len(order)
+            for position, index in enumerate(order):
+                self._rank[index] = position
+        return self._rank
+
+    def _isolation_ref(self, index: int) -> RuleRef:
+        ref = self._isolation.get(index)
+        if ref is None:
+            ref = self._isolation[index] = network_policy_isolation_ref(self._policies[index])
+        return ref
+
+    def _network_rules(self, index: int, direction: Direction) -> tuple[RuleMatch, ...]:
+        """The rules of NetworkPolicy ``index`` one by one (for provenance), built once."""
+        key = (index, direction)
+        rules = self._rule_matches.get(key)
+        if rules is None:
+            policy = self._policies[index]
+            made: list[RuleMatch] = []
+            for number, rule in enumerate(policy.rules(direction)):
+                v4 = v6 = None
+                pods: tuple[PodSet, ...] = ()
+                if rule.peers:
+                    blocks = tuple(p.ip_block for p in rule.peers if p.ip_block is not None)
+                    if blocks:
+                        v4, v6 = self._address_sets(blocks)
+                    pods = tuple(
+                        self._target(policy.namespace, p) for p in rule.peers if p.ip_block is None
+                    )
+                ref = network_policy_rule_ref(policy, number)
+                made.append(
+                    RuleMatch(
+                        self._port_match(rule.ports),
+                        not rule.peers,
+                        v4,
+                        v6,
+                        pods,
+                        None,
+                        Decision(True, (ref,)),
+                    )
+                )
+            rules = self._rule_matches[key] = tuple(made)
+        return rules
+
+    def _address_sets(
+        self, blocks: tuple[IPBlock, ...]
+    ) -> tuple[AddressSet | None, AddressSet | None]:
+        """The IPv4 and IPv6 addresses some of ``blocks`` match (memoised: rules repeat them)."""
+        sets = self._block_sets.get(blocks)
+        if sets is None:
+            ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+            for block in blocks:
+                family, block_ranges_ = self._block(block)
+                ranges[family].extend(block_ranges_)
+            sets = self._block_sets[blocks] = (
+                AddressSet(ranges[4]) if ranges[4] else None,
+                AddressSet(ranges[6]) if ranges[6] else None,
+            )
+        return sets
+
+    def _local_identities(self, namespace: str, pods: LabelSelector) -> frozenset[int]:
+        index = self._local_by_namespace.get(namespace)
+        return frozenset() if index is None else index.select(pods)
 
     def _intern(self, match: PortMatch) -> PortMatch:
         return self._interned.setdefault(match, match)
@@ -512,6 +613,20 @@ class _Compiler:
     def _target(self, policy_namespace: str, peer: Peer) -> _Target:
         pods, namespaces = peer.pod_selector, peer.namespace_selector
         # Only a peer without a namespace selector depends on the policy's namespace.
+        scope = policy_namespace if namespaces is None else ""
+        # First by the peer object (the snapshot keeps it alive while we compile): hashing a
+        # selector walks all of it, and the tables and the provenance rules ask for each peer.
+        target = self._peer_targets.get((scope, id(peer)))
+        if target is None:
+            target = self._peer_targets[(scope, id(peer))] = self._selection(
+                policy_namespace, pods, namespaces
+            )
+        return target
+
+    def _selection(
+        self, policy_namespace: str, pods: LabelSelector | None, namespaces: LabelSelector | None
+    ) -> _Target:
+        """The pods a peer with these selectors stands for (memoised by the selectors)."""
         key = (policy_namespace if namespaces is None else "", pods, namespaces)
         target = self._targets.get(key)
         if target is None:

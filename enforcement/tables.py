@@ -42,8 +42,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from enforcement.clusterpolicy import RuleAction
 from enforcement.model import Direction
-from enforcement.verdict import Reason
+from enforcement.verdict import VERDICTS, Reason, RuleRef, Verdict
 
 PortNames = Mapping[tuple[int, int], frozenset[str]]
 """Of one pod: (protocol number, port number) -> the container port names with that number."""
@@ -229,6 +230,123 @@ class AddressMap:
         return len(self._starts)
 
 
+class AddressSet:
+    """Integer addresses of one family, as sorted disjoint inclusive intervals."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """``ranges`` in any order, overlapping or not; merged here."""
+        starts: list[int] = []
+        ends: list[int] = []
+        for first, last in sorted(ranges):
+            if ends and first <= ends[-1] + 1:
+                ends[-1] = max(ends[-1], last)
+            else:
+                starts.append(first)
+                ends.append(last)
+        self._starts = tuple(starts)
+        self._ends = tuple(ends)
+
+    def __contains__(self, address: int) -> bool:
+        index = bisect_right(self._starts, address) - 1
+        return index >= 0 and address <= self._ends[index]
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PodSet:
+    """The pods one selector peer stands for, in the cheapest form to record.
+
+    One object per distinct selector and scope, made by the compiler and shared by every table
+    and rule that uses it (its sets are never copied).
+    """
+
+    all_pods: bool
+    """Every pod of every namespace."""
+    namespaces: frozenset[str]
+    """Namespaces all of whose pods are selected."""
+    identities: frozenset[int]
+    """Identity numbers selected one by one."""
+
+    def is_larger_than(self, threshold: int) -> bool:
+        return len(self.namespaces) + len(self.identities) > threshold
+
+    def contains(self, peer: Endpoint) -> bool:
+        """Whether the (known) pod ``peer`` is one of these."""
+        return (
+            self.all_pods or peer.identity in self.identities or peer.namespace in self.namespaces
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Decision:
+    """What one direction of one flow came to, with what decided it: preallocated by the
+    compiler (one per rule, one per isolating table), so the packet path never builds one."""
+
+    allowed: bool
+    refs: tuple[RuleRef, ...]
+    """The rule that decided (a ClusterNetworkPolicy rule, or the first NetworkPolicy rule that
+    allows), or the NetworkPolicies that isolate the pod when none allows; empty when nothing
+    had an opinion (the default allow)."""
+
+
+NO_OPINION = Decision(True, ())
+"""No tier had an opinion on this direction: allowed by default, nothing to name."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RuleMatch:
+    """One rule, matched as written: for tier rules (ClusterNetworkPolicy), which are walked in
+    order, and for finding which NetworkPolicy rule of a union allowed a flow.
+
+    Subject-independent: named ports are resolved at lookup against the destination's
+    ``port_names`` (for ingress the subject itself, for egress the peer), so one object serves
+    every pod the rule applies to.
+    """
+
+    ports: PortMatch
+    """The rule's protocols and ports, named ports unresolved."""
+    any_peer: bool
+    """A NetworkPolicy rule without peers: every address."""
+    v4: AddressSet | None
+    """Addresses matched whoever owns them (ipBlocks, ``networks``, nodes' addresses)."""
+    v6: AddressSet | None
+    pods: tuple[PodSet, ...]
+    """Selector peers, shared with the compiler's memo (never copied)."""
+    action: RuleAction | None
+    """Accept, Deny or Pass for a tier rule; None for a NetworkPolicy rule (it only allows)."""
+    decision: Decision
+    """What a match decides (for Pass: nothing; the walk leaves the tier)."""
+
+    def matches(
+        self,
+        peer: Endpoint | None,
+        address: bytes,
+        protocol: int,
+        port: int | None,
+        port_names: PortNames | None,
+    ) -> bool:
+        """Whether the flow to or from ``peer`` at ``address`` with this protocol and port
+        matches this rule (``port_names``: the destination's, None if it is no pod)."""
+        if not self.ports.allows(protocol, port, port_names):
+            return False
+        if self.any_peer:
+            return True
+        addresses = self.v4 if len(address) == 4 else self.v6
+        if addresses is not None and int.from_bytes(address, "big") in addresses:
+            return True
+        if peer is None or peer.unknown:
+            return False  # selectors only match pods whose labels are known
+        # A loop, not any(): no generator object per packet.
+        for pods in self.pods:  # noqa: SIM110
+            if pods.contains(peer):
+                return True
+        return False
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class PeerSelection:
     """A large set of peer pods one or more rules of a table allow, with what they allow."""
@@ -265,6 +383,11 @@ class PolicyTable:
     """Peers that select every pod of every namespace (``namespaceSelector: {}`` alone)."""
     selections: tuple[PeerSelection, ...] = ()
     """Large selections, kept as shared sets instead of being copied into ``identities``."""
+    rules: tuple[RuleMatch, ...] = ()
+    """The same rules one by one, policies by name, rules in order: read only to name the rule
+    that allowed a flow the union above allows (provenance), never to decide."""
+    isolated: Decision = field(default_factory=lambda: Decision(False, ()))
+    """The answer when nothing allows: denied, naming the policies that isolate the pods."""
 
     def allows(
         self,
@@ -304,6 +427,66 @@ class PolicyTable:
                 return True
         return False
 
+    def decide(
+        self,
+        peer: Endpoint | None,
+        address: bytes,
+        protocol: int,
+        port: int | None,
+        port_names: PortNames | None,
+    ) -> Decision:
+        """As :meth:`allows`, naming what decided: the first rule (policies by name, rules in
+        order) that allows, or the isolating policies when none does."""
+        if self.allows(peer, address, protocol, port, port_names):
+            for rule in self.rules:
+                if rule.matches(peer, address, protocol, port, port_names):
+                    return rule.decision
+        return self.isolated
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DirectionPlan:
+    """One direction of the local pods that ClusterNetworkPolicies select: the tiers in order.
+
+    Interned: shared by every local pod with the same admin rules, the same NetworkPolicy table
+    and the same baseline rules. Pods no ClusterNetworkPolicy selects have no plan, only their
+    :class:`PolicyTable` (the common case, and the fast one).
+    """
+
+    direction: Direction
+    admin: tuple[RuleMatch, ...]
+    """Admin tier rules: policies by (priority, name), rules in order; first match decides."""
+    table: PolicyTable | None
+    """The NetworkPolicy tier; None when no NetworkPolicy isolates the pods this way."""
+    baseline: tuple[RuleMatch, ...]
+    """Baseline tier rules, ordered and walked like ``admin``."""
+    policies: tuple[str, ...]
+    """Names of the ClusterNetworkPolicies whose rules are in ``admin`` and ``baseline``."""
+
+    def decide(
+        self,
+        peer: Endpoint | None,
+        address: bytes,
+        protocol: int,
+        port: int | None,
+        port_names: PortNames | None,
+    ) -> Decision:
+        """Admin tier (first match; Pass leaves the tier), then the NetworkPolicy tier if it
+        isolates, then the Baseline tier likewise, then the default allow."""
+        for rule in self.admin:
+            if rule.matches(peer, address, protocol, port, port_names):
+                if rule.action is RuleAction.PASS:
+                    break
+                return rule.decision
+        if self.table is not None:
+            return self.table.decide(peer, address, protocol, port, port_names)
+        for rule in self.baseline:
+            if rule.matches(peer, address, protocol, port, port_names):
+                if rule.action is RuleAction.PASS:
+                    break
+                return rule.decision
+        return NO_OPINION
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Endpoint:
@@ -327,16 +510,24 @@ class Endpoint:
     unknown: bool = False
     """A pod whose object could not be read (model.UnreadablePod): it matches no selector, and
     when local its tables are :data:`UNKNOWN_INGRESS` and :data:`UNKNOWN_EGRESS`."""
+    ingress_plan: DirectionPlan | None = None
+    """Set only for a local pod with ClusterNetworkPolicy ingress rules; it then decides
+    ingress (its ``table`` is ``ingress_table``)."""
+    egress_plan: DirectionPlan | None = None
+    """Likewise for egress."""
+    tiered: bool = False
+    """Some ClusterNetworkPolicy selects this local pod (its traffic is queued, and decided
+    through the plans)."""
 
     @property
     def ingress_isolated(self) -> bool:
         """Some policy selects this local pod for ingress (always False for remote pods)."""
-        return self.ingress_table is not None
+        return self.ingress_table is not None or self.ingress_plan is not None
 
     @property
     def egress_isolated(self) -> bool:
         """Some policy selects this local pod for egress (always False for remote pods)."""
-        return self.egress_table is not None
+        return self.egress_table is not None or self.egress_plan is not None
 
 
 UNKNOWN_IDENTITY = -1
@@ -347,6 +538,48 @@ UNKNOWN_INGRESS = PolicyTable(Direction.INGRESS, ())
 
 UNKNOWN_EGRESS = PolicyTable(Direction.EGRESS, ())
 """The egress table of a local unknown endpoint: allows nothing (fail-closed)."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Outcome:
+    """A decision with its provenance: the reason and what decided each direction.
+
+    Interned: the tables hand out one object per combination, so the packet path allocates
+    nothing once warm. A direction that was not looked at (not enforced here, or ingress after
+    a denied egress), or where nothing had an opinion, names nothing.
+    """
+
+    reason: Reason
+    egress: tuple[RuleRef, ...]
+    """What decided the source's egress (a local source only)."""
+    ingress: tuple[RuleRef, ...]
+    """What decided the destination's ingress (a local destination only)."""
+    verdict: Verdict
+    """The verdict singleton of ``reason``."""
+
+    @property
+    def refs(self) -> tuple[RuleRef, ...]:
+        """Both directions' refs, egress first (what ``decided_by`` lists)."""
+        return self.egress + self.ingress
+
+
+OUTCOMES: Mapping[Reason, Outcome] = MappingProxyType(
+    {reason: Outcome(reason, (), (), VERDICTS[reason]) for reason in Reason}
+)
+"""The one Outcome of each reason that names no rule (not isolated, unknown endpoint, and the
+reasons decided before the tables: flow, related, host, ...)."""
+
+
+def _combine(egress: Decision, ingress: Decision) -> Outcome:
+    if not egress.allowed:
+        return Outcome(Reason.DENIED_EGRESS, egress.refs, (), VERDICTS[Reason.DENIED_EGRESS])
+    if not ingress.allowed:
+        return Outcome(
+            Reason.DENIED_INGRESS, egress.refs, ingress.refs, VERDICTS[Reason.DENIED_INGRESS]
+        )
+    if not egress.refs and not ingress.refs:
+        return OUTCOMES[Reason.NOT_ISOLATED]
+    return Outcome(Reason.ALLOWED, egress.refs, ingress.refs, VERDICTS[Reason.ALLOWED])
 
 
 class AllowTables:
@@ -363,9 +596,11 @@ class AllowTables:
         "_local",
         "_local_pod_count",
         "_node_name",
+        "_outcomes",
         "_pod_count",
         "_policy_count",
         "_table_count",
+        "_tiered",
     )
 
     def __init__(
@@ -382,12 +617,19 @@ class AllowTables:
         self._generation = generation
         self._node_name = node_name
         self._ipcache = dict(ipcache)
-        self._local = frozenset(a for a, e in self._ipcache.items() if e.local)
+        local = [(a, e) for a, e in self._ipcache.items() if e.local]
+        self._local = frozenset(a for a, _ in local)
         self._isolated_local = frozenset(
             a
-            for a, e in self._ipcache.items()
-            if e.ingress_table is not None or e.egress_table is not None
+            for a, e in local
+            if e.ingress_table is not None or e.egress_table is not None or e.tiered
         )
+        self._tiered = any(e.tiered for _, e in local)
+        """Some local pod is selected by a ClusterNetworkPolicy: flows touching one take the
+        tiered path; without any, ``evaluate`` is exactly the NetworkPolicy lookup."""
+        self._outcomes: dict[Decision, dict[Decision, Outcome]] = {}
+        """(egress decision, ingress decision) -> their Outcome, filled on first sight (see
+        :meth:`outcome`)."""
         self._pod_count = pod_count
         self._local_pod_count = len({e.key for e in self._ipcache.values() if e.local})
         self._identity_count = identity_count
@@ -415,6 +657,11 @@ class AllowTables:
         """
         source = self._ipcache.get(src)
         destination = self._ipcache.get(dst)
+        if self._tiered and (
+            (source is not None and source.tiered)
+            or (destination is not None and destination.tiered)
+        ):
+            return self.outcome(src, dst, protocol, dst_port).reason
         egress = source.egress_table if source is not None else None
         ingress = destination.ingress_table if destination is not None else None
         if egress is None and ingress is None:
@@ -429,6 +676,47 @@ class AllowTables:
         if ingress is not None and not ingress.allows(source, src, protocol, dst_port, port_names):
             return Reason.DENIED_INGRESS
         return Reason.ALLOWED
+
+    def outcome(self, src: bytes, dst: bytes, protocol: int, dst_port: int | None) -> Outcome:
+        """As :meth:`evaluate`, with what decided each direction (an interned :class:`Outcome`).
+
+        Per direction of a local pod: its :class:`DirectionPlan` when ClusterNetworkPolicies
+        select it (tiers in order), else its NetworkPolicy table. NOT_ISOLATED when neither
+        direction had an opinion; the reason is always the one :meth:`evaluate` gives.
+
+        Outcomes of two decided directions are interned in a dict filled on first sight (one
+        per pair of decisions ever seen, dropped with these tables): after warm-up nothing is
+        allocated. Two threads filling it at once store equal values (``dict.setdefault`` is
+        atomic), so readers need no lock.
+        """
+        source = self._ipcache.get(src)
+        destination = self._ipcache.get(dst)
+        egress_table = egress_plan = ingress_table = ingress_plan = None
+        if source is not None:
+            egress_table, egress_plan = source.egress_table, source.egress_plan
+        if destination is not None:
+            ingress_table, ingress_plan = destination.ingress_table, destination.ingress_plan
+        if egress_table is UNKNOWN_EGRESS or ingress_table is UNKNOWN_INGRESS:
+            return OUTCOMES[Reason.UNKNOWN_ENDPOINT]
+        port_names = destination.port_names if destination is not None else None
+        egress = NO_OPINION
+        if egress_plan is not None:
+            egress = egress_plan.decide(destination, dst, protocol, dst_port, port_names)
+        elif egress_table is not None:
+            egress = egress_table.decide(destination, dst, protocol, dst_port, port_names)
+        ingress = NO_OPINION
+        if egress.allowed:
+            if ingress_plan is not None:
+                ingress = ingress_plan.decide(source, src, protocol, dst_port, port_names)
+            elif ingress_table is not None:
+                ingress = ingress_table.decide(source, src, protocol, dst_port, port_names)
+        by_ingress = self._outcomes.get(egress)
+        if by_ingress is None:
+            by_ingress = self._outcomes.setdefault(egress, {})
+        found = by_ingress.get(ingress)
+        if found is None:
+            found = by_ingress.setdefault(ingress, _combine(egress, ingress))
+        return found
 
     def endpoint(self, address: bytes) -> Endpoint | None:
         """The pod (of any node) that owns this packed address, or None."""
