@@ -79,7 +79,6 @@ from enforcement.tables import (
     AddressMap,
     AddressSet,
     AllowTables,
-    Decision,
     DirectionPlan,
     Endpoint,
     PeerSelection,
@@ -87,6 +86,7 @@ from enforcement.tables import (
     PolicyTable,
     PortMatch,
     PortNames,
+    RefFields,
     RuleMatch,
 )
 from enforcement.tiers import (
@@ -94,7 +94,7 @@ from enforcement.tiers import (
     network_policy_isolation_ref,
     network_policy_rule_ref,
 )
-from enforcement.verdict import Reason, RuleRef
+from enforcement.verdict import Reason
 
 METADATA_NAME_LABEL = "kubernetes.io/metadata.name"
 
@@ -298,7 +298,7 @@ class _Compiler:
         self._blocks: dict[IPBlock, tuple[int, tuple[tuple[int, int], ...]]] = {}
         self._address_maps: dict[tuple[tuple[int, int, PortMatch], ...], AddressMap] = {}
         self._rule_matches: dict[tuple[int, Direction], tuple[RuleMatch, ...]] = {}
-        self._isolation: dict[int, RuleRef] = {}
+        self._isolation: dict[int, RefFields] = {}
         self._block_sets: dict[
             tuple[IPBlock, ...], tuple[AddressSet | None, AddressSet | None]
         ] = {}
@@ -497,7 +497,7 @@ class _Compiler:
             rules=tuple(
                 rule for index in by_name for rule in self._network_rules(index, direction)
             ),
-            isolated=Decision(False, tuple(self._isolation_ref(index) for index in by_name)),
+            isolating=tuple(self._isolation_ref(index) for index in by_name),
             any_peer=any_peer,
             v4=self._address_map(blocks[4]),
             v6=self._address_map(blocks[6]),
@@ -519,7 +519,7 @@ class _Compiler:
                 self._rank[index] = position
         return self._rank
 
-    def _isolation_ref(self, index: int) -> RuleRef:
+    def _isolation_ref(self, index: int) -> RefFields:
         ref = self._isolation.get(index)
         if ref is None:
             ref = self._isolation[index] = network_policy_isolation_ref(self._policies[index])
@@ -542,7 +542,6 @@ class _Compiler:
                     pods = tuple(
                         self._target(policy.namespace, p) for p in rule.peers if p.ip_block is None
                     )
-                ref = network_policy_rule_ref(policy, number)
                 made.append(
                     RuleMatch(
                         self._port_match(rule.ports),
@@ -551,7 +550,7 @@ class _Compiler:
                         v6,
                         pods,
                         None,
-                        Decision(True, (ref,)),
+                        network_policy_rule_ref(policy, number),
                     )
                 )
             rules = self._rule_matches[key] = tuple(made)

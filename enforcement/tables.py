@@ -281,31 +281,24 @@ class PodSet:
         )
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Decision:
-    """What one direction of one flow came to, with what decided it: preallocated by the
-    compiler (one per rule, one per isolating table), so the packet path never builds one."""
-
-    allowed: bool
-    refs: tuple[RuleRef, ...]
-    """The rule that decided (a ClusterNetworkPolicy rule, or the first NetworkPolicy rule that
-    allows), or the NetworkPolicies that isolate the pod when none allows; empty when nothing
-    had an opinion (the default allow)."""
+RefFields = tuple[str, str | None, str, str, int | None, str, str]
+"""The fields of a :class:`RuleRef`, in order: kept by the tables instead of the RuleRef
+itself, which is made only for outcomes that happen (a tuple costs a fraction of a frozen
+dataclass, and the compiler makes one per NetworkPolicy rule)."""
 
 
-NO_OPINION = Decision(True, ())
-"""No tier had an opinion on this direction: allowed by default, nothing to name."""
-
-
-@dataclass(frozen=True, slots=True, eq=False)
 class RuleMatch:
-    """One rule, matched as written: for tier rules (ClusterNetworkPolicy), which are walked in
-    order, and for finding which NetworkPolicy rule of a union allowed a flow.
+    """One rule, matched as written: tier rules (ClusterNetworkPolicy) are walked in order, and
+    NetworkPolicy rules one by one to name the one that allowed a flow their union allows.
 
     Subject-independent: named ports are resolved at lookup against the destination's
     ``port_names`` (for ingress the subject itself, for egress the peer), so one object serves
-    every pod the rule applies to.
+    every pod the rule applies to. Immutable by convention: a plain slotted class, because the
+    compiler makes one per NetworkPolicy rule and a frozen dataclass costs several times more
+    to build (compile time at 10k policies).
     """
+
+    __slots__ = ("action", "allows", "any_peer", "origin", "pods", "ports", "v4", "v6")
 
     ports: PortMatch
     """The rule's protocols and ports, named ports unresolved."""
@@ -318,8 +311,29 @@ class RuleMatch:
     """Selector peers, shared with the compiler's memo (never copied)."""
     action: RuleAction | None
     """Accept, Deny or Pass for a tier rule; None for a NetworkPolicy rule (it only allows)."""
-    decision: Decision
-    """What a match decides (for Pass: nothing; the walk leaves the tier)."""
+    allows: bool
+    """What a match decides: allowed (Accept, a NetworkPolicy rule) or denied (Deny)."""
+    origin: RefFields
+    """What to name when this rule decides."""
+
+    def __init__(
+        self,
+        ports: PortMatch,
+        any_peer: bool,
+        v4: AddressSet | None,
+        v6: AddressSet | None,
+        pods: tuple[PodSet, ...],
+        action: RuleAction | None,
+        origin: RefFields,
+    ) -> None:
+        self.ports = ports
+        self.any_peer = any_peer
+        self.v4 = v4
+        self.v6 = v6
+        self.pods = pods
+        self.action = action
+        self.allows = action is not RuleAction.DENY
+        self.origin = origin
 
     def matches(
         self,
@@ -345,6 +359,9 @@ class RuleMatch:
             if pods.contains(peer):
                 return True
         return False
+
+    def __repr__(self) -> str:
+        return f"RuleMatch({self.origin!r})"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -386,8 +403,8 @@ class PolicyTable:
     rules: tuple[RuleMatch, ...] = ()
     """The same rules one by one, policies by name, rules in order: read only to name the rule
     that allowed a flow the union above allows (provenance), never to decide."""
-    isolated: Decision = field(default_factory=lambda: Decision(False, ()))
-    """The answer when nothing allows: denied, naming the policies that isolate the pods."""
+    isolating: tuple[RefFields, ...] = ()
+    """The policies that isolate the pods, by name: what a denial names."""
 
     def allows(
         self,
@@ -434,14 +451,27 @@ class PolicyTable:
         protocol: int,
         port: int | None,
         port_names: PortNames | None,
-    ) -> Decision:
-        """As :meth:`allows`, naming what decided: the first rule (policies by name, rules in
-        order) that allows, or the isolating policies when none does."""
+    ) -> Decider:
+        """As :meth:`allows`, saying what decided: the first rule (policies by name, rules in
+        order) that allows, or this table itself when none does (denied by isolation)."""
         if self.allows(peer, address, protocol, port, port_names):
             for rule in self.rules:
                 if rule.matches(peer, address, protocol, port, port_names):
-                    return rule.decision
-        return self.isolated
+                    return rule
+        return self
+
+
+Decider = RuleMatch | PolicyTable | None
+"""What decided one direction of a flow: the rule that matched (allowed, or denied by a Deny),
+the NetworkPolicy table whose isolation denied it, or None (nothing had an opinion)."""
+
+
+def _denies(decider: Decider) -> bool:
+    if decider is None:
+        return False
+    if isinstance(decider, RuleMatch):
+        return not decider.allows
+    return True  # a PolicyTable decides only when nothing in it allows: isolation
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -470,22 +500,22 @@ class DirectionPlan:
         protocol: int,
         port: int | None,
         port_names: PortNames | None,
-    ) -> Decision:
+    ) -> Decider:
         """Admin tier (first match; Pass leaves the tier), then the NetworkPolicy tier if it
-        isolates, then the Baseline tier likewise, then the default allow."""
+        isolates, then the Baseline tier likewise, then the default allow (None)."""
         for rule in self.admin:
             if rule.matches(peer, address, protocol, port, port_names):
                 if rule.action is RuleAction.PASS:
                     break
-                return rule.decision
+                return rule
         if self.table is not None:
             return self.table.decide(peer, address, protocol, port, port_names)
         for rule in self.baseline:
             if rule.matches(peer, address, protocol, port, port_names):
                 if rule.action is RuleAction.PASS:
                     break
-                return rule.decision
-        return NO_OPINION
+                return rule
+        return None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -570,16 +600,25 @@ OUTCOMES: Mapping[Reason, Outcome] = MappingProxyType(
 reasons decided before the tables: flow, related, host, ...)."""
 
 
-def _combine(egress: Decision, ingress: Decision) -> Outcome:
-    if not egress.allowed:
-        return Outcome(Reason.DENIED_EGRESS, egress.refs, (), VERDICTS[Reason.DENIED_EGRESS])
-    if not ingress.allowed:
+def _refs(decider: Decider) -> tuple[RuleRef, ...]:
+    if decider is None:
+        return ()
+    if isinstance(decider, RuleMatch):
+        return (RuleRef(*decider.origin),)
+    return tuple(RuleRef(*fields) for fields in decider.isolating)
+
+
+def _combine(egress: Decider, ingress: Decider) -> Outcome:
+    """The Outcome of one direction's decider and the other's (made once per pair)."""
+    if _denies(egress):
+        return Outcome(Reason.DENIED_EGRESS, _refs(egress), (), VERDICTS[Reason.DENIED_EGRESS])
+    if _denies(ingress):
         return Outcome(
-            Reason.DENIED_INGRESS, egress.refs, ingress.refs, VERDICTS[Reason.DENIED_INGRESS]
+            Reason.DENIED_INGRESS, _refs(egress), _refs(ingress), VERDICTS[Reason.DENIED_INGRESS]
         )
-    if not egress.refs and not ingress.refs:
+    if egress is None and ingress is None:
         return OUTCOMES[Reason.NOT_ISOLATED]
-    return Outcome(Reason.ALLOWED, egress.refs, ingress.refs, VERDICTS[Reason.ALLOWED])
+    return Outcome(Reason.ALLOWED, _refs(egress), _refs(ingress), VERDICTS[Reason.ALLOWED])
 
 
 class AllowTables:
@@ -627,8 +666,8 @@ class AllowTables:
         self._tiered = any(e.tiered for _, e in local)
         """Some local pod is selected by a ClusterNetworkPolicy: flows touching one take the
         tiered path; without any, ``evaluate`` is exactly the NetworkPolicy lookup."""
-        self._outcomes: dict[Decision, dict[Decision, Outcome]] = {}
-        """(egress decision, ingress decision) -> their Outcome, filled on first sight (see
+        self._outcomes: dict[Decider, dict[Decider, Outcome]] = {}
+        """egress decider -> ingress decider -> their Outcome, filled on first sight (see
         :meth:`outcome`)."""
         self._pod_count = pod_count
         self._local_pod_count = len({e.key for e in self._ipcache.values() if e.local})
@@ -684,10 +723,12 @@ class AllowTables:
         select it (tiers in order), else its NetworkPolicy table. NOT_ISOLATED when neither
         direction had an opinion; the reason is always the one :meth:`evaluate` gives.
 
-        Outcomes of two decided directions are interned in a dict filled on first sight (one
-        per pair of decisions ever seen, dropped with these tables): after warm-up nothing is
-        allocated. Two threads filling it at once store equal values (``dict.setdefault`` is
-        atomic), so readers need no lock.
+        Each direction ends at a decider (the rule that matched, the isolating table, or None);
+        the Outcome of a pair of deciders, with its RuleRefs, is made the first time the pair
+        is seen and kept in a dict for the life of these tables (at most one per pair of rules
+        and tables that ever decide together): after warm-up nothing is allocated. Two threads
+        filling it at once store equal values (``dict.setdefault`` is atomic), so readers need
+        no lock.
         """
         source = self._ipcache.get(src)
         destination = self._ipcache.get(dst)
@@ -699,13 +740,13 @@ class AllowTables:
         if egress_table is UNKNOWN_EGRESS or ingress_table is UNKNOWN_INGRESS:
             return OUTCOMES[Reason.UNKNOWN_ENDPOINT]
         port_names = destination.port_names if destination is not None else None
-        egress = NO_OPINION
+        egress: Decider = None
         if egress_plan is not None:
             egress = egress_plan.decide(destination, dst, protocol, dst_port, port_names)
         elif egress_table is not None:
             egress = egress_table.decide(destination, dst, protocol, dst_port, port_names)
-        ingress = NO_OPINION
-        if egress.allowed:
+        ingress: Decider = None
+        if not _denies(egress):
             if ingress_plan is not None:
                 ingress = ingress_plan.decide(source, src, protocol, dst_port, port_names)
             elif ingress_table is not None:

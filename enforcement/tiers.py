@@ -9,8 +9,8 @@ tables walk, through the few primitives it is handed:
 - *subjects*: for each local identity, the policies that select it, per tier, in evaluation
   order: (priority, name) (the API leaves equal priorities undefined; the name decides here);
 - *rules*: each rule once, as a :class:`enforcement.tables.RuleMatch` (peers as shared pod
-  sets and address intervals, ports unresolved, the :class:`RuleRef` and the preallocated
-  :class:`Decision` of its action), whatever number of pods it applies to;
+  sets and address intervals, ports unresolved, its action and the fields of the
+  :class:`RuleRef` that names it), whatever number of pods it applies to;
 - *plans*: per direction, the admin rules, the NetworkPolicy table and the baseline rules,
   interned so pods with the same three share one :class:`DirectionPlan`.
 
@@ -25,19 +25,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from enforcement.clusterpolicy import ClusterNetworkPolicy, ClusterRule, RuleAction, Tier
+from enforcement.clusterpolicy import ClusterNetworkPolicy, ClusterRule, Tier
 from enforcement.model import Direction, LabelSelector, NetworkPolicy, Node, PolicyPort
 from enforcement.tables import (
-    NO_OPINION,
     AddressSet,
-    Decision,
     DirectionPlan,
     PodSet,
     PolicyTable,
     PortMatch,
+    RefFields,
     RuleMatch,
 )
-from enforcement.verdict import RuleRef
 
 NETWORK_POLICY_KIND = "NetworkPolicy"
 CLUSTER_NETWORK_POLICY_KIND = "ClusterNetworkPolicy"
@@ -49,9 +47,9 @@ ISOLATE_ACTION = "Isolate"
 """The action of a NetworkPolicy that denied a flow by isolating the pod without allowing it."""
 
 
-def network_policy_rule_ref(policy: NetworkPolicy, number: int) -> RuleRef:
-    """The ref of rule ``number`` (of its direction) of a NetworkPolicy, when it allowed."""
-    return RuleRef(
+def network_policy_rule_ref(policy: NetworkPolicy, number: int) -> RefFields:
+    """What names rule ``number`` (of its direction) of a NetworkPolicy, when it allowed."""
+    return (
         NETWORK_POLICY_KIND,
         policy.namespace,
         policy.name,
@@ -62,9 +60,9 @@ def network_policy_rule_ref(policy: NetworkPolicy, number: int) -> RuleRef:
     )
 
 
-def network_policy_isolation_ref(policy: NetworkPolicy) -> RuleRef:
-    """The ref of a NetworkPolicy that isolates a pod, when none of its rules allowed."""
-    return RuleRef(
+def network_policy_isolation_ref(policy: NetworkPolicy) -> RefFields:
+    """What names a NetworkPolicy that isolates a pod, when none of its rules allowed."""
+    return (
         NETWORK_POLICY_KIND,
         policy.namespace,
         policy.name,
@@ -75,8 +73,9 @@ def network_policy_isolation_ref(policy: NetworkPolicy) -> RuleRef:
     )
 
 
-def cluster_rule_ref(policy: ClusterNetworkPolicy, number: int, rule: ClusterRule) -> RuleRef:
-    return RuleRef(
+def cluster_rule_ref(policy: ClusterNetworkPolicy, number: int, rule: ClusterRule) -> RefFields:
+    """What names rule ``number`` (of its direction) of a ClusterNetworkPolicy."""
+    return (
         CLUSTER_NETWORK_POLICY_KIND,
         None,
         policy.name,
@@ -90,26 +89,6 @@ def cluster_rule_ref(policy: ClusterNetworkPolicy, number: int, rule: ClusterRul
 def _addresses(ranges: Iterable[tuple[int, int, int]], version: int) -> AddressSet | None:
     chosen = [(first, last) for family, first, last in ranges if family == version]
     return AddressSet(chosen) if chosen else None
-
-
-def rule_match(
-    ports: PortMatch,
-    any_peer: bool,
-    ranges: Sequence[tuple[int, int, int]],
-    pods: Sequence[PodSet],
-    action: RuleAction | None,
-    decision: Decision,
-) -> RuleMatch:
-    """A :class:`RuleMatch` from its parts; ``ranges`` are (IP version, first, last)."""
-    return RuleMatch(
-        ports=ports,
-        any_peer=any_peer,
-        v4=_addresses(ranges, 4),
-        v6=_addresses(ranges, 6),
-        pods=tuple(pods),
-        action=action,
-        decision=decision,
-    )
 
 
 class TierCompiler:
@@ -210,12 +189,15 @@ class TierCompiler:
             for network in peer.networks:
                 first, last = int(network.network_address), int(network.broadcast_address)
                 ranges.append((network.version, first, last))
-        ref = cluster_rule_ref(policy, number, rule)
-        if rule.action is RuleAction.PASS:
-            decision = NO_OPINION  # never returned: a Pass leaves the tier
-        else:
-            decision = Decision(rule.action is RuleAction.ACCEPT, (ref,))
-        return rule_match(self._port_match(rule.ports), False, ranges, pods, rule.action, decision)
+        return RuleMatch(
+            self._port_match(rule.ports),
+            False,
+            _addresses(ranges, 4),
+            _addresses(ranges, 6),
+            tuple(pods),
+            rule.action,
+            cluster_rule_ref(policy, number, rule),
+        )
 
     def _nodes_ranges(self, selector: LabelSelector) -> tuple[tuple[int, int, int], ...]:
         ranges = self._node_ranges.get(selector)

@@ -444,8 +444,9 @@ def _network_policy_snapshot_st(draw: st.DrawFn, single_rule: bool = False) -> C
     if single_rule:
         return ClusterSnapshot(namespaces, pods, (draw(single_rule_policy_st()),), unreadable)
     policy_count = draw(st.integers(1, 5))
-    policies = tuple(draw(policy_st(i)) for i in range(policy_count))
-    return ClusterSnapshot(namespaces, pods, policies, unreadable)
+    policies = [draw(policy_st(i)) for i in range(policy_count)]
+    # In an order unrelated to their names: provenance names them by name, not by position.
+    return ClusterSnapshot(namespaces, pods, tuple(draw(st.permutations(policies))), unreadable)
 
 
 # --- flows ---------------------------------------------------------------------------------
@@ -577,11 +578,16 @@ def single_cluster_rule_snapshot_st(draw: st.DrawFn) -> ClusterSnapshot:
     direction), and now and then one NetworkPolicy: nothing broad hides a rule's mistake."""
     snapshot = draw(snapshot_st())
     policies = snapshot.policies[:1] if draw(sometimes(3)) else ()
+    # Half the time all in one tier at one priority: only the names order them.
+    tie = draw(st.booleans())
+    tier, priority = draw(st.sampled_from(tuple(Tier))), draw(st.sampled_from((0, 5)))
     cluster_policies = []
-    for name in draw(st.permutations(CLUSTER_POLICY_NAMES))[: draw(st.integers(1, 2))]:
+    for name in draw(st.permutations(CLUSTER_POLICY_NAMES))[: draw(st.integers(1, 3))]:
         direction = draw(st.sampled_from(tuple(Direction)))
         one = (draw(cluster_rule_st(direction, 0)),)
         policy = draw(cluster_policy_st(name))
+        if tie:
+            policy = replace(policy, tier=tier, priority=priority)
         cluster_policies.append(
             replace(
                 policy,
