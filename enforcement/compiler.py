@@ -88,6 +88,7 @@ from enforcement.tables import (
     PortNames,
     RefFields,
     RuleMatch,
+    TierPlans,
 )
 from enforcement.tiers import (
     TierCompiler,
@@ -297,11 +298,12 @@ class _Compiler:
         self._peer_targets: dict[tuple[str, int], _Target] = {}
         self._blocks: dict[IPBlock, tuple[int, tuple[tuple[int, int], ...]]] = {}
         self._address_maps: dict[tuple[tuple[int, int, PortMatch], ...], AddressMap] = {}
-        self._rule_matches: dict[tuple[int, Direction], tuple[RuleMatch, ...]] = {}
+        self._ingress_rules: dict[int, tuple[RuleMatch, ...]] = {}
+        """NetworkPolicy index -> its ingress rules one by one (for provenance)."""
+        self._egress_rules: dict[int, tuple[RuleMatch, ...]] = {}
         self._isolation: dict[int, RefFields] = {}
-        self._block_sets: dict[
-            tuple[IPBlock, ...], tuple[AddressSet | None, AddressSet | None]
-        ] = {}
+        self._block_sets: dict[int, tuple[AddressSet | None, AddressSet | None]] = {}
+        self._ports_by_rule: dict[int, PortMatch] = {}
         self._rank: list[int] | None = None
         self._tiers = TierCompiler(
             snapshot.cluster_policies,
@@ -388,23 +390,24 @@ class _Compiler:
                 tables[number] = table
 
         # ClusterNetworkPolicies: local identities they select get a plan per direction.
-        ingress_plans: dict[int, DirectionPlan | None] = {}
-        egress_plans: dict[int, DirectionPlan | None] = {}
+        tiers: dict[int, TierPlans] = {}
         if self._tiers:
+            interned_tiers: dict[tuple[DirectionPlan | None, DirectionPlan | None], TierPlans] = {}
             for number, indices in self._tiers.subjects().items():
-                ingress_plans[number] = self._tiers.plan(
-                    Direction.INGRESS, indices, ingress_tables.get(number)
+                plans = (
+                    self._tiers.plan(Direction.INGRESS, indices, ingress_tables.get(number)),
+                    self._tiers.plan(Direction.EGRESS, indices, egress_tables.get(number)),
                 )
-                egress_plans[number] = self._tiers.plan(
-                    Direction.EGRESS, indices, egress_tables.get(number)
-                )
+                found = interned_tiers.get(plans)
+                if found is None:
+                    found = interned_tiers[plans] = TierPlans(*plans)
+                tiers[number] = found
 
         ipcache: dict[bytes, Endpoint] = {}
         node_name = self._node_name
         for pod, identity in self._pods:
             local = pod.node_name == node_name
             number = identity.number
-            tiered = local and number in ingress_plans
             endpoint = Endpoint(
                 pod.namespace,
                 pod.name,
@@ -416,9 +419,7 @@ class _Compiler:
                 ingress_tables.get(number) if local else None,
                 egress_tables.get(number) if local else None,
                 False,
-                ingress_plans.get(number) if tiered else None,
-                egress_plans.get(number) if tiered else None,
-                tiered,
+                tiers.get(number) if local else None,
             )
             for address in pod.ips:
                 packed = address.packed
@@ -459,7 +460,7 @@ class _Compiler:
         for index in indices:
             policy = self._policies[index]
             for rule in policy.rules(direction):
-                match = self._port_match(rule.ports)
+                match = self._rule_ports(rule)
                 if direction is Direction.INGRESS:
                     match = self._resolve(match, subject)
                 if match.is_empty:
@@ -490,14 +491,15 @@ class _Compiler:
                         )
                         if not peer_match.is_empty:
                             identities[number] = self._union(identities.get(number), peer_match)
-        by_name = sorted(indices, key=self._policy_rank().__getitem__)
+        by_name = (
+            sorted(indices, key=self._policy_rank().__getitem__) if len(indices) > 1 else indices
+        )
+        built = self._ingress_rules if direction is Direction.INGRESS else self._egress_rules
         return PolicyTable(
             direction=direction,
             policies=tuple(self._policies[i].key for i in indices),
-            rules=tuple(
-                rule for index in by_name for rule in self._network_rules(index, direction)
-            ),
-            isolating=tuple(self._isolation_ref(index) for index in by_name),
+            rules=tuple([built.get(i) or self._network_rules(i, direction) for i in by_name]),
+            isolating=tuple([self._isolation_ref(i) for i in by_name]),
             any_peer=any_peer,
             v4=self._address_map(blocks[4]),
             v6=self._address_map(blocks[6]),
@@ -527,8 +529,8 @@ class _Compiler:
 
     def _network_rules(self, index: int, direction: Direction) -> tuple[RuleMatch, ...]:
         """The rules of NetworkPolicy ``index`` one by one (for provenance), built once."""
-        key = (index, direction)
-        rules = self._rule_matches.get(key)
+        built = self._ingress_rules if direction is Direction.INGRESS else self._egress_rules
+        rules = built.get(index)
         if rules is None:
             policy = self._policies[index]
             made: list[RuleMatch] = []
@@ -536,15 +538,17 @@ class _Compiler:
                 v4 = v6 = None
                 pods: tuple[PodSet, ...] = ()
                 if rule.peers:
-                    blocks = tuple(p.ip_block for p in rule.peers if p.ip_block is not None)
-                    if blocks:
-                        v4, v6 = self._address_sets(blocks)
+                    v4, v6 = self._address_sets(rule)
                     pods = tuple(
-                        self._target(policy.namespace, p) for p in rule.peers if p.ip_block is None
+                        [
+                            self._target(policy.namespace, p)
+                            for p in rule.peers
+                            if p.ip_block is None
+                        ]
                     )
                 made.append(
                     RuleMatch(
-                        self._port_match(rule.ports),
+                        self._rule_ports(rule),
                         not rule.peers,
                         v4,
                         v6,
@@ -553,24 +557,33 @@ class _Compiler:
                         network_policy_rule_ref(policy, number),
                     )
                 )
-            rules = self._rule_matches[key] = tuple(made)
+            rules = built[index] = tuple(made)
         return rules
 
-    def _address_sets(
-        self, blocks: tuple[IPBlock, ...]
-    ) -> tuple[AddressSet | None, AddressSet | None]:
-        """The IPv4 and IPv6 addresses some of ``blocks`` match (memoised: rules repeat them)."""
-        sets = self._block_sets.get(blocks)
+    def _address_sets(self, rule: Rule) -> tuple[AddressSet | None, AddressSet | None]:
+        """The IPv4 and IPv6 addresses the ipBlocks of ``rule`` match.
+
+        Memoised by the rule object (the snapshot keeps it alive while we compile): hashing
+        an IPBlock hashes its networks in Python, and a rule may be shared by policies."""
+        sets = self._block_sets.get(id(rule))
         if sets is None:
             ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-            for block in blocks:
-                family, block_ranges_ = self._block(block)
-                ranges[family].extend(block_ranges_)
-            sets = self._block_sets[blocks] = (
+            for peer in rule.peers:
+                if peer.ip_block is not None:
+                    family, block = self._block(peer.ip_block)
+                    ranges[family].extend(block)
+            sets = self._block_sets[id(rule)] = (
                 AddressSet(ranges[4]) if ranges[4] else None,
                 AddressSet(ranges[6]) if ranges[6] else None,
             )
         return sets
+
+    def _rule_ports(self, rule: Rule) -> PortMatch:
+        """:meth:`_port_match` of a rule's ports, memoised by the (live) rule object too."""
+        match = self._ports_by_rule.get(id(rule))
+        if match is None:
+            match = self._ports_by_rule[id(rule)] = self._port_match(rule.ports)
+        return match
 
     def _local_identities(self, namespace: str, pods: LabelSelector) -> frozenset[int]:
         index = self._local_by_namespace.get(namespace)

@@ -400,9 +400,10 @@ class PolicyTable:
     """Peers that select every pod of every namespace (``namespaceSelector: {}`` alone)."""
     selections: tuple[PeerSelection, ...] = ()
     """Large selections, kept as shared sets instead of being copied into ``identities``."""
-    rules: tuple[RuleMatch, ...] = ()
-    """The same rules one by one, policies by name, rules in order: read only to name the rule
-    that allowed a flow the union above allows (provenance), never to decide."""
+    rules: tuple[tuple[RuleMatch, ...], ...] = ()
+    """The same rules one by one, per policy (policies by name, rules in order; each policy's
+    tuple shared by every table of that policy): read only to name the rule that allowed a
+    flow the union above allows (provenance), never to decide."""
     isolating: tuple[RefFields, ...] = ()
     """The policies that isolate the pods, by name: what a denial names."""
 
@@ -455,9 +456,10 @@ class PolicyTable:
         """As :meth:`allows`, saying what decided: the first rule (policies by name, rules in
         order) that allows, or this table itself when none does (denied by isolation)."""
         if self.allows(peer, address, protocol, port, port_names):
-            for rule in self.rules:
-                if rule.matches(peer, address, protocol, port, port_names):
-                    return rule
+            for rules in self.rules:
+                for rule in rules:
+                    if rule.matches(peer, address, protocol, port, port_names):
+                        return rule
         return self
 
 
@@ -519,6 +521,16 @@ class DirectionPlan:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class TierPlans:
+    """Both directions' plans of the local pods some ClusterNetworkPolicies select; interned,
+    one field of :class:`Endpoint` for the two (a field costs every endpoint its set-up)."""
+
+    ingress: DirectionPlan | None
+    """None when those policies have no ingress rules: the NetworkPolicy table alone decides."""
+    egress: DirectionPlan | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Endpoint:
     """A pod that owns an address, as the packet path sees it (pods of every node)."""
 
@@ -540,14 +552,25 @@ class Endpoint:
     unknown: bool = False
     """A pod whose object could not be read (model.UnreadablePod): it matches no selector, and
     when local its tables are :data:`UNKNOWN_INGRESS` and :data:`UNKNOWN_EGRESS`."""
-    ingress_plan: DirectionPlan | None = None
-    """Set only for a local pod with ClusterNetworkPolicy ingress rules; it then decides
-    ingress (its ``table`` is ``ingress_table``)."""
-    egress_plan: DirectionPlan | None = None
-    """Likewise for egress."""
-    tiered: bool = False
-    """Some ClusterNetworkPolicy selects this local pod (its traffic is queued, and decided
-    through the plans)."""
+    tiers: TierPlans | None = None
+    """Set only for a local pod that some ClusterNetworkPolicy selects (its traffic is queued
+    and decided through these plans); None for every other pod, the common case."""
+
+    @property
+    def tiered(self) -> bool:
+        """Some ClusterNetworkPolicy selects this local pod."""
+        return self.tiers is not None
+
+    @property
+    def ingress_plan(self) -> DirectionPlan | None:
+        """The tiers of ingress, when ClusterNetworkPolicies selecting the pod have ingress
+        rules (the plan then decides ingress; its ``table`` is ``ingress_table``)."""
+        return self.tiers.ingress if self.tiers is not None else None
+
+    @property
+    def egress_plan(self) -> DirectionPlan | None:
+        """Likewise for egress."""
+        return self.tiers.egress if self.tiers is not None else None
 
     @property
     def ingress_isolated(self) -> bool:
@@ -661,9 +684,9 @@ class AllowTables:
         self._isolated_local = frozenset(
             a
             for a, e in local
-            if e.ingress_table is not None or e.egress_table is not None or e.tiered
+            if e.ingress_table is not None or e.egress_table is not None or e.tiers is not None
         )
-        self._tiered = any(e.tiered for _, e in local)
+        self._tiered = any(e.tiers is not None for _, e in local)
         """Some local pod is selected by a ClusterNetworkPolicy: flows touching one take the
         tiered path; without any, ``evaluate`` is exactly the NetworkPolicy lookup."""
         self._outcomes: dict[Decider, dict[Decider, Outcome]] = {}
@@ -697,8 +720,8 @@ class AllowTables:
         source = self._ipcache.get(src)
         destination = self._ipcache.get(dst)
         if self._tiered and (
-            (source is not None and source.tiered)
-            or (destination is not None and destination.tiered)
+            (source is not None and source.tiers is not None)
+            or (destination is not None and destination.tiers is not None)
         ):
             return self.outcome(src, dst, protocol, dst_port).reason
         egress = source.egress_table if source is not None else None
@@ -734,9 +757,13 @@ class AllowTables:
         destination = self._ipcache.get(dst)
         egress_table = egress_plan = ingress_table = ingress_plan = None
         if source is not None:
-            egress_table, egress_plan = source.egress_table, source.egress_plan
+            egress_table = source.egress_table
+            if source.tiers is not None:
+                egress_plan = source.tiers.egress
         if destination is not None:
-            ingress_table, ingress_plan = destination.ingress_table, destination.ingress_plan
+            ingress_table = destination.ingress_table
+            if destination.tiers is not None:
+                ingress_plan = destination.tiers.ingress
         if egress_table is UNKNOWN_EGRESS or ingress_table is UNKNOWN_INGRESS:
             return OUTCOMES[Reason.UNKNOWN_ENDPOINT]
         port_names = destination.port_names if destination is not None else None
