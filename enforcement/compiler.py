@@ -31,6 +31,12 @@ when two pods claim one address the local pod wins, then the smaller "namespace/
 whose Namespace is not in the snapshot is taken to be in a namespace labelled only with
 ``kubernetes.io/metadata.name`` (which the API server always sets).
 
+ClusterNetworkPolicies (``ClusterSnapshot.cluster_policies``, with ``nodes`` for their node
+peers) are compiled by :class:`enforcement.tiers.TierCompiler` from this compiler's indexes and
+memoised selections into per-direction plans for the local pods they select. Every
+NetworkPolicy rule is also kept one by one (once per policy, shared by its tables) so that the
+rule that allowed a flow can be named; ties and order for people: policies by name.
+
 Pods whose objects could not be read (``ClusterSnapshot.unreadable_pods``) are unknown
 endpoints, fail-closed: their labels are unknown, so whether a policy selects them or admits
 them cannot be known. Each address one claims goes into the ipcache as an unknown endpoint

@@ -3,8 +3,10 @@
     ClusterSnapshot (model.py) --compiler.py--> AllowTables (this module) --> decision
 
 Everything here is immutable once built and is published by swapping one reference, so the
-packet path reads it without locks. Nothing is memoised at lookup time: every structure is
-filled in by the compiler, which keeps the tables plain values that any thread may read.
+packet path reads it without locks. Every decision structure is filled in by the compiler; the
+one thing filled at lookup is the intern table of provenance (:meth:`AllowTables.outcome`: one
+Outcome per pair of deciders, made the first time that pair decides a flow), which threads may
+fill concurrently without harm.
 
 Deciding a packet costs a fixed number of dict lookups and bisections, whatever the number of
 pods and policies:
@@ -28,6 +30,13 @@ ingress table, and egress entries keyed by a peer identity); the remaining ones 
 for ipBlocks, namespaces and all pods) are resolved at lookup against the destination endpoint's
 named ports, through :attr:`Endpoint.port_names`. A named port never matches a destination that
 is not a pod.
+
+Tiers (ClusterNetworkPolicy, ``enforcement/tiers.py``): a local pod some ClusterNetworkPolicy
+selects carries :class:`TierPlans`, one :class:`DirectionPlan` per direction (Admin rules, its
+NetworkPolicy table, Baseline rules; first match, Pass leaves the tier). Pods no
+ClusterNetworkPolicy selects are decided exactly as before; ``evaluate`` checks one flag to
+know whether any pod is tiered at all. Provenance: ``outcome`` names what decided each
+direction (:class:`Outcome`, with :class:`enforcement.verdict.RuleRef`\ s), interned.
 
 An :class:`Endpoint` marked ``unknown`` stands for a pod whose object could not be read: no
 selector part of a table matches it (only addresses do), and a local one carries

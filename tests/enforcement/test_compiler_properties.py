@@ -578,16 +578,22 @@ def single_cluster_rule_snapshot_st(draw: st.DrawFn) -> ClusterSnapshot:
     direction), and now and then one NetworkPolicy: nothing broad hides a rule's mistake."""
     snapshot = draw(snapshot_st())
     policies = snapshot.policies[:1] if draw(sometimes(3)) else ()
-    # Half the time all in one tier at one priority: only the names order them.
+    # Half the time all in one tier at one priority, with one subject and one direction: only
+    # the names order them, and they compete for the same flows.
     tie = draw(st.booleans())
     tier, priority = draw(st.sampled_from(tuple(Tier))), draw(st.sampled_from((0, 5)))
-    cluster_policies = []
-    for name in draw(st.permutations(CLUSTER_POLICY_NAMES))[: draw(st.integers(1, 3))]:
-        direction = draw(st.sampled_from(tuple(Direction)))
+    shared_direction = draw(st.sampled_from(tuple(Direction)))
+    cluster_policies: list[ClusterNetworkPolicy] = []
+    count = draw(st.integers(2, 3)) if tie else draw(st.integers(1, 3))
+    for name in draw(st.permutations(CLUSTER_POLICY_NAMES))[:count]:
+        direction = shared_direction if tie else draw(st.sampled_from(tuple(Direction)))
         one = (draw(cluster_rule_st(direction, 0)),)
+        if tie and draw(st.booleans()):  # a broad rule: every pod, all traffic
+            one = (replace(one[0], peers=(ClusterPeer(namespaces=LabelSelector()),), ports=()),)
         policy = draw(cluster_policy_st(name))
         if tie:
-            policy = replace(policy, tier=tier, priority=priority)
+            applies_to = cluster_policies[0].subject if cluster_policies else policy.subject
+            policy = replace(policy, tier=tier, priority=priority, subject=applies_to)
         cluster_policies.append(
             replace(
                 policy,
