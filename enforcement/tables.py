@@ -36,7 +36,7 @@ selects carries :class:`TierPlans`, one :class:`DirectionPlan` per direction (Ad
 NetworkPolicy table, Baseline rules; first match, Pass leaves the tier). Pods no
 ClusterNetworkPolicy selects are decided exactly as before; ``evaluate`` checks one flag to
 know whether any pod is tiered at all. Provenance: ``outcome`` names what decided each
-direction (:class:`Outcome`, with :class:`enforcement.verdict.RuleRef`\ s), interned.
+direction (:class:`Outcome`, naming RuleRefs), interned.
 
 An :class:`Endpoint` marked ``unknown`` stands for a pod whose object could not be read: no
 selector part of a table matches it (only addresses do), and a local one carries
