@@ -31,6 +31,12 @@ when two pods claim one address the local pod wins, then the smaller "namespace/
 whose Namespace is not in the snapshot is taken to be in a namespace labelled only with
 ``kubernetes.io/metadata.name`` (which the API server always sets).
 
+ClusterNetworkPolicies (``ClusterSnapshot.cluster_policies``, with ``nodes`` for their node
+peers) are compiled by :class:`enforcement.tiers.TierCompiler` from this compiler's indexes and
+memoised selections into per-direction plans for the local pods they select. Every
+NetworkPolicy rule is also kept one by one (once per policy, shared by its tables) so that the
+rule that allowed a flow can be named; ties and order for people: policies by name.
+
 Pods whose objects could not be read (``ClusterSnapshot.unreadable_pods``) are unknown
 endpoints, fail-closed: their labels are unknown, so whether a policy selects them or admits
 them cannot be known. Each address one claims goes into the ipcache as an unknown endpoint
@@ -77,12 +83,23 @@ from enforcement.tables import (
     UNKNOWN_IDENTITY,
     UNKNOWN_INGRESS,
     AddressMap,
+    AddressSet,
     AllowTables,
+    DirectionPlan,
     Endpoint,
     PeerSelection,
+    PodSet,
     PolicyTable,
     PortMatch,
     PortNames,
+    RefFields,
+    RuleMatch,
+    TierPlans,
+)
+from enforcement.tiers import (
+    TierCompiler,
+    network_policy_isolation_ref,
+    network_policy_rule_ref,
 )
 from enforcement.verdict import Reason
 
@@ -251,22 +268,9 @@ class _Identity:
     """At least one pod of this identity runs on the node being compiled for."""
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class _Target:
-    """The pods one selector peer stands for, in the cheapest form to record.
-
-    One object per distinct (namespace scope, pod selector, namespace selector): tables that
-    share a large target share its sets.
-    """
-
-    all_pods: bool
-    namespaces: frozenset[str]
-    """Namespaces all of whose pods are selected."""
-    identities: frozenset[int]
-
-    def is_larger_than(self, threshold: int) -> bool:
-        return len(self.namespaces) + len(self.identities) > threshold
-
+_Target = PodSet
+"""One object per distinct (namespace scope, pod selector, namespace selector): tables and
+rules that share a target share its sets."""
 
 _NO_TARGET = _Target(False, frozenset(), frozenset())
 _ALL_PODS = _Target(True, frozenset(), frozenset())
@@ -297,8 +301,24 @@ class _Compiler:
         self._unions: dict[tuple[PortMatch, PortMatch], PortMatch] = {}
         self._resolved: dict[tuple[PortMatch, PortKey], PortMatch] = {}
         self._targets: dict[tuple[str, LabelSelector | None, LabelSelector | None], _Target] = {}
+        self._peer_targets: dict[tuple[str, int], _Target] = {}
         self._blocks: dict[IPBlock, tuple[int, tuple[tuple[int, int], ...]]] = {}
         self._address_maps: dict[tuple[tuple[int, int, PortMatch], ...], AddressMap] = {}
+        self._ingress_rules: dict[int, tuple[RuleMatch, ...]] = {}
+        """NetworkPolicy index -> its ingress rules one by one (for provenance)."""
+        self._egress_rules: dict[int, tuple[RuleMatch, ...]] = {}
+        self._isolation: dict[int, RefFields] = {}
+        self._block_sets: dict[int, tuple[AddressSet | None, AddressSet | None]] = {}
+        self._ports_by_rule: dict[int, PortMatch] = {}
+        self._rank: list[int] | None = None
+        self._tiers = TierCompiler(
+            snapshot.cluster_policies,
+            snapshot.nodes,
+            select_namespaces=self._namespaces.select,
+            local_identities=self._local_identities,
+            pod_set=lambda pods, namespaces: self._selection("", pods, namespaces),
+            port_match=self._port_match,
+        )
 
     def _group_pods(self) -> None:
         """Give every pod that can be a peer or a subject its identity."""
@@ -375,6 +395,20 @@ class _Compiler:
                     table = interned[key] = self._table(direction, indices, identity)
                 tables[number] = table
 
+        # ClusterNetworkPolicies: local identities they select get a plan per direction.
+        tiers: dict[int, TierPlans] = {}
+        if self._tiers:
+            interned_tiers: dict[tuple[DirectionPlan | None, DirectionPlan | None], TierPlans] = {}
+            for number, indices in self._tiers.subjects().items():
+                plans = (
+                    self._tiers.plan(Direction.INGRESS, indices, ingress_tables.get(number)),
+                    self._tiers.plan(Direction.EGRESS, indices, egress_tables.get(number)),
+                )
+                found = interned_tiers.get(plans)
+                if found is None:
+                    found = interned_tiers[plans] = TierPlans(*plans)
+                tiers[number] = found
+
         ipcache: dict[bytes, Endpoint] = {}
         node_name = self._node_name
         for pod, identity in self._pods:
@@ -390,6 +424,8 @@ class _Compiler:
                 identity.names,
                 ingress_tables.get(number) if local else None,
                 egress_tables.get(number) if local else None,
+                False,
+                tiers.get(number) if local else None,
             )
             for address in pod.ips:
                 packed = address.packed
@@ -430,7 +466,7 @@ class _Compiler:
         for index in indices:
             policy = self._policies[index]
             for rule in policy.rules(direction):
-                match = self._port_match(rule.ports)
+                match = self._rule_ports(rule)
                 if direction is Direction.INGRESS:
                     match = self._resolve(match, subject)
                 if match.is_empty:
@@ -461,9 +497,15 @@ class _Compiler:
                         )
                         if not peer_match.is_empty:
                             identities[number] = self._union(identities.get(number), peer_match)
+        by_name = (
+            sorted(indices, key=self._policy_rank().__getitem__) if len(indices) > 1 else indices
+        )
+        built = self._ingress_rules if direction is Direction.INGRESS else self._egress_rules
         return PolicyTable(
             direction=direction,
             policies=tuple(self._policies[i].key for i in indices),
+            rules=tuple([built.get(i) or self._network_rules(i, direction) for i in by_name]),
+            isolating=tuple([self._isolation_ref(i) for i in by_name]),
             any_peer=any_peer,
             v4=self._address_map(blocks[4]),
             v6=self._address_map(blocks[6]),
@@ -475,6 +517,83 @@ class _Compiler:
                 for target, match in large.items()
             ),
         )
+
+    def _policy_rank(self) -> list[int]:
+        """Position of each NetworkPolicy by key: the order provenance names rules in."""
+        if self._rank is None:
+            order = sorted(range(len(self._policies)), key=lambda i: self._policies[i].key)
+            self._rank = [0] * len(order)
+            for position, index in enumerate(order):
+                self._rank[index] = position
+        return self._rank
+
+    def _isolation_ref(self, index: int) -> RefFields:
+        ref = self._isolation.get(index)
+        if ref is None:
+            ref = self._isolation[index] = network_policy_isolation_ref(self._policies[index])
+        return ref
+
+    def _network_rules(self, index: int, direction: Direction) -> tuple[RuleMatch, ...]:
+        """The rules of NetworkPolicy ``index`` one by one (for provenance), built once."""
+        built = self._ingress_rules if direction is Direction.INGRESS else self._egress_rules
+        rules = built.get(index)
+        if rules is None:
+            policy = self._policies[index]
+            made: list[RuleMatch] = []
+            for number, rule in enumerate(policy.rules(direction)):
+                v4 = v6 = None
+                pods: tuple[PodSet, ...] = ()
+                if rule.peers:
+                    v4, v6 = self._address_sets(rule)
+                    pods = tuple(
+                        [
+                            self._target(policy.namespace, p)
+                            for p in rule.peers
+                            if p.ip_block is None
+                        ]
+                    )
+                made.append(
+                    RuleMatch(
+                        self._rule_ports(rule),
+                        not rule.peers,
+                        v4,
+                        v6,
+                        pods,
+                        None,
+                        network_policy_rule_ref(policy, number),
+                    )
+                )
+            rules = built[index] = tuple(made)
+        return rules
+
+    def _address_sets(self, rule: Rule) -> tuple[AddressSet | None, AddressSet | None]:
+        """The IPv4 and IPv6 addresses the ipBlocks of ``rule`` match.
+
+        Memoised by the rule object (the snapshot keeps it alive while we compile): hashing
+        an IPBlock hashes its networks in Python, and a rule may be shared by policies."""
+        sets = self._block_sets.get(id(rule))
+        if sets is None:
+            ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+            for peer in rule.peers:
+                if peer.ip_block is not None:
+                    family, block = self._block(peer.ip_block)
+                    ranges[family].extend(block)
+            sets = self._block_sets[id(rule)] = (
+                AddressSet(ranges[4]) if ranges[4] else None,
+                AddressSet(ranges[6]) if ranges[6] else None,
+            )
+        return sets
+
+    def _rule_ports(self, rule: Rule) -> PortMatch:
+        """:meth:`_port_match` of a rule's ports, memoised by the (live) rule object too."""
+        match = self._ports_by_rule.get(id(rule))
+        if match is None:
+            match = self._ports_by_rule[id(rule)] = self._port_match(rule.ports)
+        return match
+
+    def _local_identities(self, namespace: str, pods: LabelSelector) -> frozenset[int]:
+        index = self._local_by_namespace.get(namespace)
+        return frozenset() if index is None else index.select(pods)
 
     def _intern(self, match: PortMatch) -> PortMatch:
         return self._interned.setdefault(match, match)
@@ -512,6 +631,20 @@ class _Compiler:
     def _target(self, policy_namespace: str, peer: Peer) -> _Target:
         pods, namespaces = peer.pod_selector, peer.namespace_selector
         # Only a peer without a namespace selector depends on the policy's namespace.
+        scope = policy_namespace if namespaces is None else ""
+        # First by the peer object (the snapshot keeps it alive while we compile): hashing a
+        # selector walks all of it, and the tables and the provenance rules ask for each peer.
+        target = self._peer_targets.get((scope, id(peer)))
+        if target is None:
+            target = self._peer_targets[(scope, id(peer))] = self._selection(
+                policy_namespace, pods, namespaces
+            )
+        return target
+
+    def _selection(
+        self, policy_namespace: str, pods: LabelSelector | None, namespaces: LabelSelector | None
+    ) -> _Target:
+        """The pods a peer with these selectors stands for (memoised by the selectors)."""
         key = (policy_namespace if namespaces is None else "", pods, namespaces)
         target = self._targets.get(key)
         if target is None:

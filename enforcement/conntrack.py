@@ -43,11 +43,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from enforcement.clusterpolicy import ClusterNetworkPolicy
 from enforcement.ctnetlink import ConntrackEntry, CtNetlink
 from enforcement.decide import ACCEPTING
 from enforcement.firewall import MARK_ACCEPTED, MARK_HOST
-from enforcement.model import ClusterSnapshot, Namespace, NetworkPolicy, Pod
-from enforcement.tables import AllowTables, Endpoint, PolicyTable
+from enforcement.model import ClusterSnapshot, Namespace, NetworkPolicy, Node, Pod
+from enforcement.tables import AllowTables, DirectionPlan, Endpoint, PolicyTable
 from enforcement.verdict import Reason
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,14 @@ side (two dumps each, filtered in the kernel); above, one dump of every accepted
 read and filtered here. Each filtered dump still walks the whole table in the kernel (cheap in
 C, but not free), so many of them cost more than one full read."""
 
-_KNOWN_SNAPSHOT_FIELDS = frozenset({"namespaces", "pods", "policies", "unreadable_pods"})
+_KNOWN_SNAPSHOT_FIELDS = frozenset(
+    {"namespaces", "pods", "policies", "unreadable_pods", "cluster_policies", "nodes"}
+)
 _POD_KEY: Callable[[Pod], str] = operator.attrgetter("key")
 _NAMESPACE_NAME: Callable[[Namespace], str] = operator.attrgetter("name")
 _POLICY_KEY: Callable[[NetworkPolicy], str] = operator.attrgetter("key")
+_CLUSTER_POLICY_NAME: Callable[[ClusterNetworkPolicy], str] = operator.attrgetter("name")
+_NODE_NAME: Callable[[Node], str] = operator.attrgetter("name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,12 +219,25 @@ def _same_table(
     return not any(key in changed_policies for key in after.policies)
 
 
+def _same_plan(
+    before: DirectionPlan | None, after: DirectionPlan | None, changed_cluster_policies: set[str]
+) -> bool:
+    """Same ClusterNetworkPolicies, none of them changed (the NetworkPolicy tier is the
+    endpoint's table, compared on its own)."""
+    if before is None or after is None:
+        return before is after
+    if before.policies != after.policies:
+        return False
+    return not any(name in changed_cluster_policies for name in after.policies)
+
+
 def _same_endpoint(
     before: Endpoint,
     after: Endpoint,
     changed_pods: set[str],
     changed_namespaces: set[str],
     changed_policies: set[str],
+    changed_cluster_policies: set[str],
 ) -> bool:
     return (
         before.key == after.key
@@ -230,6 +248,9 @@ def _same_endpoint(
         and before.port_names == after.port_names
         and _same_table(before.ingress_table, after.ingress_table, changed_policies)
         and _same_table(before.egress_table, after.egress_table, changed_policies)
+        and before.tiered == after.tiered
+        and _same_plan(before.ingress_plan, after.ingress_plan, changed_cluster_policies)
+        and _same_plan(before.egress_plan, after.egress_plan, changed_cluster_policies)
     )
 
 
@@ -238,9 +259,15 @@ def changed_addresses(before: Generation, after: Generation) -> frozenset[bytes]
 
     A connection's verdict depends only on its two endpoints' entries: for each, the pod (its
     labels, namespace and namespace labels, named ports, which pod owns the address) and, for a
-    local pod, the policies its ingress and egress tables unite (same policy objects, same
-    tables: the compiler is a pure function of them and of the peers, whose own changes put
-    the peers' addresses here). A connection between two unchanged addresses keeps its verdict.
+    local pod, the policies its ingress and egress tables unite and the ClusterNetworkPolicies
+    its plans walk (same policy objects, same tables: the compiler is a pure function of them
+    and of the peers, whose own changes put the peers' addresses here). A ClusterNetworkPolicy
+    that changed, came or went thus changes its subjects' entries, before and after.
+
+    The one peer that is no pod is a node, for ``nodes`` peers: a node whose labels or
+    addresses changed (or that came or went) can only change the verdict of connections to or
+    from its own addresses, old and new, so those addresses are named. A connection between
+    two unchanged addresses keeps its verdict.
     """
     if before.pod_ranges.cidrs != after.pod_ranges.cidrs:
         return None
@@ -258,7 +285,17 @@ def changed_addresses(before: Generation, after: Generation) -> frozenset[bytes]
     changed_policies, _, _ = _changed_keys(
         before.snapshot.policies, after.snapshot.policies, _POLICY_KEY
     )
+    changed_cluster_policies, _, _ = _changed_keys(
+        before.snapshot.cluster_policies, after.snapshot.cluster_policies, _CLUSTER_POLICY_NAME
+    )
+    changed_nodes, old_nodes, new_nodes = _changed_keys(
+        before.snapshot.nodes, after.snapshot.nodes, _NODE_NAME
+    )
     changed: set[bytes] = set()
+    for name in changed_nodes:
+        for node in (old_nodes.get(name), new_nodes.get(name)):
+            if node is not None:
+                changed.update(address.packed for address in node.addresses)
     # Unknown endpoints (pods that could not be read) win every address they claim: one that
     # came, went or changed changes the entries of its addresses, old and new.
     unreadable_before = before.snapshot.unreadable_pods
@@ -295,7 +332,12 @@ def changed_addresses(before: Generation, after: Generation) -> frozenset[bytes]
             previous is None
             or endpoint is None
             or not _same_endpoint(
-                previous, endpoint, changed_pods, changed_namespaces, changed_policies
+                previous,
+                endpoint,
+                changed_pods,
+                changed_namespaces,
+                changed_policies,
+                changed_cluster_policies,
             )
         ):
             changed.add(address)

@@ -31,6 +31,12 @@ Order of questions, cheapest and most common first:
    agent knew it (an agent restart, or a pod that just became isolated)? Then judge the original
    direction under the current tables: the reply of an allowed connection is allowed.
 6. Otherwise it opens a new connection: the tables decide, and an accepted one is tracked.
+
+:func:`decide` answers a :class:`Verdict` (a singleton per reason) and is the hot path.
+:func:`decide_with_outcome` asks the same questions in the same order and also returns the
+:class:`enforcement.tables.Outcome` the tables gave (what decided each direction, interned), for
+consumers that name the rule behind a verdict (flow logs, trace). Both are kept in step by a
+differential test (tests/enforcement/test_decide.py).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from __future__ import annotations
 from enforcement.flows import Flow, FlowDirection, FlowTable
 from enforcement.model import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP
 from enforcement.packets import PacketInfo
-from enforcement.tables import AllowTables
+from enforcement.tables import OUTCOMES, AllowTables, Outcome
 from enforcement.verdict import VERDICTS, Reason, Verdict
 
 _ICMP_ECHO_REQUEST = {IPPROTO_ICMP: 8, IPPROTO_ICMPV6: 128}
@@ -111,6 +117,85 @@ def decide(
     if reason in ACCEPTING and _opens_flow(packet):
         flows.create(packet, now, tables.generation)
     return VERDICTS[reason]
+
+
+def decide_with_outcome(
+    packet: PacketInfo,
+    tables: AllowTables,
+    flows: FlowTable,
+    now: float,
+    *,
+    from_host: bool = False,
+    kernel_reply: bool = False,
+    unknown_endpoint: bool = False,
+) -> tuple[Verdict, Outcome]:
+    """:func:`decide`, with the provenance of the verdict (same arguments, same effects).
+
+    The Outcome is what the tables said about the flow they judged: the new flow, the original
+    direction of a kernel reply (then the verdict may be FLOW), or a tracked flow that a policy
+    change no longer allows (the verdict is REVOKED, the outcome names the denying rule). When
+    the tables were not asked (neighbour discovery, a tracked flow, the node's own traffic...),
+    it is ``OUTCOMES[verdict.reason]``, which names nothing. Nothing is allocated per packet
+    but the returned pair.
+    """
+    if packet.neighbor_discovery:
+        return VERDICTS[Reason.NEIGHBOR_DISCOVERY], OUTCOMES[Reason.NEIGHBOR_DISCOVERY]
+    protocol = packet.protocol
+
+    if unknown_endpoint and not from_host:
+        return VERDICTS[Reason.UNKNOWN_ENDPOINT], OUTCOMES[Reason.UNKNOWN_ENDPOINT]
+
+    found = flows.lookup(packet, now)
+    if found is not None:
+        flow, direction = found
+        denial = _denial(flow, tables, flows)
+        if denial is not None:
+            return VERDICTS[Reason.REVOKED], denial
+        if not flows.advance(flow, direction, packet, now):
+            return VERDICTS[Reason.INVALID], OUTCOMES[Reason.INVALID]
+        return VERDICTS[Reason.FLOW], OUTCOMES[Reason.FLOW]
+
+    if packet.embedded is not None:
+        related = flows.related(packet, now)
+        if related is not None and _denial(related, tables, flows) is None:
+            return VERDICTS[Reason.RELATED], OUTCOMES[Reason.RELATED]
+
+    if from_host:
+        if _opens_flow(packet):
+            flows.create(packet, now, PINNED_GENERATION)
+        return VERDICTS[Reason.HOST], OUTCOMES[Reason.HOST]
+
+    if kernel_reply and (packet.src_port is not None or _is_echo_reply(packet)):
+        original = _reversed(packet)
+        outcome = tables.outcome(original.src, original.dst, protocol, original.dst_port)
+        if outcome.reason in ACCEPTING:
+            flow = flows.create(original, now, tables.generation)
+            if not flows.advance(flow, FlowDirection.REPLY, packet, now):
+                flows.remove(flow)
+                return VERDICTS[Reason.INVALID], outcome
+            return VERDICTS[Reason.FLOW], outcome
+        return outcome.verdict, outcome
+
+    outcome = tables.outcome(packet.src, packet.dst, protocol, packet.dst_port)
+    if outcome.reason in ACCEPTING and _opens_flow(packet):
+        flows.create(packet, now, tables.generation)
+    return outcome.verdict, outcome
+
+
+def _denial(flow: Flow, tables: AllowTables, flows: FlowTable) -> Outcome | None:
+    """As :func:`_still_allowed`: None if the flow is still allowed, else the tables' denial."""
+    if flow.generation == tables.generation or flow.generation == PINNED_GENERATION:
+        return None
+    protocol, src, _src_port, dst, dst_port = flow.key
+    port: int | None = dst_port
+    if protocol in (IPPROTO_ICMP, IPPROTO_ICMPV6):
+        port = None  # echo flows carry the identifier in the key, not a port
+    outcome = tables.outcome(src, dst, protocol, port)
+    if outcome.reason in ACCEPTING:
+        flow.generation = tables.generation
+        return None
+    flows.remove(flow)
+    return outcome
 
 
 def _still_allowed(flow: Flow, tables: AllowTables, flows: FlowTable) -> bool:

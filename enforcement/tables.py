@@ -3,8 +3,10 @@
     ClusterSnapshot (model.py) --compiler.py--> AllowTables (this module) --> decision
 
 Everything here is immutable once built and is published by swapping one reference, so the
-packet path reads it without locks. Nothing is memoised at lookup time: every structure is
-filled in by the compiler, which keeps the tables plain values that any thread may read.
+packet path reads it without locks. Every decision structure is filled in by the compiler; the
+one thing filled at lookup is the intern table of provenance (:meth:`AllowTables.outcome`: one
+Outcome per pair of deciders, made the first time that pair decides a flow), which threads may
+fill concurrently without harm.
 
 Deciding a packet costs a fixed number of dict lookups and bisections, whatever the number of
 pods and policies:
@@ -29,6 +31,13 @@ for ipBlocks, namespaces and all pods) are resolved at lookup against the destin
 named ports, through :attr:`Endpoint.port_names`. A named port never matches a destination that
 is not a pod.
 
+Tiers (ClusterNetworkPolicy, ``enforcement/tiers.py``): a local pod some ClusterNetworkPolicy
+selects carries :class:`TierPlans`, one :class:`DirectionPlan` per direction (Admin rules, its
+NetworkPolicy table, Baseline rules; first match, Pass leaves the tier). Pods no
+ClusterNetworkPolicy selects are decided exactly as before; ``evaluate`` checks one flag to
+know whether any pod is tiered at all. Provenance: ``outcome`` names what decided each
+direction (:class:`Outcome`, naming RuleRefs), interned.
+
 An :class:`Endpoint` marked ``unknown`` stands for a pod whose object could not be read: no
 selector part of a table matches it (only addresses do), and a local one carries
 :data:`UNKNOWN_INGRESS` / :data:`UNKNOWN_EGRESS`, which allow nothing and make ``evaluate``
@@ -42,8 +51,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from enforcement.clusterpolicy import RuleAction
 from enforcement.model import Direction
-from enforcement.verdict import Reason
+from enforcement.verdict import VERDICTS, Reason, RuleRef, Verdict
 
 PortNames = Mapping[tuple[int, int], frozenset[str]]
 """Of one pod: (protocol number, port number) -> the container port names with that number."""
@@ -229,6 +239,140 @@ class AddressMap:
         return len(self._starts)
 
 
+class AddressSet:
+    """Integer addresses of one family, as sorted disjoint inclusive intervals."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """``ranges`` in any order, overlapping or not; merged here."""
+        starts: list[int] = []
+        ends: list[int] = []
+        for first, last in sorted(ranges):
+            if ends and first <= ends[-1] + 1:
+                ends[-1] = max(ends[-1], last)
+            else:
+                starts.append(first)
+                ends.append(last)
+        self._starts = tuple(starts)
+        self._ends = tuple(ends)
+
+    def __contains__(self, address: int) -> bool:
+        index = bisect_right(self._starts, address) - 1
+        return index >= 0 and address <= self._ends[index]
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PodSet:
+    """The pods one selector peer stands for, in the cheapest form to record.
+
+    One object per distinct selector and scope, made by the compiler and shared by every table
+    and rule that uses it (its sets are never copied).
+    """
+
+    all_pods: bool
+    """Every pod of every namespace."""
+    namespaces: frozenset[str]
+    """Namespaces all of whose pods are selected."""
+    identities: frozenset[int]
+    """Identity numbers selected one by one."""
+
+    def is_larger_than(self, threshold: int) -> bool:
+        return len(self.namespaces) + len(self.identities) > threshold
+
+    def contains(self, peer: Endpoint) -> bool:
+        """Whether the (known) pod ``peer`` is one of these."""
+        return (
+            self.all_pods or peer.identity in self.identities or peer.namespace in self.namespaces
+        )
+
+
+RefFields = tuple[str, str | None, str, str, int | None, str, str]
+"""The fields of a :class:`RuleRef`, in order: kept by the tables instead of the RuleRef
+itself, which is made only for outcomes that happen (a tuple costs a fraction of a frozen
+dataclass, and the compiler makes one per NetworkPolicy rule)."""
+
+
+class RuleMatch:
+    """One rule, matched as written: tier rules (ClusterNetworkPolicy) are walked in order, and
+    NetworkPolicy rules one by one to name the one that allowed a flow their union allows.
+
+    Subject-independent: named ports are resolved at lookup against the destination's
+    ``port_names`` (for ingress the subject itself, for egress the peer), so one object serves
+    every pod the rule applies to. Immutable by convention: a plain slotted class, because the
+    compiler makes one per NetworkPolicy rule and a frozen dataclass costs several times more
+    to build (compile time at 10k policies).
+    """
+
+    __slots__ = ("action", "allows", "any_peer", "origin", "pods", "ports", "v4", "v6")
+
+    ports: PortMatch
+    """The rule's protocols and ports, named ports unresolved."""
+    any_peer: bool
+    """A NetworkPolicy rule without peers: every address."""
+    v4: AddressSet | None
+    """Addresses matched whoever owns them (ipBlocks, ``networks``, nodes' addresses)."""
+    v6: AddressSet | None
+    pods: tuple[PodSet, ...]
+    """Selector peers, shared with the compiler's memo (never copied)."""
+    action: RuleAction | None
+    """Accept, Deny or Pass for a tier rule; None for a NetworkPolicy rule (it only allows)."""
+    allows: bool
+    """What a match decides: allowed (Accept, a NetworkPolicy rule) or denied (Deny)."""
+    origin: RefFields
+    """What to name when this rule decides."""
+
+    def __init__(
+        self,
+        ports: PortMatch,
+        any_peer: bool,
+        v4: AddressSet | None,
+        v6: AddressSet | None,
+        pods: tuple[PodSet, ...],
+        action: RuleAction | None,
+        origin: RefFields,
+    ) -> None:
+        self.ports = ports
+        self.any_peer = any_peer
+        self.v4 = v4
+        self.v6 = v6
+        self.pods = pods
+        self.action = action
+        self.allows = action is not RuleAction.DENY
+        self.origin = origin
+
+    def matches(
+        self,
+        peer: Endpoint | None,
+        address: bytes,
+        protocol: int,
+        port: int | None,
+        port_names: PortNames | None,
+    ) -> bool:
+        """Whether the flow to or from ``peer`` at ``address`` with this protocol and port
+        matches this rule (``port_names``: the destination's, None if it is no pod)."""
+        if not self.ports.allows(protocol, port, port_names):
+            return False
+        if self.any_peer:
+            return True
+        addresses = self.v4 if len(address) == 4 else self.v6
+        if addresses is not None and int.from_bytes(address, "big") in addresses:
+            return True
+        if peer is None or peer.unknown:
+            return False  # selectors only match pods whose labels are known
+        # A loop, not any(): no generator object per packet.
+        for pods in self.pods:  # noqa: SIM110
+            if pods.contains(peer):
+                return True
+        return False
+
+    def __repr__(self) -> str:
+        return f"RuleMatch({self.origin!r})"
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class PeerSelection:
     """A large set of peer pods one or more rules of a table allow, with what they allow."""
@@ -265,6 +409,12 @@ class PolicyTable:
     """Peers that select every pod of every namespace (``namespaceSelector: {}`` alone)."""
     selections: tuple[PeerSelection, ...] = ()
     """Large selections, kept as shared sets instead of being copied into ``identities``."""
+    rules: tuple[tuple[RuleMatch, ...], ...] = ()
+    """The same rules one by one, per policy (policies by name, rules in order; each policy's
+    tuple shared by every table of that policy): read only to name the rule that allowed a
+    flow the union above allows (provenance), never to decide."""
+    isolating: tuple[RefFields, ...] = ()
+    """The policies that isolate the pods, by name: what a denial names."""
 
     def allows(
         self,
@@ -304,6 +454,90 @@ class PolicyTable:
                 return True
         return False
 
+    def decide(
+        self,
+        peer: Endpoint | None,
+        address: bytes,
+        protocol: int,
+        port: int | None,
+        port_names: PortNames | None,
+    ) -> Decider:
+        """As :meth:`allows`, saying what decided: the first rule (policies by name, rules in
+        order) that allows, or this table itself when none does (denied by isolation)."""
+        if self.allows(peer, address, protocol, port, port_names):
+            for rules in self.rules:
+                for rule in rules:
+                    if rule.matches(peer, address, protocol, port, port_names):
+                        return rule
+        return self
+
+
+Decider = RuleMatch | PolicyTable | None
+"""What decided one direction of a flow: the rule that matched (allowed, or denied by a Deny),
+the NetworkPolicy table whose isolation denied it, or None (nothing had an opinion)."""
+
+
+def _denies(decider: Decider) -> bool:
+    if decider is None:
+        return False
+    if isinstance(decider, RuleMatch):
+        return not decider.allows
+    return True  # a PolicyTable decides only when nothing in it allows: isolation
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DirectionPlan:
+    """One direction of the local pods that ClusterNetworkPolicies select: the tiers in order.
+
+    Interned: shared by every local pod with the same admin rules, the same NetworkPolicy table
+    and the same baseline rules. Pods no ClusterNetworkPolicy selects have no plan, only their
+    :class:`PolicyTable` (the common case, and the fast one).
+    """
+
+    direction: Direction
+    admin: tuple[RuleMatch, ...]
+    """Admin tier rules: policies by (priority, name), rules in order; first match decides."""
+    table: PolicyTable | None
+    """The NetworkPolicy tier; None when no NetworkPolicy isolates the pods this way."""
+    baseline: tuple[RuleMatch, ...]
+    """Baseline tier rules, ordered and walked like ``admin``."""
+    policies: tuple[str, ...]
+    """Names of the ClusterNetworkPolicies whose rules are in ``admin`` and ``baseline``."""
+
+    def decide(
+        self,
+        peer: Endpoint | None,
+        address: bytes,
+        protocol: int,
+        port: int | None,
+        port_names: PortNames | None,
+    ) -> Decider:
+        """Admin tier (first match; Pass leaves the tier), then the NetworkPolicy tier if it
+        isolates, then the Baseline tier likewise, then the default allow (None)."""
+        for rule in self.admin:
+            if rule.matches(peer, address, protocol, port, port_names):
+                if rule.action is RuleAction.PASS:
+                    break
+                return rule
+        if self.table is not None:
+            return self.table.decide(peer, address, protocol, port, port_names)
+        for rule in self.baseline:
+            if rule.matches(peer, address, protocol, port, port_names):
+                if rule.action is RuleAction.PASS:
+                    break
+                return rule
+        return None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TierPlans:
+    """Both directions' plans of the local pods some ClusterNetworkPolicies select; interned,
+    one field of :class:`Endpoint` for the two (a field costs every endpoint its set-up)."""
+
+    ingress: DirectionPlan | None
+    """None when those policies have no ingress rules: the NetworkPolicy table alone decides."""
+    egress: DirectionPlan | None
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Endpoint:
@@ -327,16 +561,35 @@ class Endpoint:
     unknown: bool = False
     """A pod whose object could not be read (model.UnreadablePod): it matches no selector, and
     when local its tables are :data:`UNKNOWN_INGRESS` and :data:`UNKNOWN_EGRESS`."""
+    tiers: TierPlans | None = None
+    """Set only for a local pod that some ClusterNetworkPolicy selects (its traffic is queued
+    and decided through these plans); None for every other pod, the common case."""
+
+    @property
+    def tiered(self) -> bool:
+        """Some ClusterNetworkPolicy selects this local pod."""
+        return self.tiers is not None
+
+    @property
+    def ingress_plan(self) -> DirectionPlan | None:
+        """The tiers of ingress, when ClusterNetworkPolicies selecting the pod have ingress
+        rules (the plan then decides ingress; its ``table`` is ``ingress_table``)."""
+        return self.tiers.ingress if self.tiers is not None else None
+
+    @property
+    def egress_plan(self) -> DirectionPlan | None:
+        """Likewise for egress."""
+        return self.tiers.egress if self.tiers is not None else None
 
     @property
     def ingress_isolated(self) -> bool:
         """Some policy selects this local pod for ingress (always False for remote pods)."""
-        return self.ingress_table is not None
+        return self.ingress_table is not None or self.ingress_plan is not None
 
     @property
     def egress_isolated(self) -> bool:
         """Some policy selects this local pod for egress (always False for remote pods)."""
-        return self.egress_table is not None
+        return self.egress_table is not None or self.egress_plan is not None
 
 
 UNKNOWN_IDENTITY = -1
@@ -347,6 +600,57 @@ UNKNOWN_INGRESS = PolicyTable(Direction.INGRESS, ())
 
 UNKNOWN_EGRESS = PolicyTable(Direction.EGRESS, ())
 """The egress table of a local unknown endpoint: allows nothing (fail-closed)."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Outcome:
+    """A decision with its provenance: the reason and what decided each direction.
+
+    Interned: the tables hand out one object per combination, so the packet path allocates
+    nothing once warm. A direction that was not looked at (not enforced here, or ingress after
+    a denied egress), or where nothing had an opinion, names nothing.
+    """
+
+    reason: Reason
+    egress: tuple[RuleRef, ...]
+    """What decided the source's egress (a local source only)."""
+    ingress: tuple[RuleRef, ...]
+    """What decided the destination's ingress (a local destination only)."""
+    verdict: Verdict
+    """The verdict singleton of ``reason``."""
+
+    @property
+    def refs(self) -> tuple[RuleRef, ...]:
+        """Both directions' refs, egress first (what ``decided_by`` lists)."""
+        return self.egress + self.ingress
+
+
+OUTCOMES: Mapping[Reason, Outcome] = MappingProxyType(
+    {reason: Outcome(reason, (), (), VERDICTS[reason]) for reason in Reason}
+)
+"""The one Outcome of each reason that names no rule (not isolated, unknown endpoint, and the
+reasons decided before the tables: flow, related, host, ...)."""
+
+
+def _refs(decider: Decider) -> tuple[RuleRef, ...]:
+    if decider is None:
+        return ()
+    if isinstance(decider, RuleMatch):
+        return (RuleRef(*decider.origin),)
+    return tuple(RuleRef(*fields) for fields in decider.isolating)
+
+
+def _combine(egress: Decider, ingress: Decider) -> Outcome:
+    """The Outcome of one direction's decider and the other's (made once per pair)."""
+    if _denies(egress):
+        return Outcome(Reason.DENIED_EGRESS, _refs(egress), (), VERDICTS[Reason.DENIED_EGRESS])
+    if _denies(ingress):
+        return Outcome(
+            Reason.DENIED_INGRESS, _refs(egress), _refs(ingress), VERDICTS[Reason.DENIED_INGRESS]
+        )
+    if egress is None and ingress is None:
+        return OUTCOMES[Reason.NOT_ISOLATED]
+    return Outcome(Reason.ALLOWED, _refs(egress), _refs(ingress), VERDICTS[Reason.ALLOWED])
 
 
 class AllowTables:
@@ -363,9 +667,11 @@ class AllowTables:
         "_local",
         "_local_pod_count",
         "_node_name",
+        "_outcomes",
         "_pod_count",
         "_policy_count",
         "_table_count",
+        "_tiered",
     )
 
     def __init__(
@@ -382,12 +688,19 @@ class AllowTables:
         self._generation = generation
         self._node_name = node_name
         self._ipcache = dict(ipcache)
-        self._local = frozenset(a for a, e in self._ipcache.items() if e.local)
+        local = [(a, e) for a, e in self._ipcache.items() if e.local]
+        self._local = frozenset(a for a, _ in local)
         self._isolated_local = frozenset(
             a
-            for a, e in self._ipcache.items()
-            if e.ingress_table is not None or e.egress_table is not None
+            for a, e in local
+            if e.ingress_table is not None or e.egress_table is not None or e.tiers is not None
         )
+        self._tiered = any(e.tiers is not None for _, e in local)
+        """Some local pod is selected by a ClusterNetworkPolicy: flows touching one take the
+        tiered path; without any, ``evaluate`` is exactly the NetworkPolicy lookup."""
+        self._outcomes: dict[Decider, dict[Decider, Outcome]] = {}
+        """egress decider -> ingress decider -> their Outcome, filled on first sight (see
+        :meth:`outcome`)."""
         self._pod_count = pod_count
         self._local_pod_count = len({e.key for e in self._ipcache.values() if e.local})
         self._identity_count = identity_count
@@ -415,6 +728,11 @@ class AllowTables:
         """
         source = self._ipcache.get(src)
         destination = self._ipcache.get(dst)
+        if self._tiered and (
+            (source is not None and source.tiers is not None)
+            or (destination is not None and destination.tiers is not None)
+        ):
+            return self.outcome(src, dst, protocol, dst_port).reason
         egress = source.egress_table if source is not None else None
         ingress = destination.ingress_table if destination is not None else None
         if egress is None and ingress is None:
@@ -429,6 +747,53 @@ class AllowTables:
         if ingress is not None and not ingress.allows(source, src, protocol, dst_port, port_names):
             return Reason.DENIED_INGRESS
         return Reason.ALLOWED
+
+    def outcome(self, src: bytes, dst: bytes, protocol: int, dst_port: int | None) -> Outcome:
+        """As :meth:`evaluate`, with what decided each direction (an interned :class:`Outcome`).
+
+        Per direction of a local pod: its :class:`DirectionPlan` when ClusterNetworkPolicies
+        select it (tiers in order), else its NetworkPolicy table. NOT_ISOLATED when neither
+        direction had an opinion; the reason is always the one :meth:`evaluate` gives.
+
+        Each direction ends at a decider (the rule that matched, the isolating table, or None);
+        the Outcome of a pair of deciders, with its RuleRefs, is made the first time the pair
+        is seen and kept in a dict for the life of these tables (at most one per pair of rules
+        and tables that ever decide together): after warm-up nothing is allocated. Two threads
+        filling it at once store equal values (``dict.setdefault`` is atomic), so readers need
+        no lock.
+        """
+        source = self._ipcache.get(src)
+        destination = self._ipcache.get(dst)
+        egress_table = egress_plan = ingress_table = ingress_plan = None
+        if source is not None:
+            egress_table = source.egress_table
+            if source.tiers is not None:
+                egress_plan = source.tiers.egress
+        if destination is not None:
+            ingress_table = destination.ingress_table
+            if destination.tiers is not None:
+                ingress_plan = destination.tiers.ingress
+        if egress_table is UNKNOWN_EGRESS or ingress_table is UNKNOWN_INGRESS:
+            return OUTCOMES[Reason.UNKNOWN_ENDPOINT]
+        port_names = destination.port_names if destination is not None else None
+        egress: Decider = None
+        if egress_plan is not None:
+            egress = egress_plan.decide(destination, dst, protocol, dst_port, port_names)
+        elif egress_table is not None:
+            egress = egress_table.decide(destination, dst, protocol, dst_port, port_names)
+        ingress: Decider = None
+        if not _denies(egress):
+            if ingress_plan is not None:
+                ingress = ingress_plan.decide(source, src, protocol, dst_port, port_names)
+            elif ingress_table is not None:
+                ingress = ingress_table.decide(source, src, protocol, dst_port, port_names)
+        by_ingress = self._outcomes.get(egress)
+        if by_ingress is None:
+            by_ingress = self._outcomes.setdefault(egress, {})
+        found = by_ingress.get(ingress)
+        if found is None:
+            found = by_ingress.setdefault(ingress, _combine(egress, ingress))
+        return found
 
     def endpoint(self, address: bytes) -> Endpoint | None:
         """The pod (of any node) that owns this packed address, or None."""

@@ -15,7 +15,17 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 
+from enforcement.clusterpolicy import (
+    ClusterNetworkPolicy,
+    ClusterPeer,
+    ClusterRule,
+    ClusterSubject,
+    NamespacedPods,
+    RuleAction,
+    Tier,
+)
 from enforcement.model import (
+    PROTOCOL_NUMBERS,
     SELECT_ALL,
     ClusterSnapshot,
     ContainerPort,
@@ -26,6 +36,7 @@ from enforcement.model import (
     LabelSelector,
     Namespace,
     NetworkPolicy,
+    Node,
     Peer,
     Pod,
     PolicyPort,
@@ -164,11 +175,86 @@ def port(
     return PolicyPort(protocol=protocol, port=number, end_port=end)
 
 
-def cluster(*objects: Namespace | Pod | NetworkPolicy | UnreadablePod) -> ClusterSnapshot:
+def make_node(name: str, *addresses: str, **labels: str) -> Node:
+    """A Node with its labels and its own addresses (InternalIP/ExternalIP)."""
+    return Node(name, Labels(labels), tuple(ipaddress.ip_address(a) for a in addresses))
+
+
+def subject(
+    namespaces: LabelSelector | None = None, pods: LabelSelector | None = None
+) -> ClusterSubject:
+    """A ClusterNetworkPolicy subject: ``subject(namespaces=selector(team="a"))`` (every pod of
+    those namespaces), or with ``pods`` too (both selectors; ``namespaces`` None: every one)."""
+    if pods is None:
+        return ClusterSubject(namespaces=namespaces if namespaces is not None else SELECT_ALL)
+    return ClusterSubject(pods=NamespacedPods(namespaces or SELECT_ALL, pods))
+
+
+def cpeer(
+    namespaces: LabelSelector | None = None,
+    pods: LabelSelector | None = None,
+    nodes: LabelSelector | None = None,
+    networks: Iterable[str] = (),
+) -> ClusterPeer:
+    """A ClusterNetworkPolicy peer: ``cpeer(namespaces=...)``, ``cpeer(pods=..., namespaces=...)``
+    (pods of those namespaces; ``namespaces`` None: any), ``cpeer(nodes=...)`` or
+    ``cpeer(networks=["10.0.0.0/8"])``."""
+    parsed = tuple(ipaddress.ip_network(n) for n in networks)
+    if parsed:
+        return ClusterPeer(networks=parsed)
+    if nodes is not None:
+        return ClusterPeer(nodes=nodes)
+    if pods is not None:
+        return ClusterPeer(pods=NamespacedPods(namespaces or SELECT_ALL, pods))
+    return ClusterPeer(namespaces=namespaces if namespaces is not None else SELECT_ALL)
+
+
+def crule(
+    action: str | RuleAction,
+    *peers: ClusterPeer,
+    ports: Iterable[PolicyPort] = (),
+    name: str = "",
+) -> ClusterRule:
+    """A ClusterNetworkPolicy rule: ``crule("Deny", cpeer(namespaces=selector()))``; no ports
+    means all traffic. See :func:`named_port` for ``destinationNamedPort``."""
+    chosen = action if isinstance(action, RuleAction) else RuleAction(action)
+    return ClusterRule(chosen, tuple(peers), tuple(ports), name)
+
+
+def named_port(name: str) -> tuple[PolicyPort, ...]:
+    """A ``destinationNamedPort``: the name on each protocol, as the edge converts it."""
+    return tuple(PolicyPort(protocol, name) for protocol in PROTOCOL_NUMBERS)
+
+
+def make_cluster_policy(
+    name: str,
+    tier: str | Tier = Tier.ADMIN,
+    priority: int = 10,
+    applies_to: ClusterSubject | None = None,
+    ingress: Iterable[ClusterRule] = (),
+    egress: Iterable[ClusterRule] = (),
+) -> ClusterNetworkPolicy:
+    """A ClusterNetworkPolicy; ``applies_to`` None: every pod of every namespace."""
+    return ClusterNetworkPolicy(
+        name=name,
+        tier=tier if isinstance(tier, Tier) else Tier(tier),
+        priority=priority,
+        subject=applies_to or subject(),
+        ingress=tuple(ingress),
+        egress=tuple(egress),
+    )
+
+
+ClusterObject = Namespace | Pod | NetworkPolicy | UnreadablePod | ClusterNetworkPolicy | Node
+
+
+def cluster(*objects: ClusterObject) -> ClusterSnapshot:
     """A snapshot of the given objects, in the given order."""
     return ClusterSnapshot(
         namespaces=tuple(o for o in objects if isinstance(o, Namespace)),
         pods=tuple(o for o in objects if isinstance(o, Pod)),
         policies=tuple(o for o in objects if isinstance(o, NetworkPolicy)),
         unreadable_pods=tuple(o for o in objects if isinstance(o, UnreadablePod)),
+        cluster_policies=tuple(o for o in objects if isinstance(o, ClusterNetworkPolicy)),
+        nodes=tuple(o for o in objects if isinstance(o, Node)),
     )

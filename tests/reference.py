@@ -15,12 +15,29 @@ address any of them claims is unknown, whoever else claims it. On a node where s
 that address runs (an unreadable pod whose node is unknown runs everywhere), nothing to or from
 the address is allowed. Elsewhere it is a peer without labels that no selector matches, and
 only ipBlocks match it, by address.
+
+ClusterNetworkPolicies (policy.networking.k8s.io, the tiers) are walked just as plainly, for
+each direction of each local pod: the Admin tier's policies that select the pod, sorted by
+(priority, name), their rules in order, first match (Accept: allowed, Deny: denied, Pass: on
+to the next tier); then the NetworkPolicies as above if any isolates the pod; then the Baseline
+tier likewise; then allowed. What decided is named as a RuleRef (built here, not taken from the
+compiler): the ClusterNetworkPolicy rule; the first NetworkPolicy rule that allows, policies by
+name and rules in order; or every isolating NetworkPolicy, by name, when none allows.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from enforcement.clusterpolicy import (
+    ClusterNetworkPolicy,
+    ClusterPeer,
+    ClusterRule,
+    RuleAction,
+    Tier,
+)
 from enforcement.model import (
     PROTOCOL_NUMBERS,
     ClusterSnapshot,
@@ -29,8 +46,25 @@ from enforcement.model import (
     NetworkPolicy,
     Peer,
     Pod,
+    PolicyPort,
     Rule,
 )
+from enforcement.verdict import Reason, RuleRef
+
+
+@dataclass(frozen=True)
+class ReferenceOutcome:
+    """What the naive walk decides for one flow, and what decided each direction."""
+
+    reason: Reason
+    egress: tuple[RuleRef, ...]
+    """Empty when the source's egress is not enforced here or nothing had an opinion."""
+    ingress: tuple[RuleRef, ...]
+    """Likewise; also empty when the egress denied (ingress is then not looked at)."""
+
+    @property
+    def allowed(self) -> bool:
+        return self.reason in (Reason.ALLOWED, Reason.NOT_ISOLATED)
 
 
 def reference_allows(
@@ -46,32 +80,160 @@ def reference_allows(
     The node enforces only its own pods: the source's egress if the source is a local pod,
     the destination's ingress if the destination is a local pod. Both must allow.
     """
+    return reference_outcome(snapshot, node_name, src_ip, dst_ip, protocol, dst_port).allowed
+
+
+def reference_outcome(
+    snapshot: ClusterSnapshot,
+    node_name: str,
+    src_ip: str,
+    dst_ip: str,
+    protocol: int,
+    dst_port: int | None,
+) -> ReferenceOutcome:
+    """The reason node ``node_name`` gives a new flow, with the refs that decided it."""
     src = ipaddress.ip_address(src_ip)
     dst = ipaddress.ip_address(dst_ip)
     if unknown_here(snapshot, node_name, src) or unknown_here(snapshot, node_name, dst):
-        return False
+        return ReferenceOutcome(Reason.UNKNOWN_ENDPOINT, (), ())
     src_pod = find_pod(snapshot, node_name, src)
     dst_pod = find_pod(snapshot, node_name, dst)
 
+    egress: tuple[RuleRef, ...] = ()
     if src_pod is not None and src_pod.node_name == node_name:
-        policies = isolating_policies(snapshot, src_pod, Direction.EGRESS)
-        if policies and not any(
-            rule_allows(snapshot, policy, rule, dst, dst_pod, protocol, dst_port, dst_pod)
-            for policy in policies
-            for rule in policy.egress
-        ):
-            return False
+        allowed, egress = direction_decision(
+            snapshot, src_pod, Direction.EGRESS, dst, dst_pod, protocol, dst_port, dst_pod
+        )
+        if not allowed:
+            return ReferenceOutcome(Reason.DENIED_EGRESS, egress, ())
 
+    ingress: tuple[RuleRef, ...] = ()
     if dst_pod is not None and dst_pod.node_name == node_name:
-        policies = isolating_policies(snapshot, dst_pod, Direction.INGRESS)
-        if policies and not any(
-            rule_allows(snapshot, policy, rule, src, src_pod, protocol, dst_port, dst_pod)
-            for policy in policies
-            for rule in policy.ingress
-        ):
-            return False
+        allowed, ingress = direction_decision(
+            snapshot, dst_pod, Direction.INGRESS, src, src_pod, protocol, dst_port, dst_pod
+        )
+        if not allowed:
+            return ReferenceOutcome(Reason.DENIED_INGRESS, egress, ingress)
 
-    return True
+    if not egress and not ingress:
+        return ReferenceOutcome(Reason.NOT_ISOLATED, (), ())
+    return ReferenceOutcome(Reason.ALLOWED, egress, ingress)
+
+
+def direction_decision(
+    snapshot: ClusterSnapshot,
+    subject: Pod,
+    direction: Direction,
+    peer_address: IPAddress,
+    peer_pod: Pod | None,
+    protocol: int,
+    dst_port: int | None,
+    dst_pod: Pod | None,
+) -> tuple[bool, tuple[RuleRef, ...]]:
+    """One direction of one local pod: Admin tier, NetworkPolicy tier, Baseline tier, allow."""
+    flow = (peer_address, peer_pod, protocol, dst_port, dst_pod)
+    decided = tier_decision(snapshot, Tier.ADMIN, subject, direction, *flow)
+    if decided is not None:
+        return decided
+    policies = sorted(isolating_policies(snapshot, subject, direction), key=lambda p: p.name)
+    if policies:
+        for policy in policies:
+            for number, rule in enumerate(policy.rules(direction)):
+                if rule_allows(snapshot, policy, rule, *flow):
+                    return True, (
+                        RuleRef("NetworkPolicy", policy.namespace, policy.name,
+                                "NetworkPolicy", number, "", "Allow"),
+                    )  # fmt: skip
+        return False, tuple(
+            RuleRef("NetworkPolicy", p.namespace, p.name, "NetworkPolicy", None, "", "Isolate")
+            for p in policies
+        )
+    decided = tier_decision(snapshot, Tier.BASELINE, subject, direction, *flow)
+    if decided is not None:
+        return decided
+    return True, ()
+
+
+def tier_decision(
+    snapshot: ClusterSnapshot,
+    tier: Tier,
+    subject: Pod,
+    direction: Direction,
+    peer_address: IPAddress,
+    peer_pod: Pod | None,
+    protocol: int,
+    dst_port: int | None,
+    dst_pod: Pod | None,
+) -> tuple[bool, tuple[RuleRef, ...]] | None:
+    """First matching rule of the tier's policies selecting ``subject``; None: no opinion
+    (no rule matched, or a Pass)."""
+    selecting = [
+        policy
+        for policy in snapshot.cluster_policies
+        if policy.tier is tier and cluster_subject_selects(snapshot, policy, subject)
+    ]
+    for policy in sorted(selecting, key=lambda p: (p.priority, p.name)):
+        rules = policy.ingress if direction is Direction.INGRESS else policy.egress
+        for number, rule in enumerate(rules):
+            if cluster_rule_matches(snapshot, rule, peer_address, peer_pod, protocol, dst_port,
+                                    dst_pod):  # fmt: skip
+                if rule.action is RuleAction.PASS:
+                    return None
+                ref = RuleRef("ClusterNetworkPolicy", None, policy.name, tier.value, number,
+                              rule.name, rule.action.value)  # fmt: skip
+                return rule.action is RuleAction.ACCEPT, (ref,)
+    return None
+
+
+def cluster_subject_selects(
+    snapshot: ClusterSnapshot, policy: ClusterNetworkPolicy, pod: Pod
+) -> bool:
+    if pod.host_network:
+        return False
+    subject = policy.subject
+    namespace = namespace_labels(snapshot, pod.namespace)
+    if subject.namespaces is not None:
+        return subject.namespaces.matches(namespace)
+    if subject.pods is not None:
+        return subject.pods.namespace_selector.matches(
+            namespace
+        ) and subject.pods.pod_selector.matches(pod.labels)
+    return False
+
+
+def cluster_rule_matches(
+    snapshot: ClusterSnapshot,
+    rule: ClusterRule,
+    peer_address: IPAddress,
+    peer_pod: Pod | None,
+    protocol: int,
+    dst_port: int | None,
+    dst_pod: Pod | None,
+) -> bool:
+    return any(
+        cluster_peer_matches(snapshot, peer, peer_address, peer_pod) for peer in rule.peers
+    ) and ports_match(rule.ports, protocol, dst_port, dst_pod)
+
+
+def cluster_peer_matches(
+    snapshot: ClusterSnapshot, peer: ClusterPeer, address: IPAddress, pod: Pod | None
+) -> bool:
+    if any(address.version == n.version and address in n for n in peer.networks):
+        return True  # networks match any address, pods' included
+    if peer.nodes is not None:
+        return any(
+            peer.nodes.matches(node.labels) and address in node.addresses for node in snapshot.nodes
+        )
+    if pod is None:
+        return False  # selectors only ever match pods (never host-network ones)
+    namespace = namespace_labels(snapshot, pod.namespace)
+    if peer.namespaces is not None:
+        return peer.namespaces.matches(namespace)
+    if peer.pods is not None:
+        return peer.pods.namespace_selector.matches(namespace) and peer.pods.pod_selector.matches(
+            pod.labels
+        )
+    return False
 
 
 def unknown_here(snapshot: ClusterSnapshot, node_name: str, address: IPAddress) -> bool:
@@ -126,11 +288,18 @@ def rule_allows(
         peer_matches(snapshot, policy, peer, peer_address, peer_pod) for peer in rule.peers
     ):
         return False
-    if not rule.ports:
+    return ports_match(rule.ports, protocol, dst_port, dst_pod)
+
+
+def ports_match(
+    ports: Sequence[PolicyPort], protocol: int, dst_port: int | None, dst_pod: Pod | None
+) -> bool:
+    """Whether some entry of ``ports`` matches (none: every port of every protocol)."""
+    if not ports:
         return True  # every port of every protocol, ICMP included
     if dst_port is None:
         return False  # a packet without ports cannot match a rule that lists ports
-    for policy_port in rule.ports:
+    for policy_port in ports:
         if PROTOCOL_NUMBERS[policy_port.protocol] != protocol:
             continue
         if policy_port.port is None:

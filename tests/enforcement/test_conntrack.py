@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enforcement.clusterpolicy import ClusterNetworkPolicy
 from enforcement.compiler import compile_tables
 from enforcement.conntrack import (
     Generation,
@@ -28,6 +29,7 @@ from enforcement.model import (
     Labels,
     Namespace,
     NetworkPolicy,
+    Node,
     Pod,
     UnreadablePod,
 )
@@ -36,19 +38,27 @@ from enforcement.verdict import Reason
 from tests.builders import (
     METADATA_NAME,
     cluster,
+    cpeer,
+    crule,
     ip,
+    make_cluster_policy,
     make_namespace,
+    make_node,
     make_pod,
     make_policy,
     make_unreadable_pod,
     peer,
     rule,
     selector,
+    subject,
 )
 from tests.enforcement.test_compiler_properties import (
+    CLUSTER_POLICY_NAMES,
     NODES,
     OUTSIDE_V4,
+    cluster_policy_st,
     labels_st,
+    node_st,
     pod_st,
     policy_st,
     snapshot_st,
@@ -289,6 +299,68 @@ def test_changed_addresses_of_unreadable_pods(
                 assert old.evaluate(src, dst, 6, 80) == new.evaluate(src, dst, 6, 80)
 
 
+NODE_2 = make_node("node-2", "10.0.0.2", "10.0.0.3", role="worker")
+C_TO_NODES = make_cluster_policy(
+    "c-to-nodes",
+    applies_to=subject(pods=selector(pod="c")),
+    egress=[crule("Deny", cpeer(nodes=selector(role="worker")))],
+)
+DENY_B_FROM_C = make_cluster_policy(
+    "deny-b-from-c",
+    applies_to=subject(pods=selector(pod="b")),
+    ingress=[crule("Deny", cpeer(pods=selector(pod="c")))],
+)
+TIERED = dataclasses.replace(BASE, cluster_policies=(C_TO_NODES,), nodes=(NODE_2,))
+
+
+def with_cluster(
+    snapshot: ClusterSnapshot, *objects: ClusterNetworkPolicy | Node
+) -> ClusterSnapshot:
+    """``snapshot`` with these ClusterNetworkPolicies and Nodes instead of its own."""
+    return dataclasses.replace(
+        snapshot,
+        cluster_policies=tuple(o for o in objects if isinstance(o, ClusterNetworkPolicy)),
+        nodes=tuple(o for o in objects if isinstance(o, Node)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        pytest.param(TIERED, TIERED, frozenset(), id="unchanged"),
+        pytest.param(TIERED, with_cluster(TIERED, C_TO_NODES, NODE_2, DENY_B_FROM_C),
+                     addresses(B), id="cluster-policy-added"),
+        pytest.param(with_cluster(TIERED, C_TO_NODES, NODE_2, DENY_B_FROM_C), TIERED,
+                     addresses(B), id="cluster-policy-deleted"),
+        pytest.param(TIERED, with_cluster(TIERED, dataclasses.replace(C_TO_NODES, priority=3),
+                                          NODE_2),
+                     addresses(C), id="cluster-policy-changed"),
+        pytest.param(TIERED, with_cluster(TIERED, C_TO_NODES,
+                                          dataclasses.replace(NODE_2, labels=Labels())),
+                     frozenset({ip("10.0.0.2"), ip("10.0.0.3")}), id="node-labels"),
+        pytest.param(TIERED, with_cluster(TIERED, C_TO_NODES,
+                                          make_node("node-2", "10.0.0.9", role="worker")),
+                     frozenset({ip("10.0.0.2"), ip("10.0.0.3"), ip("10.0.0.9")}),
+                     id="node-readdressed"),
+        pytest.param(TIERED, with_cluster(TIERED, C_TO_NODES),
+                     frozenset({ip("10.0.0.2"), ip("10.0.0.3")}), id="node-deleted"),
+    ],
+)  # fmt: skip
+def test_changed_addresses_of_tiers(
+    before: ClusterSnapshot, after: ClusterSnapshot, expected: frozenset[bytes]
+) -> None:
+    changed = changed_addresses(generation(before, 1), generation(after, 2))
+    assert changed == expected
+    # Every connection between unchanged addresses keeps its verdict: check it for all pairs.
+    old, new = tables_of(before, 1), tables_of(after, 2)
+    everyone = {a.packed for s in (before, after) for p in s.pods for a in p.ips}
+    everyone |= {a.packed for s in (before, after) for n in s.nodes for a in n.addresses}
+    for src in everyone:
+        for dst in everyone:
+            if src not in changed and dst not in changed:
+                assert old.evaluate(src, dst, 6, 80) == new.evaluate(src, dst, 6, 80)
+
+
 def test_changed_pod_ranges_mean_everything_may_have_changed() -> None:
     other = PodRanges(["10.244.7.0/24"])
     assert changed_addresses(generation(BASE, 1), generation(BASE, 2, other)) is None
@@ -339,6 +411,7 @@ class ListConnections:
 def all_connections(snapshots: Iterable[ClusterSnapshot]) -> list[TrackedConnection]:
     """Every pair of pod and outside addresses, with TCP to port 80 and with ICMP."""
     hosts = {a.packed for s in snapshots for p in s.pods for a in p.ips}
+    hosts |= {a.packed for s in snapshots for n in s.nodes for a in n.addresses}
     hosts |= {ip(OUTSIDE_V4[0]), ip(v4(200)), ip(v6(200))}
     connections = []
     for src in sorted(hosts):
@@ -364,6 +437,10 @@ EDITS = (
     "policy-replaced",
     "policy-deleted",
     "policy-added",
+    "cluster-policy-replaced",
+    "cluster-policy-deleted",
+    "cluster-policy-added",
+    "node-replaced",
 )
 
 
@@ -373,6 +450,8 @@ def changed_snapshot_st(draw: st.DrawFn, before: ClusterSnapshot) -> ClusterSnap
     namespaces = {n.name: n for n in before.namespaces}
     pods = {p.key: p for p in before.pods}
     policies = {p.key: p for p in before.policies}
+    cluster_policies = {p.name: p for p in before.cluster_policies}
+    nodes = {n.name: n for n in before.nodes}
     for edit in draw(st.lists(st.sampled_from(EDITS), min_size=1, max_size=3)):
         if edit.startswith("pod-") and edit != "pod-added" and pods:
             key = draw(st.sampled_from(sorted(pods)))
@@ -403,8 +482,23 @@ def changed_snapshot_st(draw: st.DrawFn, before: ClusterSnapshot) -> ClusterSnap
         elif edit == "policy-added":
             added_policy = draw(policy_st(len(policies) + 10))
             policies[added_policy.key] = added_policy
+        elif edit == "cluster-policy-replaced" and cluster_policies:
+            name = draw(st.sampled_from(sorted(cluster_policies)))
+            cluster_policies[name] = draw(cluster_policy_st(name))
+        elif edit == "cluster-policy-deleted" and cluster_policies:
+            del cluster_policies[draw(st.sampled_from(sorted(cluster_policies)))]
+        elif edit == "cluster-policy-added":
+            name = draw(st.sampled_from(CLUSTER_POLICY_NAMES))
+            cluster_policies[name] = draw(cluster_policy_st(name))
+        elif edit == "node-replaced":
+            name = draw(st.sampled_from(NODES))
+            nodes[name] = draw(node_st(name))
     return ClusterSnapshot(
-        tuple(namespaces.values()), tuple(pods.values()), tuple(policies.values())
+        tuple(namespaces.values()),
+        tuple(pods.values()),
+        tuple(policies.values()),
+        cluster_policies=tuple(cluster_policies.values()),
+        nodes=tuple(nodes.values()),
     )
 
 

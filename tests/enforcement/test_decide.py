@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.all import (
     ICMPv6ND_NA,
     ICMPv6ND_NS,
@@ -18,8 +20,9 @@ from scapy.all import (
     Raw,
 )
 
+from enforcement.clusterpolicy import ClusterNetworkPolicy
 from enforcement.compiler import compile_tables
-from enforcement.decide import decide
+from enforcement.decide import decide, decide_with_outcome
 from enforcement.flows import FlowTable
 from enforcement.model import (
     IPPROTO_ICMP,
@@ -32,14 +35,27 @@ from enforcement.model import (
 from enforcement.packets import PacketInfo, parse_packet
 from enforcement.tables import AllowTables
 from enforcement.verdict import Reason
-from tests.builders import cluster, ip, make_namespace, make_pod, make_policy, peer, port, rule
+from tests.builders import (
+    cluster,
+    cpeer,
+    crule,
+    ip,
+    make_cluster_policy,
+    make_namespace,
+    make_pod,
+    make_policy,
+    peer,
+    port,
+    rule,
+    subject,
+)
 from tests.builders import selector as sel
 
 A, B, NODE = "10.244.1.2", "10.244.1.3", "172.18.0.2"
 SYN, SYN_ACK, ACK, RST = 0x02, 0x12, 0x10, 0x04
 
 
-def snapshot(*policies: NetworkPolicy) -> ClusterSnapshot:
+def snapshot(*policies: NetworkPolicy | ClusterNetworkPolicy) -> ClusterSnapshot:
     return cluster(
         make_namespace("x"),
         make_pod("x", "a", A, labels={"pod": "a"}, ports=[("serve-80", 80)]),
@@ -369,3 +385,88 @@ def test_an_unknown_address_of_the_node_pod_range_gets_nothing() -> None:
     assert decide(
         tcp(NODE, 50000, stranger, 80), tables(), flows, 1.1, from_host=True, unknown_endpoint=True
     ).accepted
+
+
+# -- the decision with its provenance ---------------------------------------------------------
+
+DENY_B_FROM_A = make_cluster_policy(
+    "deny-b-from-a",
+    applies_to=subject(pods=sel(pod="b")),
+    ingress=[crule("Deny", cpeer(pods=sel(pod="a")), ports=[port(80)], name="no-a")],
+)
+PACKETS = (
+    tcp(A, 40000, B, 80),
+    tcp(B, 80, A, 40000, SYN_ACK),
+    tcp(A, 40000, B, 80, ACK),
+    tcp(B, 40001, A, 80),
+    tcp(A, 80, B, 40001, SYN_ACK),
+    udp(A, 5353, B, 53),
+    udp(B, 53, A, 5353),
+    echo(A, B),
+    echo(B, A, reply=True),
+    tcp(NODE, 50000, B, 80),
+)
+GENERATIONS = (
+    (),
+    (B_FROM_A_TCP80,),
+    (DENY_INGRESS_B,),
+    (DENY_EGRESS_A, B_FROM_A_ANY),
+    (DENY_B_FROM_A,),
+    (DENY_B_FROM_A, B_FROM_A_ANY),
+)
+"""Policies of successive generations: allowing, denying, cluster-scoped, all mixed."""
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(PACKETS),
+            st.sampled_from(range(len(GENERATIONS))),
+            st.booleans(),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_decide_with_outcome_decides_as_decide(
+    steps: list[tuple[PacketInfo, int, bool, bool]],
+) -> None:
+    """Differential: the same packets against the same tables, from two flow tables, give the
+    same verdicts and leave the same flows; the outcome agrees with the verdict."""
+    compiled = [
+        compile_tables(snapshot(*objects), "node-1", number + 1)
+        for number, objects in enumerate(GENERATIONS)
+    ]
+    plain, explained = FlowTable(), FlowTable()
+    for now, (packet, generation, from_host, kernel_reply) in enumerate(steps):
+        current = compiled[generation]
+        flags = {"from_host": from_host, "kernel_reply": kernel_reply}
+        verdict = decide(packet, current, plain, float(now), **flags)
+        same, outcome = decide_with_outcome(packet, current, explained, float(now), **flags)
+        assert same is verdict
+        assert len(plain) == len(explained)
+        if verdict.reason in (Reason.ALLOWED, Reason.NOT_ISOLATED, Reason.DENIED_INGRESS,
+                              Reason.DENIED_EGRESS):  # fmt: skip
+            assert outcome.verdict is verdict
+        if verdict.reason is Reason.REVOKED:
+            assert outcome.reason in (Reason.DENIED_EGRESS, Reason.DENIED_INGRESS)
+
+
+def test_outcome_names_the_rule_behind_a_verdict() -> None:
+    current = compile_tables(snapshot(DENY_B_FROM_A, B_FROM_A_ANY), "node-1", 1)
+    verdict, outcome = decide_with_outcome(tcp(A, 40000, B, 80), current, FlowTable(), 0.0)
+    assert verdict.reason is Reason.DENIED_INGRESS
+    assert [ref.as_dict() for ref in outcome.ingress] == [
+        {"kind": "ClusterNetworkPolicy", "namespace": None, "name": "deny-b-from-a",
+         "tier": "Admin", "rule": 0, "rule_name": "no-a", "action": "Deny"},
+    ]  # fmt: skip
+    verdict, outcome = decide_with_outcome(tcp(A, 40000, B, 81), current, FlowTable(), 0.0)
+    assert verdict.reason is Reason.ALLOWED
+    assert [(ref.kind, ref.name, ref.rule, ref.action) for ref in outcome.ingress] == [
+        ("NetworkPolicy", "b-from-a-any", 0, "Allow")
+    ]
+    verdict, outcome = decide_with_outcome(tcp(NODE, 40000, B, 80), current, FlowTable(), 0.0,
+                                           from_host=True)  # fmt: skip
+    assert (verdict.reason, outcome.refs) == (Reason.HOST, ())

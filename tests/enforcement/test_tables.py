@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from enforcement.compiler import compile_tables
@@ -19,16 +21,22 @@ from enforcement.tables import (
 )
 from enforcement.verdict import Reason
 from tests.builders import (
+    METADATA_NAME,
     cluster,
+    cpeer,
+    crule,
     ip,
+    make_cluster_policy,
     make_namespace,
     make_pod,
     make_policy,
     make_unreadable_pod,
+    named_port,
     peer,
     port,
     rule,
     selector,
+    subject,
 )
 
 TCP, UDP, SCTP, ICMP = IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMP
@@ -378,3 +386,76 @@ def test_evaluate_names_the_unknown_endpoint_first() -> None:
         assert tables.evaluate(ip(src), ip(dst), TCP, 80) is Reason.UNKNOWN_ENDPOINT
     assert tables.evaluate(ip("10.0.1.1"), ip("192.0.2.1"), TCP, 80) is Reason.DENIED_EGRESS
     assert tables.pod_count == 2 and tables.local_pod_count == 2
+
+
+# --- provenance: interned, nothing allocated per packet -------------------------------------
+
+
+def _provenance_cluster() -> tuple[AllowTables, list[tuple[bytes, bytes, int, int | None]]]:
+    """Tables with every kind of decision (cluster rules of both tiers, NetworkPolicy allows
+    and isolation, no opinion), and flows that reach each of them."""
+    snapshot = cluster(
+        make_namespace("a"),
+        make_namespace("b"),
+        make_pod("a", "web", "10.0.0.1", {"app": "web"}, [("http", 8080)], ipv6="fd00::1"),
+        make_pod("a", "db", "10.0.0.2", labels={"app": "db"}),
+        make_pod("b", "client", "10.0.0.3", labels={"app": "client"}, ipv6="fd00::3"),
+        make_pod("b", "remote", "10.0.1.4", None, [("http", 8080)], "node-2", "fd00::104"),
+        make_policy("a", "web-in", selector(app="web"), ingress=[rule(peer(selector(app="db")))]),
+        make_policy("b", "client-out", selector(app="client"), egress=[rule(ports=[port(53)])]),
+        make_cluster_policy(
+            "monitoring",
+            applies_to=subject(namespaces=selector(labels={METADATA_NAME: "a"})),
+            ingress=[crule("Pass", cpeer(pods=selector(app="db"))),
+                     crule("Deny", cpeer(namespaces=selector()), ports=[port(22)])],
+            egress=[crule("Accept", cpeer(networks=["fd00::/64"]), ports=named_port("http"))],
+        ),
+        make_cluster_policy(
+            "baseline",
+            "Baseline",
+            egress=[crule("Deny", cpeer(networks=["192.0.2.0/24"]))],
+        ),
+    )  # fmt: skip
+    addresses = [ip(a) for a in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.4", "192.0.2.1")]
+    flows = [
+        (src, dst, protocol, number)
+        for src in addresses
+        for dst in addresses
+        for protocol, number in ((TCP, 22), (TCP, 53), (TCP, 8080), (UDP, 53), (ICMP, None))
+    ]
+    flows += [
+        (ip("fd00::1"), ip("fd00::104"), TCP, 8080),
+        (ip("fd00::104"), ip("fd00::3"), TCP, 53),
+    ]
+    return compile_tables(snapshot, "node-1"), flows
+
+
+def test_outcomes_are_interned() -> None:
+    tables, flows = _provenance_cluster()
+    first = [tables.outcome(*flow) for flow in flows]
+    assert all(tables.outcome(*flow) is outcome for flow, outcome in zip(flows, first, strict=True))
+    # Every kind of answer is reached, so the check above covers all of them.
+    assert {o.reason for o in first} == {
+        Reason.ALLOWED, Reason.NOT_ISOLATED, Reason.DENIED_EGRESS, Reason.DENIED_INGRESS
+    }  # fmt: skip
+    assert {ref.action for o in first for ref in o.refs} == {
+        "Accept", "Deny", "Allow", "Isolate"
+    }  # fmt: skip
+
+
+def test_warm_tables_allocate_nothing_per_packet() -> None:
+    tables, flows = _provenance_cluster()
+    for flow in flows:  # warm-up: the outcome pairs seen once are interned
+        tables.outcome(*flow)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(50):
+            for flow in flows:
+                tables.outcome(*flow)
+                tables.evaluate(*flow)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 50 x several hundred lookups: anything kept per packet would show as kilobytes here.
+    assert after - before < 512, after - before
