@@ -127,7 +127,14 @@ def compile_tables(
     it changes the shape of the tables, never a decision.
     """
     threshold = LARGE_SELECTION if large_selection is None else large_selection
-    return _Compiler(snapshot, node_name, threshold).compile(generation)
+    compiler = _Compiler(snapshot, node_name, threshold)
+    try:
+        return compiler.compile(generation)
+    finally:
+        # The tier compiler holds the compiler's own bound methods (a reference cycle): cut it,
+        # so the compiler is freed by reference counting, never left to the cyclic collector,
+        # which the agent pauses during compiles and then freezes (enforcement/latency.py).
+        del compiler._tiers
 
 
 def namespace_labels(snapshot: ClusterSnapshot) -> dict[str, Labels]:
