@@ -123,7 +123,9 @@ def test_a_crashing_agent_is_restarted_with_doubling_capped_delays(
     assert not stale.exists(), "an agent started with the dead agent's status file in place"
     final = supervised.read_state()
     assert final is not None and final.phase == "stopped"
-    assert final.last_exit == "exit code 3"
+    # The stop may find the agent dead (its last crash) or just started again (then the stop's
+    # own SIGTERM ended it): either is the truth; the crashes themselves are in the log above.
+    assert final.last_exit in ("exit code 3", "killed by signal SIGTERM")
 
 
 @pytest.fixture(autouse=True)
