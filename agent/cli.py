@@ -35,7 +35,8 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "lab",
         help="a one-machine cluster in network namespaces, enforced by real agents",
         description="Build a cluster from ordinary Kubernetes manifests (Namespace, Pod, "
-        "Deployment, NetworkPolicy, and the lab's ExternalHost) inside network namespaces, "
+        "Deployment, NetworkPolicy, ClusterNetworkPolicy, Node labels, and the lab's "
+        "ExternalHost) inside network namespaces, "
         "with a netpol-agent enforcing on every node. Needs root. Nothing outside the lab's "
         "own network namespaces is touched.",
     )

@@ -35,6 +35,7 @@ from typing import Any
 
 from agent.sources import Source
 from agent.state import ClusterState, PodRanges, StateView
+from enforcement.clusterpolicy import describe_tie, priority_ties
 from enforcement.compiler import compile_tables
 from enforcement.conntrack import Revoker
 from enforcement.firewall import Firewall, FirewallConfig, FirewallError
@@ -105,6 +106,9 @@ class AgentStatus:
     """This node's pod ranges the new-pod guard covers (``--pod-cidr`` or the Node's); empty:
     the guard is off."""
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """What is enforced but may surprise: ClusterNetworkPolicies that tie in priority (the API
+    leaves their order undefined)."""
     workers_down: list[str] = field(default_factory=list)
     """Queue workers that are not deciding: which queue, why, and when it restarts."""
     worker_restarts: int = 0
@@ -130,6 +134,7 @@ class AgentStatus:
             "spoofed_packets": self.spoofed_packets,
             "pod_cidrs": self.pod_cidrs,
             "errors": self.errors,
+            "warnings": self.warnings,
             "workers_down": self.workers_down,
             "worker_restarts": self.worker_restarts,
             "workers": self.workers,
@@ -498,6 +503,11 @@ class Agent:
         status.workers = self._worker_summaries()
         for message in status.errors:
             log.warning("%s", message)
+        warnings = [describe_tie(group) for group in priority_ties(view.snapshot.cluster_policies)]
+        for message in warnings:
+            if message not in status.warnings:  # once, not at every sync
+                log.warning("%s", message)
+        status.warnings = warnings
         status.pod_cidrs = list(self.firewall.config.pod_cidrs)
         if ranges_problem is not None:  # already logged where it was found
             status.errors.append(ranges_problem)

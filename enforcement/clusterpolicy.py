@@ -24,6 +24,7 @@ Semantics (the API's own documentation, apis/v1alpha2/clusternetworkpolicy_types
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -126,3 +127,37 @@ class ClusterNetworkPolicy:
     def order(self) -> tuple[int, str]:
         """Evaluation order within the tier: priority, then name (the API leaves ties open)."""
         return (self.priority, self.name)
+
+
+def priority_ties(
+    policies: Iterable[ClusterNetworkPolicy],
+) -> tuple[tuple[ClusterNetworkPolicy, ...], ...]:
+    """Groups of two or more policies that share a tier and a priority, each in the order they
+    are evaluated (by name), the groups by tier (Admin first) and priority.
+
+    The API leaves the relative order of such policies undefined (``spec.priority``: "the
+    behavior is undefined if two policies have the same priority"), so a cluster that relies on
+    it may behave differently under another implementation. Whether a tie matters depends on
+    whether the subjects overlap and the rules compete; that changes with every pod, so every
+    tie is reported and the reader judges.
+    """
+    groups: dict[tuple[int, int], list[ClusterNetworkPolicy]] = {}
+    tiers = list(Tier)
+    for policy in policies:
+        groups.setdefault((tiers.index(policy.tier), policy.priority), []).append(policy)
+    return tuple(
+        tuple(sorted(group, key=lambda policy: policy.order))
+        for _key, group in sorted(groups.items(), key=lambda item: item[0])
+        if len(group) > 1
+    )
+
+
+def describe_tie(group: Sequence[ClusterNetworkPolicy]) -> str:
+    """One line for people: which policies tie, and the order netpol-agent chose."""
+    first = group[0]
+    names = ", ".join(policy.name for policy in group)
+    return (
+        f"ClusterNetworkPolicies {names} share priority {first.priority} in the {first.tier.value} "
+        "tier: the API leaves their order undefined; netpol-agent evaluates them by name "
+        "(other implementations may not)"
+    )

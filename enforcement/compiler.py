@@ -33,9 +33,9 @@ whose Namespace is not in the snapshot is taken to be in a namespace labelled on
 
 ClusterNetworkPolicies (``ClusterSnapshot.cluster_policies``, with ``nodes`` for their node
 peers) are compiled by :class:`enforcement.tiers.TierCompiler` from this compiler's indexes and
-memoised selections into per-direction plans for the local pods they select. Every
-NetworkPolicy rule is also kept one by one (once per policy, shared by its tables) so that the
-rule that allowed a flow can be named; ties and order for people: policies by name.
+memoised selections into per-direction plans for the local pods they select. The NetworkPolicy
+rules one by one, which name the rule that allowed a flow (policies by name), are built on first
+use from this compiler's memos (:mod:`enforcement.provenance`): the packet path never needs them.
 
 Pods whose objects could not be read (``ClusterSnapshot.unreadable_pods``) are unknown
 endpoints, fail-closed: their labels are unknown, so whether a policy selects them or admits
@@ -75,6 +75,7 @@ from enforcement.model import (
     Rule,
     UnreadablePod,
 )
+from enforcement.provenance import NetworkPolicyRules
 from enforcement.tables import (
     ALL_TRAFFIC,
     MAX_PORT,
@@ -83,7 +84,6 @@ from enforcement.tables import (
     UNKNOWN_IDENTITY,
     UNKNOWN_INGRESS,
     AddressMap,
-    AddressSet,
     AllowTables,
     DirectionPlan,
     Endpoint,
@@ -92,15 +92,9 @@ from enforcement.tables import (
     PolicyTable,
     PortMatch,
     PortNames,
-    RefFields,
-    RuleMatch,
     TierPlans,
 )
-from enforcement.tiers import (
-    TierCompiler,
-    network_policy_isolation_ref,
-    network_policy_rule_ref,
-)
+from enforcement.tiers import TierCompiler
 from enforcement.verdict import Reason
 
 METADATA_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -311,13 +305,17 @@ class _Compiler:
         self._peer_targets: dict[tuple[str, int], _Target] = {}
         self._blocks: dict[IPBlock, tuple[int, tuple[tuple[int, int], ...]]] = {}
         self._address_maps: dict[tuple[tuple[int, int, PortMatch], ...], AddressMap] = {}
-        self._ingress_rules: dict[int, tuple[RuleMatch, ...]] = {}
-        """NetworkPolicy index -> its ingress rules one by one (for provenance)."""
-        self._egress_rules: dict[int, tuple[RuleMatch, ...]] = {}
-        self._isolation: dict[int, RefFields] = {}
-        self._block_sets: dict[int, tuple[AddressSet | None, AddressSet | None]] = {}
         self._ports_by_rule: dict[int, PortMatch] = {}
-        self._rank: list[int] | None = None
+        self._provenance = NetworkPolicyRules(
+            self._policies,
+            self._peer_targets,
+            _NO_TARGET,
+            self._ports_by_rule,
+            port_match,
+            block_ranges,
+        )
+        """Names the rule behind a NetworkPolicy verdict, built when first asked for: it keeps
+        the memos it reads, not this compiler."""
         self._tiers = TierCompiler(
             snapshot.cluster_policies,
             snapshot.nodes,
@@ -504,15 +502,11 @@ class _Compiler:
                         )
                         if not peer_match.is_empty:
                             identities[number] = self._union(identities.get(number), peer_match)
-        by_name = (
-            sorted(indices, key=self._policy_rank().__getitem__) if len(indices) > 1 else indices
-        )
-        built = self._ingress_rules if direction is Direction.INGRESS else self._egress_rules
         return PolicyTable(
             direction=direction,
             policies=tuple(self._policies[i].key for i in indices),
-            rules=tuple([built.get(i) or self._network_rules(i, direction) for i in by_name]),
-            isolating=tuple([self._isolation_ref(i) for i in by_name]),
+            indices=indices,
+            provenance_source=self._provenance,
             any_peer=any_peer,
             v4=self._address_map(blocks[4]),
             v6=self._address_map(blocks[6]),
@@ -524,72 +518,6 @@ class _Compiler:
                 for target, match in large.items()
             ),
         )
-
-    def _policy_rank(self) -> list[int]:
-        """Position of each NetworkPolicy by key: the order provenance names rules in."""
-        if self._rank is None:
-            order = sorted(range(len(self._policies)), key=lambda i: self._policies[i].key)
-            self._rank = [0] * len(order)
-            for position, index in enumerate(order):
-                self._rank[index] = position
-        return self._rank
-
-    def _isolation_ref(self, index: int) -> RefFields:
-        ref = self._isolation.get(index)
-        if ref is None:
-            ref = self._isolation[index] = network_policy_isolation_ref(self._policies[index])
-        return ref
-
-    def _network_rules(self, index: int, direction: Direction) -> tuple[RuleMatch, ...]:
-        """The rules of NetworkPolicy ``index`` one by one (for provenance), built once."""
-        built = self._ingress_rules if direction is Direction.INGRESS else self._egress_rules
-        rules = built.get(index)
-        if rules is None:
-            policy = self._policies[index]
-            made: list[RuleMatch] = []
-            for number, rule in enumerate(policy.rules(direction)):
-                v4 = v6 = None
-                pods: tuple[PodSet, ...] = ()
-                if rule.peers:
-                    v4, v6 = self._address_sets(rule)
-                    pods = tuple(
-                        [
-                            self._target(policy.namespace, p)
-                            for p in rule.peers
-                            if p.ip_block is None
-                        ]
-                    )
-                made.append(
-                    RuleMatch(
-                        self._rule_ports(rule),
-                        not rule.peers,
-                        v4,
-                        v6,
-                        pods,
-                        None,
-                        network_policy_rule_ref(policy, number),
-                    )
-                )
-            rules = built[index] = tuple(made)
-        return rules
-
-    def _address_sets(self, rule: Rule) -> tuple[AddressSet | None, AddressSet | None]:
-        """The IPv4 and IPv6 addresses the ipBlocks of ``rule`` match.
-
-        Memoised by the rule object (the snapshot keeps it alive while we compile): hashing
-        an IPBlock hashes its networks in Python, and a rule may be shared by policies."""
-        sets = self._block_sets.get(id(rule))
-        if sets is None:
-            ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-            for peer in rule.peers:
-                if peer.ip_block is not None:
-                    family, block = self._block(peer.ip_block)
-                    ranges[family].extend(block)
-            sets = self._block_sets[id(rule)] = (
-                AddressSet(ranges[4]) if ranges[4] else None,
-                AddressSet(ranges[6]) if ranges[6] else None,
-            )
-        return sets
 
     def _rule_ports(self, rule: Rule) -> PortMatch:
         """:meth:`_port_match` of a rule's ports, memoised by the (live) rule object too."""

@@ -50,6 +50,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
 from enforcement.clusterpolicy import RuleAction
 from enforcement.model import Direction
@@ -384,6 +385,15 @@ class PeerSelection:
     match: PortMatch
 
 
+class ProvenanceSource(Protocol):
+    """What builds a NetworkPolicy table's provenance on first use
+    (enforcement.provenance.NetworkPolicyRules)."""
+
+    def provenance(
+        self, indices: tuple[int, ...], direction: Direction
+    ) -> tuple[tuple[tuple[RuleMatch, ...], ...], tuple[RefFields, ...]]: ...
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class PolicyTable:
     """What one direction of the pods selected by one set of policies allows, by peer.
@@ -409,12 +419,37 @@ class PolicyTable:
     """Peers that select every pod of every namespace (``namespaceSelector: {}`` alone)."""
     selections: tuple[PeerSelection, ...] = ()
     """Large selections, kept as shared sets instead of being copied into ``identities``."""
-    rules: tuple[tuple[RuleMatch, ...], ...] = ()
-    """The same rules one by one, per policy (policies by name, rules in order; each policy's
-    tuple shared by every table of that policy): read only to name the rule that allowed a
-    flow the union above allows (provenance), never to decide."""
-    isolating: tuple[RefFields, ...] = ()
-    """The policies that isolate the pods, by name: what a denial names."""
+    indices: tuple[int, ...] = ()
+    """The united policies' positions in the snapshot (what ``provenance_source`` reads)."""
+    provenance_source: ProvenanceSource | None = None
+    """Builds :attr:`rules` and :attr:`isolating` the first time one is read
+    (enforcement/provenance.py); None: the table has neither (no policy, or a test's table)."""
+    _provenance: tuple[tuple[tuple[RuleMatch, ...], ...], tuple[RefFields, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def rules(self) -> tuple[tuple[RuleMatch, ...], ...]:
+        """The same rules one by one, per policy (policies by name, rules in order; each
+        policy's tuple shared by every table of that policy): read only to name the rule that
+        allowed a flow the union above allows (provenance), never to decide."""
+        return self._provenance_pair()[0]
+
+    @property
+    def isolating(self) -> tuple[RefFields, ...]:
+        """The policies that isolate the pods, by name: what a denial names."""
+        return self._provenance_pair()[1]
+
+    def _provenance_pair(
+        self,
+    ) -> tuple[tuple[tuple[RuleMatch, ...], ...], tuple[RefFields, ...]]:
+        pair = self._provenance
+        if pair is None:
+            source = self.provenance_source
+            pair = ((), ()) if source is None else source.provenance(self.indices, self.direction)
+            # Set once, to a value equal whoever computes it: a frozen table stays what it was.
+            object.__setattr__(self, "_provenance", pair)
+        return pair
 
     def allows(
         self,

@@ -61,13 +61,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.kinds import KINDS, NODE
+from agent.kinds import CLUSTER_NETWORK_POLICY, KINDS, NODE
 from agent.lab import WAIT_SECONDS, processes, supervisor, topology
 from agent.lab.netns import CommandError, netns_exists
 from agent.lab.probe import ProbeEndpoint, probe_matrix
 from agent.lab.processes import ProcessRef
 from agent.manifests import Manifest, ManifestError, load_manifests
 from agent.sources.lab_store import read_store
+from enforcement.clusterpolicy import describe_tie, priority_ties
 
 LAB_ROOT_ENV = "NETPOL_AGENT_LAB_ROOT"
 DEFAULT_LAB_ROOT = Path("/run/netpol-agent/labs")
@@ -630,6 +631,23 @@ class Lab:
         revision, objects = self._read_objects()
         updated = self._merged(record, objects, manifests)
         self._commit(record, revision, updated, objects, timeout)
+        self._note_priority_ties(updated, {object_id(manifest.obj) for manifest in manifests})
+
+    def _note_priority_ties(
+        self, objects: dict[ObjectId, dict[str, Any]], applied: set[ObjectId]
+    ) -> None:
+        """Say when an applied ClusterNetworkPolicy ties in priority with another: the API
+        leaves their order undefined, so the result may differ under another enforcer."""
+        spec = CLUSTER_NETWORK_POLICY
+        policies = [
+            spec.convert(obj, strict=False)
+            for identity, obj in objects.items()
+            if identity[0] == spec.kind
+        ]
+        applied_names = {identity[2] for identity in applied if identity[0] == spec.kind}
+        for group in priority_ties(policies):
+            if any(policy.name in applied_names for policy in group):
+                self.messages.append(f"warning: {describe_tie(group)}")
 
     def _merged(
         self,

@@ -8,13 +8,14 @@ conformance suite runs through the compiler (test_cnp_cases_compiled.py).
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from enforcement.firewall import MODES
-from tests.e2e.labctl import LabDriver, lab_session
+from tests.e2e.labctl import COMMAND, REPO, LabDriver, lab_session
 from tests.e2e.test_dataplane import pod, policy
 
 CLUSTER = "\n---\n".join(
@@ -118,3 +119,49 @@ def test_tiers_on_real_packets(lab: tuple[LabDriver, str]) -> None:
     matrix = driver.probe(80)
     assert matrix["y/c"]["x/a"] and matrix["x/b"]["x/a"], matrix
     assert not matrix["y/c"]["x/b"], "x/b stays isolated by its NetworkPolicy"
+
+
+def competing_admin_policy(name: str, action: str) -> str:
+    return f"""
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {{name: "{name}"}}
+spec:
+  tier: Admin
+  priority: 50
+  subject:
+    namespaces: {{matchLabels: {{kubernetes.io/metadata.name: "x"}}}}
+  ingress:
+  - name: "from-y"
+    action: {action}
+    from:
+    - namespaces: {{matchLabels: {{kubernetes.io/metadata.name: "y"}}}}
+"""
+
+
+@pytest.mark.root
+def test_a_priority_tie_is_decided_by_name_and_reported(tmp_path: Path) -> None:
+    """The API leaves the order of equal priorities undefined; netpol-agent's is by name, and
+    both the lab and the agent say so."""
+    with lab_session("cnptie", tmp_path) as driver:
+        driver.up(CLUSTER)
+        manifest = tmp_path / "tie.yaml"
+        manifest.write_text(
+            competing_admin_policy("b-accept", "Accept")
+            + "---\n"
+            + competing_admin_policy("a-deny", "Deny")
+        )
+        applied = subprocess.run(
+            [*COMMAND, "lab", "apply", "--lab", driver.name, "-f", str(manifest)],
+            capture_output=True, text=True, cwd=REPO, check=True,
+        )  # fmt: skip
+        notes = applied.stderr  # notes go to standard error, the result to standard output
+        assert (
+            "warning: ClusterNetworkPolicies a-deny, b-accept share priority 50 in the Admin"
+            in notes
+        )
+        assert not driver.probe(80)["y/c"]["x/a"], "a-deny comes first by name"
+
+        driver.apply(competing_admin_policy("0-accept", "Accept"))
+        assert driver.probe(80)["y/c"]["x/a"], "0-accept now comes first by name"
+        assert "0-accept, a-deny, b-accept share priority 50" in driver.logs()
