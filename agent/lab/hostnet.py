@@ -23,8 +23,9 @@ builds and removes them):
   Pending; the lab refuses it, saying so (a one-node lab cannot run both centaurs, nor can a
   one-node cluster). With ``spec.nodeName`` the lab refuses a taken port too: the kubelet's
   admission runs the same check and rejects the pod. A port something else in the node
-  namespace listens on (the agent's health port, 9877) cannot be bound either: the responder
-  fails to start and the change is refused and undone, as such a container would fail.
+  namespace listens on (the agent's health port, ``agent.health.DEFAULT_HEALTH_PORT``) cannot
+  be bound either: the responder fails to start and the change is refused and undone, as such a
+  container would fail.
 - **In probes** (``Lab.probe``, the endpoint listing) the pod is an endpoint whose address is its
   node's: a probe *to* it goes to the node address, a probe *from* it starts in the node
   namespace, so it is the node's own traffic.
