@@ -6,7 +6,8 @@ A lab NAME lives in ``$NETPOL_AGENT_LAB_ROOT/NAME`` (default ``/run/netpol-agent
   a cluster would fill in (``spec.nodeName``, ``status.podIPs``), and a Node object for each of
   the lab's nodes (see "Nodes" below). The agents read it (``agent.sources.lab_store``).
 - ``lab.json``: the lab's own record: nodes, where each pod lives (network namespace, veth,
-  addresses), external hosts, and the processes it started (agents, echo responders).
+  addresses; for a hostNetwork pod, its node), external hosts, and the processes it started
+  (agents, echo responders).
 - ``status-NODE.json``, ``agent-NODE.log`` and ``supervisor-NODE.json``: each node agent's
   status, its log, and the state of the supervisor that restarts it (``agent.lab.supervisor``).
 
@@ -16,10 +17,11 @@ The directory is private: 0700, and every file in it 0600 (the lab's commands ru
 Every change follows the same order, so that what the manifests say is in force before a packet
 can flow and the command returns only then: validate everything (refuse the whole batch on the
 first error, changing nothing) → create network namespaces for new pods with their links down and
-start their echo responders → write the store → wait until every agent reports that store
-revision in force → bring new pods' links up → remove what was deleted. A change is all or
-nothing: when a step fails, everything the change did is undone (namespaces and responders
-removed, the store written back as it was) and the command says what failed.
+start their echo responders (a hostNetwork pod's in its node's namespace) → write the store →
+wait until every agent reports that store revision in force → bring new pods' links up → remove
+what was deleted. A change is all or nothing: when a step fails, everything the change did is
+undone (namespaces and responders removed, the store written back as it was) and the command
+says what failed.
 
 Kinds. The lab takes every kind netpol-agent reads (``agent.kinds.KINDS``: Namespaces, Pods,
 NetworkPolicies, ClusterNetworkPolicies in both apiVersions, Nodes), Deployments (expanded into
@@ -35,6 +37,13 @@ ClusterNetworkPolicy ``nodes`` peers match. ``lab apply`` of a Node manifest set
 the lab node of that name (besides the lab's own two, which stay); nothing else of a Node is
 the manifest's to say (a ``spec`` or ``status`` is refused), and a name that is no lab node is
 refused. ``lab delete`` of a Node manifest takes those labels off again: the node stays.
+
+hostNetwork pods. A pod with ``spec.hostNetwork: true`` runs in its node's network namespace:
+no namespace, veth or address of its own, its node's addresses as ``status.podIPs``, its
+declared ports served on the node's addresses, and two of them on one node cannot hold the same
+port (placement skips such nodes, as kube-scheduler does; a lab without a free node refuses the
+pod). Probes reach it at its node's address and send from the node. ``agent.lab.hostnet`` says
+how, and what the agents then enforce.
 
 Teardown goes by exact names: the lab records every namespace *before* creating it and removes
 only those (a lab's name may be a prefix of another's, ``relq`` and ``relq-x``). Processes are
@@ -62,7 +71,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.kinds import CLUSTER_NETWORK_POLICY, KINDS, NODE
-from agent.lab import WAIT_SECONDS, processes, supervisor, topology
+from agent.lab import WAIT_SECONDS, hostnet, processes, supervisor, topology
+from agent.lab.hostnet import LabHostPod
 from agent.lab.netns import CommandError, netns_exists
 from agent.lab.probe import ProbeEndpoint, probe_matrix
 from agent.lab.processes import ProcessRef
@@ -241,10 +251,13 @@ class LabRecord:
     """The namespace joining the nodes (labs of two nodes or more), recorded before it exists."""
     nodes: list[LabNode] = field(default_factory=list)
     pods: dict[str, LabPod] = field(default_factory=dict)
+    host_pods: dict[str, LabHostPod] = field(default_factory=dict)
+    """hostNetwork pods, by key: they live in their node's namespace (``agent.lab.hostnet``)."""
     externals: dict[str, LabExternal] = field(default_factory=dict)
 
     def namespaces(self) -> list[str]:
-        """Every network namespace of the lab, by its exact name: leaves first, nodes last."""
+        """Every network namespace of the lab, by its exact name: leaves first, nodes last
+        (hostNetwork pods have none of their own)."""
         names = [pod.netns for pod in self.pods.values()]
         names += [external.netns for external in self.externals.values()]
         names += [node.netns for node in self.nodes]
@@ -267,8 +280,14 @@ class LabRecord:
         )
         record.nodes = [LabNode(**node) for node in data["nodes"]]
         record.pods = {key: LabPod(**pod) for key, pod in data["pods"].items()}
+        hosts = data.get("host_pods", {})
+        record.host_pods = {key: LabHostPod(**pod) for key, pod in hosts.items()}
         record.externals = {key: LabExternal(**ext) for key, ext in data["externals"].items()}
         return record
+
+    def all_pods(self) -> list[LabPod | LabHostPod]:
+        """Every pod of the lab, with a namespace of its own or its node's."""
+        return [*self.pods.values(), *self.host_pods.values()]
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
@@ -536,8 +555,8 @@ class Lab:
     ) -> dict[str, dict[str, bool]]:
         record = self._load()
         endpoints = [
-            ProbeEndpoint(key=pod.key, netns=pod.netns, address_v4=pod.ipv4, address_v6=pod.ipv6)
-            for pod in sorted(record.pods.values(), key=lambda pod: pod.key)
+            _pod_endpoint(record, pod)
+            for pod in sorted(record.all_pods(), key=lambda pod: pod.key)
             if pod.active
         ]
         if include_external:
@@ -742,11 +761,9 @@ class Lab:
             _validate_external(obj)
         if kind == "Pod":
             spec = obj.setdefault("spec", {})
-            if spec.get("hostNetwork"):
-                raise LabError(
-                    f"{describe(identity)}: spec.hostNetwork: the lab does not model hostNetwork "
-                    "pods (they would be the node itself)"
-                )
+            problem = hostnet.spec_problem(spec)
+            if problem is not None:
+                raise LabError(f"{describe(identity)}: {problem}")
             previous = objects.get(identity)
             if previous is not None:
                 # Like the API server, only labels (metadata) of an existing pod may change.
@@ -808,7 +825,9 @@ class Lab:
         # 1. Plan: nodes, addresses, names and ports, checked before anything is made.
         planned_pods = self._plan_pods(record, new_pods)
         planned_externals = [self._plan_external(record, obj) for obj in new_externals]
-        for what, netns in [(f"Pod {pod.key}", pod.netns) for pod, _obj in planned_pods] + [
+        leaves = [(pod, obj) for pod, obj in planned_pods if isinstance(pod, LabPod)]
+        host_pods = [(pod, obj) for pod, obj in planned_pods if isinstance(pod, LabHostPod)]
+        for what, netns in [(f"Pod {pod.key}", pod.netns) for pod, _obj in leaves] + [
             (f"{EXTERNAL_KIND} {external.name}", external.netns) for external in planned_externals
         ]:
             if netns_exists(netns):
@@ -817,20 +836,22 @@ class Lab:
                     f"already and is not this lab's (remove it with 'ip netns del {netns}')"
                 )
         # 2. Build what is new, invisible to the agents and cut off: namespaces, links down,
-        #    responders listening.
-        built_pods: list[LabPod] = []
+        #    responders listening (a hostNetwork pod's on its node: see agent.lab.hostnet on
+        #    why that opens nothing early).
+        built_pods: list[LabPod | LabHostPod] = []
         built_externals: list[LabExternal] = []
         try:
-            for pod, obj in planned_pods:
+            for pod, obj in leaves:
                 self._attach_pod(record, pod)
                 built_pods.append(pod)
                 self._serve(pod)
-                obj["spec"]["nodeName"] = pod.node
-                obj["status"] = {
-                    "phase": "Running",
-                    "podIP": pod.ipv4,
-                    "podIPs": [{"ip": address} for address in (pod.ipv4, pod.ipv6) if address],
-                }
+                place_object(record, pod, obj)
+            for host_pod, obj in host_pods:
+                record.host_pods[host_pod.key] = host_pod
+                self._save(record)  # recorded before its responder starts: teardown finds it
+                built_pods.append(host_pod)
+                self._serve_on_node(record, host_pod)
+                place_object(record, host_pod, obj)
             for external in planned_externals:
                 self._attach_external(record, external)
                 built_externals.append(external)
@@ -847,9 +868,10 @@ class Lab:
             self._write_objects(revision + 1, updated)
             self._wait_in_force(record, revision + 1, timeout)
             in_force = True
-            for pod in built_pods:
-                topology.activate_pod(record.node(pod.node).spec, pod.attachment())
-                pod.active = True
+            for built in built_pods:
+                if isinstance(built, LabPod):  # a hostNetwork pod's node is up already
+                    topology.activate_pod(record.node(built.node).spec, built.attachment())
+                built.active = True
             self._save(record)
         except BaseException as error:
             outcome = self._roll_back(
@@ -860,7 +882,8 @@ class Lab:
             raise
         # 4. Remove what was deleted, now that no agent counts on it.
         for identity in gone_pods:
-            gone_pod = record.pods.get(f"{identity[1]}/{identity[2]}")
+            key = f"{identity[1]}/{identity[2]}"
+            gone_pod = record.pods.get(key) or record.host_pods.get(key)
             if gone_pod is not None:
                 self._destroy_pod(record, gone_pod)
         for identity in gone_externals:
@@ -874,7 +897,7 @@ class Lab:
         record: LabRecord,
         revision: int,
         previous: dict[ObjectId, dict[str, Any]],
-        pods: list[LabPod],
+        pods: list[LabPod | LabHostPod],
         externals: list[LabExternal],
         *,
         wait: bool,
@@ -898,7 +921,9 @@ class Lab:
             f"namespaces it created are removed{confirmed}"
         )
 
-    def _discard(self, record: LabRecord, pods: list[LabPod], externals: list[LabExternal]) -> None:
+    def _discard(
+        self, record: LabRecord, pods: list[LabPod | LabHostPod], externals: list[LabExternal]
+    ) -> None:
         """Remove pods and external hosts this command made (responders, namespaces, record)."""
         for pod in pods:
             self._destroy_pod(record, pod)
@@ -925,27 +950,48 @@ class Lab:
 
     def _plan_pods(
         self, record: LabRecord, objs: list[dict[str, Any]]
-    ) -> list[tuple[LabPod, dict[str, Any]]]:
-        """Node, addresses, names and served ports of each new pod; nothing is made yet."""
+    ) -> list[tuple[LabPod | LabHostPod, dict[str, Any]]]:
+        """Node, addresses, names and served ports of each new pod; nothing is made yet.
+
+        A hostNetwork pod goes where its host ports are free and gets no address of its own
+        (``agent.lab.hostnet``)."""
         counts = {node.name: 0 for node in record.nodes}
-        for existing in record.pods.values():
+        for existing in record.all_pods():
             counts[existing.node] = counts.get(existing.node, 0) + 1
         used = {address for pod in record.pods.values() for address in (pod.ipv4, pod.ipv6)}
-        planned = []
+        host_pods = list(record.host_pods.values())
+        planned: list[tuple[LabPod | LabHostPod, dict[str, Any]]] = []
         for obj in objs:
             metadata, spec = obj["metadata"], obj["spec"]
             key = f"{metadata['namespace']}/{metadata['name']}"
             node_name = spec.get("nodeName")
-            if node_name is None:
-                # Spread evenly: the node with the fewest pods, lowest index first.
-                node_name = min(record.nodes, key=lambda node: (counts[node.name], node.index)).name
-            elif node_name not in counts:
+            if node_name is not None and node_name not in counts:
                 names = ", ".join(node.name for node in record.nodes)
                 raise LabError(
                     f"refused, nothing changed: Pod {key}: spec.nodeName: no lab node "
                     f"{node_name!r} (the lab has {names})"
                 )
-            node = record.node(node_name)
+            # Spread evenly: the node with the fewest pods, lowest index first.
+            ranked = sorted(record.nodes, key=lambda node: (counts[node.name], node.index))
+            if hostnet.is_host_network(spec):
+                ports = hostnet.host_ports(spec)
+                try:
+                    node_name = hostnet.place(
+                        key, ports, node_name, [n.name for n in ranked], hostnet.holders(host_pods)
+                    )
+                except hostnet.HostNetworkError as error:
+                    raise LabError(f"refused, nothing changed: {error}") from None
+                host_pod = LabHostPod(
+                    key=key,
+                    node=node_name,
+                    host_ports=[[port, protocol] for port, protocol in ports],
+                    ports=self._served_ports(key, spec),
+                )
+                host_pods.append(host_pod)
+                planned.append((host_pod, obj))
+                counts[node_name] += 1
+                continue
+            node = record.node(node_name or ranked[0].name)
             ipv4, ipv6 = _allocate(record, node, used)
             used.update((ipv4, ipv6))
             counts[node.name] += 1
@@ -1043,8 +1089,22 @@ class Lab:
         if ref is not None:
             leaf.responder_pid, leaf.responder_start = ref.pid, ref.start
 
-    def _destroy_pod(self, record: LabRecord, pod: LabPod) -> None:
+    def _serve_on_node(self, record: LabRecord, pod: LabHostPod) -> None:
+        """Start a hostNetwork pod's echo responder in its node's namespace, on the node's
+        addresses only, and record it."""
+        node = record.node(pod.node)
+        addresses = hostnet.node_addresses(node.spec, record.ipv6)
+        ref = self._start_responder(
+            node.netns, pod.ports, f"Pod {pod.key} (hostNetwork, on {node.name})", addresses
+        )
+        if ref is not None:
+            pod.responder_pid, pod.responder_start = ref.pid, ref.start
+
+    def _destroy_pod(self, record: LabRecord, pod: LabPod | LabHostPod) -> None:
         processes.stop(pod.responder)
+        if isinstance(pod, LabHostPod):  # its namespace is its node's: only the responder goes
+            record.host_pods.pop(pod.key, None)
+            return
         with contextlib.suppress(Exception):
             topology.detach_pod(pod.attachment())
         record.pods.pop(pod.key, None)
@@ -1129,12 +1189,18 @@ class Lab:
         with open(self.dir / f"agent-{node_name}.log", "a") as log:
             log.write(f"{stamp} WARNING netpol-agent.lab: {message}\n")
 
-    def _start_responder(self, netns: str, ports: list[list[Any]], what: str) -> ProcessRef | None:
+    def _start_responder(
+        self, netns: str, ports: list[list[Any]], what: str, addresses: Sequence[str] = ()
+    ) -> ProcessRef | None:
+        """Start an echo responder serving ``ports`` in ``netns`` (on ``addresses`` only, if
+        any); None when there is nothing to serve."""
         if not ports:
             return None
         argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "agent.lab.responder"]
         for port, protocol in ports:
             argv += ["--port", f"{port}/{protocol}"]
+        for address in addresses:
+            argv += ["--address", address]
         process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -1214,7 +1280,7 @@ class Lab:
     def _teardown(self, record: LabRecord) -> None:
         """Stop the lab's processes (by recorded identity) and remove its namespaces (by exact
         recorded name, plus any :func:`lab_namespace_pattern` finds)."""
-        for pod in list(record.pods.values()):
+        for pod in record.all_pods():
             processes.stop(pod.responder)
         for external in list(record.externals.values()):
             processes.stop(external.responder)
@@ -1223,6 +1289,7 @@ class Lab:
         names = set(record.namespaces()) | set(self._pattern_namespaces())
         topology.remove_namespaces(sorted(names))
         record.pods.clear()
+        record.host_pods.clear()
         record.externals.clear()
 
     def _pattern_namespaces(self) -> list[str]:
@@ -1234,6 +1301,33 @@ class Lab:
             f"lab {self.name} already exists: use 'lab apply' to change it or "
             f"'lab down --lab {self.name}' first"
         )
+
+
+def place_object(record: LabRecord, pod: LabPod | LabHostPod, obj: dict[str, Any]) -> None:
+    """Write where a new pod runs into its object, as the scheduler and the kubelet would:
+    ``spec.nodeName`` and a running ``status`` with its addresses (a hostNetwork pod's are its
+    node's)."""
+    obj["spec"]["nodeName"] = pod.node
+    if isinstance(pod, LabHostPod):
+        node = record.node(pod.node).spec
+        obj["status"] = hostnet.pod_status(hostnet.node_addresses(node, record.ipv6))
+        return
+    obj["status"] = {
+        "phase": "Running",
+        "podIP": pod.ipv4,
+        "podIPs": [{"ip": address} for address in (pod.ipv4, pod.ipv6) if address],
+    }
+
+
+def _pod_endpoint(record: LabRecord, pod: LabPod | LabHostPod) -> ProbeEndpoint:
+    """What probes of a pod use: its namespace and addresses, or for a hostNetwork pod its
+    node's (probes from it are the node's own traffic)."""
+    if isinstance(pod, LabPod):
+        return ProbeEndpoint(key=pod.key, netns=pod.netns, address_v4=pod.ipv4, address_v6=pod.ipv6)
+    node = record.node(pod.node)
+    addresses = hostnet.node_addresses(node.spec, record.ipv6)
+    v6 = next((address for address in addresses if ":" in address), None)
+    return ProbeEndpoint(key=pod.key, netns=node.netns, address_v4=addresses[0], address_v6=v6)
 
 
 def _pod_cidr_v6_args(record: LabRecord, node: LabNode) -> list[str]:

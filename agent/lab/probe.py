@@ -39,12 +39,13 @@ BLOCKED_MARK = "X"
 
 @dataclass(frozen=True, slots=True)
 class ProbeEndpoint:
-    """Something that can probe or be probed: a pod or an external host."""
+    """Something that can probe or be probed: a pod or an external host. A hostNetwork pod is
+    its node's namespace and addresses (``agent.lab.hostnet``): probes from it are the node's."""
 
     key: str
     """Row/column name in the matrix, e.g. ``"ns/name"``."""
     netns: str
-    """The network namespace probes from this endpoint start in."""
+    """The network namespace probes from this endpoint start in (a hostNetwork pod's node's)."""
     address_v4: str | None
     """Where probes of family 4 aimed at this endpoint go; None if it has no IPv4 address."""
     address_v6: str | None

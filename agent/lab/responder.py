@@ -9,6 +9,11 @@ with IPV6_V6ONLY off; IPv4 peers appear as ``::ffff:a.b.c.d``). TCP: read one li
 back, close. UDP: send each datagram back to its sender, *from the address it was sent to*
 (IPV6_PKTINFO), so a probe's connected socket accepts the reply even on a multi-address host.
 
+With ``--address`` (repeatable) every port listens on those addresses only, one socket per
+address and port: what a hostNetwork pod in a node namespace does (``agent.lab.hostnet``), which
+must leave the node's other addresses, and the ports other hostNetwork pods hold, alone. A UDP
+socket bound to one address replies from it.
+
 Standard library only and one ``selectors`` loop, so it starts in a few tens of milliseconds
 and serves hundreds of concurrent probes. Prints exactly one line, ``ready``, once every socket
 listens; errors go to stderr with exit status 1. SIGTERM and SIGINT end it with status 0.
@@ -17,6 +22,7 @@ listens; errors go to stderr with exit status 1. SIGTERM and SIGINT end it with 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import selectors
 import signal
 import socket
@@ -66,27 +72,45 @@ def parse_port(text: str) -> PortSpec:
     return PortSpec(port, "TCP" if proto == "TCP" else "UDP")
 
 
-def open_listener(spec: PortSpec) -> socket.socket:
-    """A non-blocking socket serving ``spec`` on every address, IPv6 and IPv4.
+def parse_address(text: str) -> str:
+    """An IPv4 or IPv6 address to listen on, in its canonical form."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"{text}: not an IP address") from None
 
-    Falls back to IPv4 only when the namespace has no IPv6 (then UDP replies leave from the
-    address the kernel's route lookup picks).
+
+def open_listener(spec: PortSpec, address: str | None = None) -> socket.socket:
+    """A non-blocking socket serving ``spec`` on ``address``, or on every address, IPv6 and
+    IPv4, when it is None.
+
+    Every address falls back to IPv4 only when the namespace has no IPv6 (then UDP replies leave
+    from the address the kernel's route lookup picks).
     """
     kind = socket.SOCK_STREAM if spec.protocol == "TCP" else socket.SOCK_DGRAM
-    try:
-        sock = socket.socket(socket.AF_INET6, kind)
-    except OSError:
-        sock = socket.socket(socket.AF_INET, kind)
-        address: tuple[str, int] = ("0.0.0.0", spec.port)
+    bound: tuple[str, int]
+    if address is not None:
+        bound = (address, spec.port)
+        if ipaddress.ip_address(address).version == 4:
+            sock = socket.socket(socket.AF_INET, kind)
+        else:
+            sock = socket.socket(socket.AF_INET6, kind)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     else:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        if kind == socket.SOCK_DGRAM:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        address = ("::", spec.port)
+        try:
+            sock = socket.socket(socket.AF_INET6, kind)
+        except OSError:
+            sock = socket.socket(socket.AF_INET, kind)
+            bound = ("0.0.0.0", spec.port)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            if kind == socket.SOCK_DGRAM:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            bound = ("::", spec.port)
     try:
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        sock.bind(bound)
         if kind == socket.SOCK_STREAM:
             sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
@@ -230,17 +254,29 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PORT[/PROTO]",
         help="port to serve, e.g. 80/TCP or 53/UDP (repeatable)",
     )
+    parser.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="serve on this address only, IPv4 or IPv6 (repeatable; default: every address)",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     listeners: dict[socket.socket, PortSpec] = {}
     try:
         specs = list(dict.fromkeys(parse_port(text) for text in args.port))
-        for spec in specs:
-            try:
-                listeners[open_listener(spec)] = spec
-            except OSError as exc:
-                raise ValueError(f"{spec.port}/{spec.protocol}: {exc.strerror or exc}") from exc
+        addresses: list[str | None] = [parse_address(text) for text in args.address] or [None]
+        for address in dict.fromkeys(addresses):
+            for spec in specs:
+                where = f"{address} " if address is not None else ""
+                try:
+                    listeners[open_listener(spec, address)] = spec
+                except OSError as exc:
+                    raise ValueError(
+                        f"{where}{spec.port}/{spec.protocol}: {exc.strerror or exc}"
+                    ) from exc
     except ValueError as exc:
         for sock in listeners:
             sock.close()

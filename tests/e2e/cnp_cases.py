@@ -33,9 +33,11 @@ labels, ports, rule order, expected verdicts); the structure is ours:
 How a runner drives a case (the compiled runner and the lab runner, mirroring
 test_netpol_cases_compiled.py and test_netpol_cases_lab.py):
 
-1. Start from ``case.cluster`` (``lab up -f`` it, or ``CompiledCluster.apply``), no policies.
-   Every node carries at least :data:`NODE_LABELS` (the kubelet sets them on every Linux node;
-   the node-peer cases select nodes by them). A hostNetwork pod has its node's addresses.
+1. Start from ``case.cluster`` (``lab up -f`` it, or ``CompiledCluster.apply``), no policies,
+   on at least ``case.min_nodes`` nodes. Every node carries at least :data:`NODE_LABELS` (the
+   kubelet sets them on every Linux node; the node-peer cases select nodes by them). A
+   hostNetwork pod has its node's addresses (``lab get pods`` lists them), and the two
+   centaurs hold the same host ports, so they need a node each (:data:`NODE_PEER_MIN_NODES`).
 2. Run ``case.steps`` in order. :class:`~tests.e2e.netpol_cases.Apply`: render with the pod
    IPv4 map (``step.render(pod_ips)``; a few rules name pod addresses) and apply it (objects of
    every kind: Namespaces and Pods are label updates, CNPs are cluster-scoped).
@@ -50,6 +52,7 @@ test_netpol_cases_compiled.py and test_netpol_cases_lab.py):
 3. Afterwards delete every ClusterNetworkPolicy and NetworkPolicy the case applied and, if it
    relabelled (``case.relabels``), apply ``case.cluster`` again.
 4. ``case.lab_skip`` names why the lab cannot run a case (it is compiled only); None means both.
+   Every case runs in the lab today: the lab models hostNetwork pods (``agent.lab.hostnet``).
 
 Semantics (apis/v1alpha2/clusternetworkpolicy_types.go and REFERENCE.md section 4): Admin tier by
 priority and rule order (first match: Accept, Deny, or Pass to the NetworkPolicy tier), then
@@ -318,6 +321,10 @@ CLUSTER_MANIFEST = _house_manifest(HOUSES)
 """The four house namespaces and their eight pods, as ``lab up -f`` takes it; no policies."""
 NODE_PEER_CLUSTER_MANIFEST = _house_manifest((*HOUSES, FOREST))
 """:data:`CLUSTER_MANIFEST` plus the forbidden-forest namespace and its two hostNetwork pods."""
+NODE_PEER_MIN_NODES = REPLICAS
+"""Nodes the node-peer cluster needs: the centaurs declare the same ports, which a hostNetwork
+pod holds on its node, so no node runs two of them (kube-scheduler's NodePorts filter places
+them one per node; on fewer nodes one stays Pending upstream, and the lab refuses it)."""
 
 # -- ClusterNetworkPolicy values --------------------------------------------------------------
 
@@ -561,6 +568,8 @@ class UpstreamTest:
     cluster: str = CLUSTER_MANIFEST
     lab_skip: str | None = None
     """Why the lab cannot run it (then it is compiled only); None: the lab can."""
+    min_nodes: int = 1
+    """The fewest nodes its cluster can run on."""
 
     @property
     def extended(self) -> bool:
@@ -588,6 +597,8 @@ class Case:
     """The test's setup, the earlier subtests' state changes, then this subtest's steps."""
     lab_skip: str | None = None
     """Why the lab cannot run the case (it is compiled only); None: it can."""
+    min_nodes: int = 1
+    """The fewest nodes ``cluster`` can run on (a lab needs ``--nodes`` at least this)."""
     replayed: int = 0
     """How many of ``steps`` (after the setup) replay earlier subtests' state changes."""
 
@@ -615,12 +626,6 @@ class Case:
         )
 
 
-NODE_PEERS_NOT_IN_LAB = (
-    "the server is a hostNetwork pod listening on its node's own address; the lab does not model "
-    "hostNetwork pods (agent/lab/lab.py refuses them), so nothing listens at a node address"
-)
-"""Why the node-peer tests are compiled only."""
-
 _TESTS: list[UpstreamTest] = []
 
 
@@ -632,6 +637,7 @@ def upstream_test(
     *,
     cluster: str = CLUSTER_MANIFEST,
     lab_skip: str | None = None,
+    min_nodes: int = 1,
 ) -> Callable[[Callable[[ApiVersion], Script]], Callable[[ApiVersion], Script]]:
     """Register the script of upstream test ``name``."""
 
@@ -645,6 +651,7 @@ def upstream_test(
                 script=script,
                 cluster=cluster,
                 lab_skip=lab_skip,
+                min_nodes=min_nodes,
             )
         )
         return script
@@ -1405,7 +1412,7 @@ ON_LINUX_NODES = nodes_peer(NODE_LABELS)
     "base/admin_tier/experimental-egress-selector-rules.yaml",
     NODE_PEERS,
     cluster=NODE_PEER_CLUSTER_MANIFEST,
-    lab_skip=NODE_PEERS_NOT_IN_LAB,
+    min_nodes=NODE_PEER_MIN_NODES,
 )
 def _admin_node_peers(v: ApiVersion) -> Script:
     policy = Cnp(
@@ -1686,7 +1693,7 @@ def _baseline_egress_named_port(v: ApiVersion) -> Script:
     "base/baseline_tier/experimental-egress-selector-rules.yaml",
     NODE_PEERS,
     cluster=NODE_PEER_CLUSTER_MANIFEST,
-    lab_skip=NODE_PEERS_NOT_IN_LAB,
+    min_nodes=NODE_PEER_MIN_NODES,
 )
 def _baseline_node_peers(v: ApiVersion) -> Script:
     policy = Cnp(
@@ -1769,6 +1776,7 @@ def _build() -> Iterator[Case]:
                     cluster=test.cluster,
                     steps=(*script.setup, *earlier, *sub.steps),
                     lab_skip=test.lab_skip,
+                    min_nodes=test.min_nodes,
                     replayed=len(earlier),
                 )
                 earlier += [step for step in sub.steps if not isinstance(step, Probe)]

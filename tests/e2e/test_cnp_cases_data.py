@@ -43,6 +43,7 @@ from tests.e2e.cnp_cases import (
     HOUSES,
     NODE_LABELS,
     NODE_PEER_CLUSTER_MANIFEST,
+    NODE_PEER_MIN_NODES,
     UPSTREAM_SUBTEST_COUNT,
     UPSTREAM_TEST_COUNT,
     UPSTREAM_TESTS,
@@ -300,18 +301,29 @@ def test_every_subtest_probes_after_its_own_steps() -> None:
         assert isinstance(case.steps[-1], Probe), f"{case.id}: ends with a change it never probes"
 
 
-def test_sctp_probes_are_compiled_only_and_node_peer_cases_skip_the_lab() -> None:
+def test_sctp_probes_are_compiled_only_and_every_case_runs_in_the_lab() -> None:
+    """The lab models hostNetwork pods (agent.lab.hostnet), so the node-peer cases run there
+    too, on their own cluster and on as many nodes as it has centaurs."""
     for case in CASES:
         for probe in case.probes:
             assert probe.on_wire == (probe.protocol != "SCTP"), probe
+        assert case.lab_skip is None, case.id
         if "NodePeers" in case.test:
-            assert case.lab_skip and "hostNetwork" in case.lab_skip, case.id
             assert case.cluster == NODE_PEER_CLUSTER_MANIFEST, case.id
+            assert case.min_nodes == NODE_PEER_MIN_NODES, case.id
         else:
-            assert case.lab_skip is None, case.id
             assert case.cluster == CLUSTER_MANIFEST, case.id
+            assert case.min_nodes == 1, case.id
     sctp = sum(probe.protocol == "SCTP" for case in CASES for probe in case.probes)
     assert sctp > 0
+
+
+def test_the_centaurs_need_a_node_each() -> None:
+    """Both declare the same ports, which a hostNetwork pod holds on its node: one per node."""
+    _namespaces, pods = _cluster(NODE_PEER_CLUSTER_MANIFEST)
+    centaurs = [pod for pod in pods.values() if pod.host_network]
+    assert len(centaurs) == NODE_PEER_MIN_NODES == 2
+    assert len({frozenset((p.port, p.protocol) for p in pod.ports) for pod in centaurs}) == 1
 
 
 def test_node_peer_policies_select_nodes_by_the_labels_every_node_has() -> None:
