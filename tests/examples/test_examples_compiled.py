@@ -3,9 +3,10 @@
 For every probe of every ``examples/*/expected.yaml`` this builds the cluster the lab would
 build (Deployments expanded into ``<name>-<i>`` pods, pods numbered 10.244.1.2, .3, ... and
 fd00:10:244:1::2, ... in order of appearance, all on node-1), converts it with ``agent.convert``
-as the agent does, compiles the allow tables and asks them about every ordered pair. A pair
-counts as reachable only if the tables allow it *and* the target listens on the port, which is
-what the lab's probe can observe; a pod to itself goes over loopback, which is never filtered.
+and ``agent.kinds`` (ClusterNetworkPolicies) as the agent does, compiles the allow tables and
+asks them about every ordered pair. A pair counts as reachable only if the tables allow it *and*
+the target listens on the port, which is what the lab's probe can observe; a pod to itself goes
+over loopback, which is never filtered.
 The lab test (test_examples_lab.py) checks the same expectations against real packets.
 """
 
@@ -19,8 +20,10 @@ from typing import Any
 import pytest
 
 from agent.convert import namespace_from_k8s, pod_from_k8s, policy_from_k8s
+from agent.kinds import CLUSTER_NETWORK_POLICY
 from enforcement.compiler import compile_tables
 from enforcement.model import PROTOCOL_NUMBERS, ClusterSnapshot, IPAddress, Namespace, Pod
+from enforcement.tables import AllowTables
 from enforcement.verdict import Reason
 from tests.examples.expectations import (
     EXTERNAL_KIND,
@@ -42,6 +45,8 @@ FIRST_POD_OFFSET = 2
 """The lab gives pods .2, .3, ... of the node's pod subnets (.1 is the node's)."""
 
 REACHABLE = frozenset({Reason.ALLOWED, Reason.NOT_ISOLATED})
+POLICY_KINDS = ("NetworkPolicy", CLUSTER_NETWORK_POLICY.kind)
+"""What stage files may hold (ClusterNetworkPolicy is cluster-scoped: no namespace)."""
 
 
 @cache
@@ -69,14 +74,20 @@ def _with_status(pod: Mapping[str, Any], index: int) -> dict[str, Any]:
     }
 
 
-def compiled_matrix(example: Example, probe: Probe) -> Matrix:
-    """The matrix the compiled tables predict for ``probe``, given who listens where."""
+Addresses = dict[str, dict[int, IPAddress]]
+"""Endpoint key -> IP version -> its address there."""
+
+
+def compile_example(example: Example, stage: Sequence[str]) -> tuple[AllowTables, Addresses]:
+    """node-1's tables with the policy files of ``stage`` in force, and every endpoint's
+    addresses (pods as the lab numbers them, external hosts as declared)."""
     objects = list(example.objects)
-    objects += expand_deployments(load_objects(example.stage_paths(probe.stage)))
+    objects += expand_deployments(load_objects(example.stage_paths(stage)))
     namespaces: list[Namespace] = []
     pods: list[Pod] = []
     policies = []
-    addresses: dict[str, dict[int, IPAddress]] = {}
+    cluster_policies = []
+    addresses: Addresses = {}
     for obj in objects:
         kind = obj["kind"]
         if kind == "Namespace":
@@ -87,12 +98,21 @@ def compiled_matrix(example: Example, probe: Probe) -> Matrix:
             addresses[pod.key] = {address.version: address for address in pod.ips}
         elif kind == "NetworkPolicy":
             policies.append(policy_from_k8s(obj))
+        elif kind == CLUSTER_NETWORK_POLICY.kind:
+            cluster_policies.append(CLUSTER_NETWORK_POLICY.convert(obj, strict=True))
         elif kind == EXTERNAL_KIND:
             key = f"external/{obj['metadata']['name']}"
             parsed = [ipaddress.ip_address(text) for text in obj["spec"]["addresses"]]
             addresses[key] = {address.version: address for address in parsed}
-    snapshot = ClusterSnapshot(tuple(namespaces), tuple(pods), tuple(policies))
-    tables = compile_tables(snapshot, NODE)
+    snapshot = ClusterSnapshot(
+        tuple(namespaces), tuple(pods), tuple(policies), cluster_policies=tuple(cluster_policies)
+    )
+    return compile_tables(snapshot, NODE), addresses
+
+
+def compiled_matrix(example: Example, probe: Probe) -> Matrix:
+    """The matrix the compiled tables predict for ``probe``, given who listens where."""
+    tables, addresses = compile_example(example, probe.stage)
     protocol = PROTOCOL_NUMBERS[probe.protocol]
     endpoints = example.probe_endpoints(probe)
     matrix: Matrix = {}
@@ -132,11 +152,13 @@ def test_example_is_complete(directory: Any) -> None:
         assert (directory / name).is_file(), f"{directory.name} lacks {name}"
     example = load_example(directory)
     files = sorted({name for stage in example.stages() for name in stage})
-    owner: dict[tuple[str, str], str] = {}
+    owner: dict[tuple[str, str, str], str] = {}
     for name in files:
         for obj in load_objects([directory / name]):
-            assert obj["kind"] == "NetworkPolicy", f"{name}: only policies belong in stage files"
-            identity = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+            kind = obj["kind"]
+            assert kind in POLICY_KINDS, f"{name}: only policies belong in stage files"
+            metadata = obj["metadata"]
+            identity = (kind, metadata.get("namespace", ""), metadata["name"])
             assert identity not in owner, f"{identity} is in both {owner[identity]} and {name}"
             owner[identity] = name
     unused = _policy_files(directory) - set(files)
