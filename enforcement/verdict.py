@@ -81,8 +81,9 @@ VERDICTS: dict[Reason, Verdict] = {
 @dataclass(frozen=True, slots=True)
 class RuleRef:
     """What decided a verdict, for people: one rule of one policy (or one policy, for a
-    NetworkPolicy that isolates without allowing). One object per rule, made by the compiler
-    and shared by every table that holds the rule, so the packet path never builds one."""
+    NetworkPolicy that isolates without allowing). The tables keep only its fields
+    (``RefFields``); RuleRefs are made when an outcome is first met and kept with that outcome
+    (``enforcement.tables``), so a flow that meets a known outcome builds none."""
 
     kind: str
     """``NetworkPolicy`` or ``ClusterNetworkPolicy``."""
