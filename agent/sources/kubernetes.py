@@ -836,7 +836,7 @@ class _CustomKind:
         return None
 
     def run(self, sink: _Sink, state: ClusterState, stop: threading.Event) -> None:
-        kind, failures = self.spec.kind, 0
+        kind, failures, vanished = self.spec.kind, 0, 0
         announced: str | None = None
         """What was last logged: a version served, "absent", or None at the start."""
         while not stop.is_set():
@@ -881,30 +881,43 @@ class _CustomKind:
             self.loop.resource = _Resource(
                 kind, api_version, self._lister(version), may_vanish=True
             )
+            lists = self.loop.stats().lists
             try:
                 self.loop.run(sink, stop)
             except _NotServed as gone:
+                # 404s in a row without a list in between: discovery still names a version
+                # its list no longer has (discovery lags behind a CRD's removal, or the CRD
+                # flaps). Backed off below, or discovery and list would alternate as fast as
+                # the server answers, on every node.
+                vanished = 1 if self.loop.stats().lists > lists else vanished + 1
+                delay = self.source.backoff(vanished)
                 if self._served_elsewhere(version):
                     # The CRD was changed, not removed: another version serves the same
                     # objects. Their list replaces them at once; dropping them first would lift
                     # their Deny rules for a moment.
                     log.warning(
-                        "%s: %s is no longer served (%s), another version is; reading that",
+                        "%s: %s is no longer served (%s), another version is; reading that "
+                        "in %.2fs",
                         kind,
                         api_version,
                         gone,
+                        delay,
                     )
+                    stop.wait(delay)
                     continue
                 log.warning(
                     "%s: %s is no longer served (%s; its CustomResourceDefinition was removed "
-                    "or changed): its policies are dropped; NetworkPolicy enforcement goes on",
+                    "or changed): its policies are dropped; NetworkPolicy enforcement goes on; "
+                    "asking API discovery again in %.2fs",
                     kind,
                     api_version,
                     gone,
+                    delay,
                 )
                 state.set_served(kind, False)
                 state.replace(kind, [])
                 announced = "removed"
+                stop.wait(delay)
 
     def _served_elsewhere(self, version: str) -> bool:
         """Whether API discovery names a version other than ``version`` serving the kind; False

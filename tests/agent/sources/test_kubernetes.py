@@ -1160,6 +1160,28 @@ def test_a_version_no_longer_served_beside_another_is_left_without_dropping_anyt
     assert "dropped" not in caplog.text
 
 
+def test_a_404_while_discovery_still_names_the_version_backs_off(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    """Discovery says the CRD serves the version, its list answers 404 (discovery lags behind a
+    CRD's removal): each 404 in a row backs off before discovery is asked again, instead of
+    the two requests alternating as fast as the server answers."""
+    seed(server)
+    server.create(CNP, cnp("found"))
+    server.fail_next(CNP, 404, count=3, when="list")
+    backoffs: list[float] = []
+
+    def jitter() -> float:  # only consulted for a backoff; no other kind fails here
+        backoffs.append(0.0)
+        return 0.0
+
+    state = ClusterState()
+    with running(make_source(api_client, jitter=jitter, discovery_interval=0.05), state):
+        eventually(lambda: keys(state, CNP) == {"found"}, "listed after the 404s")
+    assert len(backoffs) == 3
+    assert list_requests(server, CNP) == 4
+
+
 def test_a_malformed_cluster_network_policy_is_enforced_fail_closed(
     server: FakeApiServer, api_client: ApiClient
 ) -> None:
