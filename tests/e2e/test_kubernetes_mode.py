@@ -3,7 +3,8 @@
 The lab builds the network only (``--no-agent``); the test's API server (the list/watch protocol
 over real HTTP) holds the cluster's objects, and a real agent learns them from it, as on a node of
 a real cluster. Loopback is per network namespace, so the server's socket is created inside the
-node namespace, where the agent can reach 127.0.0.1.
+node namespace, where the agent can reach 127.0.0.1. ClusterNetworkPolicy in this mode (the
+CRD served, absent, removed) is in test_kubernetes_mode_tiers.py, on the helpers here.
 """
 
 from __future__ import annotations
