@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -203,6 +204,14 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "then not read), for network plugins that allocate pod addresses themselves",
     )
     run.add_argument(
+        "--discovery-interval",
+        type=_seconds,
+        metavar="SECONDS",
+        help="with --source kubernetes: how often API discovery looks again for the "
+        "ClusterNetworkPolicy CRD while it is not served, so one installed later is enforced "
+        "(default 30; agent.sources.kubernetes.DISCOVERY_INTERVAL)",
+    )
+    run.add_argument(
         "--queue-workers",
         type=int,
         default=1,
@@ -259,6 +268,17 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (seconds > 0 and math.isfinite(seconds)):  # nan compares false
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    return seconds
 
 
 def _pod_cidr(text: str) -> str:
@@ -337,12 +357,20 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         source = LabStoreSource(args.lab_store)
     else:
-        from agent.sources.kubernetes import KubernetesSource, api_client_from
+        from agent.sources.kubernetes import (
+            DISCOVERY_INTERVAL,
+            KubernetesSource,
+            api_client_from,
+        )
 
         # --pod-cidr overrides the Node's own ranges: then the Node is not read at all.
         follow_node = None if args.pod_cidr else args.node_name
         try:
-            source = KubernetesSource(api_client_from(args.kubeconfig), node_name=follow_node)
+            source = KubernetesSource(
+                api_client_from(args.kubeconfig),
+                node_name=follow_node,
+                discovery_interval=args.discovery_interval or DISCOVERY_INTERVAL,
+            )
         except Exception as error:  # no kubeconfig, no service account: say so and stop
             log.error("cannot configure the Kubernetes client: %s", error)
             return 2

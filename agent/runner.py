@@ -95,6 +95,9 @@ class AgentStatus:
     local_pods: int = 0
     isolated_addresses: int = 0
     policies: int = 0
+    cluster_policies: int = 0
+    """ClusterNetworkPolicies in force (fail-closed stand-ins included); 0 too while their CRD
+    is not served."""
     last_sync_seconds: float = 0.0
     compile_seconds: float = 0.0
     syncs: int = 0
@@ -127,6 +130,7 @@ class AgentStatus:
             "local_pods": self.local_pods,
             "isolated_addresses": self.isolated_addresses,
             "policies": self.policies,
+            "cluster_policies": self.cluster_policies,
             "last_sync_seconds": self.last_sync_seconds,
             "compile_seconds": self.compile_seconds,
             "syncs": self.syncs,
@@ -496,6 +500,7 @@ class Agent:
         status.local_pods = len(tables.local_addresses())
         status.isolated_addresses = len(isolated)
         status.policies = len(view.snapshot.policies)
+        status.cluster_policies = len(view.snapshot.cluster_policies)
         status.last_sync_seconds = time.perf_counter() - started
         status.syncs += 1
         status.errors = [error.message for error in self.state.errors()]

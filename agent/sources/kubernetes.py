@@ -31,12 +31,14 @@ allowed to every authenticated user) which of the kind's versions is served, pre
 ``v1beta1``, then ``v1alpha2``, and lists and watches that version. Not served: a warning,
 enforcement of the other kinds goes on, readiness does not wait for the kind, and discovery is
 asked again every ``discovery_interval`` seconds, so a CRD installed later is picked up. Removed
-while running (its list or watch answers 404): a warning, its policies are dropped (they no
-longer exist), and discovery is asked again. A version served later beside the one read (say
-``v1beta1`` added to a CRD serving ``v1alpha2``) is taken up only when the one read stops being
-served: both hold the same objects. Every discovery also looks for the policy kinds netpol-agent
-refuses (``agent.kinds.REFUSED_POLICY_KINDS``: AdminNetworkPolicy v1alpha1, Cilium's, Calico's,
-Antrea's): each one served is logged once as not enforced. Discovery runs at the start and while
+while running (its list or watch answers 404, and discovery names no other version serving it): a
+warning, its policies are dropped (they no longer exist), and discovery is asked again. A version
+served later beside the one read (say ``v1beta1`` added to a CRD serving ``v1alpha2``) is taken up
+only when the one read stops being served: both hold the same objects, so they are then listed at
+the other version without being dropped first (which would lift their Deny rules for a moment).
+Every discovery also looks for the policy kinds netpol-agent refuses
+(``agent.kinds.REFUSED_POLICY_KINDS``: AdminNetworkPolicy v1alpha1, Cilium's, Calico's, Antrea's):
+each one served is logged once as not enforced. Discovery runs at the start and while
 ClusterNetworkPolicy is not served, not on a timer while it is (a refused kind's CRD installed
 while the agent runs is logged at its next start): every agent of a large cluster asking every
 ``discovery_interval`` seconds would be a steady load on the API server for nothing.
@@ -97,6 +99,10 @@ NOT_FOUND = 404
 
 ACCESS_DENIED = (401, 403)
 """HTTP statuses that no retry cures: the credentials or the ClusterRole must change."""
+
+DISCOVERY_INTERVAL = 30.0
+"""Seconds between API discoveries while a custom kind is not served (``run
+--discovery-interval``)."""
 
 
 def api_client_from(kubeconfig: str | None) -> ApiClient:
@@ -830,7 +836,7 @@ class _CustomKind:
         return None
 
     def run(self, sink: _Sink, state: ClusterState, stop: threading.Event) -> None:
-        kind, failures = self.spec.kind, 0
+        kind, failures, vanished = self.spec.kind, 0, 0
         announced: str | None = None
         """What was last logged: a version served, "absent", or None at the start."""
         while not stop.is_set():
@@ -875,19 +881,53 @@ class _CustomKind:
             self.loop.resource = _Resource(
                 kind, api_version, self._lister(version), may_vanish=True
             )
+            lists = self.loop.stats().lists
             try:
                 self.loop.run(sink, stop)
             except _NotServed as gone:
+                # 404s in a row without a list in between: discovery still names a version
+                # its list no longer has (discovery lags behind a CRD's removal, or the CRD
+                # flaps). Backed off below, or discovery and list would alternate as fast as
+                # the server answers, on every node.
+                vanished = 1 if self.loop.stats().lists > lists else vanished + 1
+                delay = self.source.backoff(vanished)
+                if self._served_elsewhere(version):
+                    # The CRD was changed, not removed: another version serves the same
+                    # objects. Their list replaces them at once; dropping them first would lift
+                    # their Deny rules for a moment.
+                    log.warning(
+                        "%s: %s is no longer served (%s), another version is; reading that "
+                        "in %.2fs",
+                        kind,
+                        api_version,
+                        gone,
+                        delay,
+                    )
+                    stop.wait(delay)
+                    continue
                 log.warning(
                     "%s: %s is no longer served (%s; its CustomResourceDefinition was removed "
-                    "or changed): its policies are dropped; NetworkPolicy enforcement goes on",
+                    "or changed): its policies are dropped; NetworkPolicy enforcement goes on; "
+                    "asking API discovery again in %.2fs",
                     kind,
                     api_version,
                     gone,
+                    delay,
                 )
                 state.set_served(kind, False)
                 state.replace(kind, [])
                 announced = "removed"
+                stop.wait(delay)
+
+    def _served_elsewhere(self, version: str) -> bool:
+        """Whether API discovery names a version other than ``version`` serving the kind; False
+        when it cannot tell (the kind then counts as removed, as the 404 said)."""
+        try:
+            now = self.version()
+        except Exception as error:
+            log.debug("%s: API discovery failed (%s)", self.spec.kind, _describe(error))
+            return False
+        return now is not None and now != version
 
 
 class KubernetesSource:
@@ -907,7 +947,7 @@ class KubernetesSource:
         backoff_max: float = 30.0,
         jitter: Callable[[], float] = random.random,
         node_name: str | None = None,
-        discovery_interval: float = 30.0,
+        discovery_interval: float = DISCOVERY_INTERVAL,
     ) -> None:
         """
         :param watch_timeout: seconds a watch asks the server to keep it open (timeoutSeconds).

@@ -48,3 +48,36 @@ def test_a_bad_pod_cidr_is_refused_with_a_clear_message(
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert "--pod-cidr" in error and message in error
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(None, None, id="absent-the-source-default"),
+        pytest.param("0.2", 0.2, id="fraction"),
+        pytest.param("300", 300.0, id="whole"),
+    ],
+)
+def test_discovery_interval_values(value: str | None, expected: float | None) -> None:
+    args = [] if value is None else ["--discovery-interval", value]
+    assert build_parser().parse_args(run_args(*args)).discovery_interval == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param("0", "finite number above 0", id="zero"),
+        pytest.param("-1", "finite number above 0", id="negative"),
+        pytest.param("inf", "finite number above 0", id="infinite"),
+        pytest.param("nan", "finite number above 0", id="nan"),
+        pytest.param("soon", "not a number of seconds", id="garbage"),
+    ],
+)
+def test_a_bad_discovery_interval_is_refused(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(run_args("--discovery-interval", value))
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "--discovery-interval" in error and message in error

@@ -3,7 +3,8 @@
 The lab builds the network only (``--no-agent``); the test's API server (the list/watch protocol
 over real HTTP) holds the cluster's objects, and a real agent learns them from it, as on a node of
 a real cluster. Loopback is per network namespace, so the server's socket is created inside the
-node namespace, where the agent can reach 127.0.0.1.
+node namespace, where the agent can reach 127.0.0.1. ClusterNetworkPolicy in this mode (the
+CRD served, absent, removed) is in test_kubernetes_mode_tiers.py, on the helpers here.
 """
 
 from __future__ import annotations
@@ -48,9 +49,14 @@ def policy_b_from(peer: str) -> dict[str, Any]:
 
 
 class RunningAgent:
-    def __init__(self, process: subprocess.Popen[bytes], status: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], status: Path, log: Path) -> None:
         self.process = process
         self.status_path = status
+        self.log_path = log
+
+    def log(self) -> str:
+        """What the agent logged so far."""
+        return self.log_path.read_text(errors="replace")
 
     def status(self) -> dict[str, Any]:
         try:
@@ -72,39 +78,14 @@ class RunningAgent:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[LabDriver, FakeApiServer, RunningAgent]]:
+    """x/a, x/b, x/c and y/c2 on one node; the API server serves no ClusterNetworkPolicy CRD."""
     extra_namespace = 'apiVersion: v1\nkind: Namespace\nmetadata: {name: "y"}'
     with lab_session("k8s", tmp_path) as lab:
         lab.up(CLUSTER, extra_namespace, pod("c2", "y"), extra=["--no-agent"])
-        record = Lab(lab.name).record()
-        node = record.nodes[0]
         server = FakeApiServer()
-        _revision, objects = read_store(Lab(lab.name).store_path)
-        for obj in objects:
-            if obj["kind"] in ("Namespace", "Pod"):
-                server.create(obj["kind"], obj)
-        with entered(node.netns):
-            server.start()
-        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
-        status = tmp_path / "status.json"
-        log = (tmp_path / "agent.log").open("wb")
-        process = subprocess.Popen(
-            ["ip", "netns", "exec", node.netns, *COMMAND, "run", "--kubeconfig", str(kubeconfig),
-             "--node-name", node.name, "--status-file", str(status), "--health-port", "9099"],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "NO_PROXY": "*", "no_proxy": "*"},
-        )  # fmt: skip
-        agent = RunningAgent(process, status)
-        try:
-            agent.wait(lambda s: bool(s.get("ready")), timeout=30)
+        serve_lab_objects(lab, server)
+        with agent_on_node_1(tmp_path, lab, server, health_port=9099) as agent:
             yield lab, server, agent
-        except BaseException:
-            print((tmp_path / "agent.log").read_text())
-            raise
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=10)
-            log.close()
-            server.stop()
 
 
 def test_run_follows_the_api_server(
@@ -145,6 +126,14 @@ def test_run_follows_the_api_server(
     assert 'netpol_agent_source_lists_total{kind="NetworkPolicy"} 1.0' in metrics
     assert "netpol_agent_ready 1.0" in metrics
 
+    # No ClusterNetworkPolicy CRD: ready all the same, and a warning says none is enforced.
+    [absent] = [
+        line for line in agent.log().splitlines() if "ClusterNetworkPolicy: not served" in line
+    ]
+    assert "WARNING" in absent and "none enforced" in absent, absent
+    assert "NetworkPolicy enforcement goes on" in absent, absent
+    assert 'netpol_agent_source_lists_total{kind="ClusterNetworkPolicy"} 0.0' in metrics
+
     # A deleted pod is no longer a member of anything: its address is a stranger.
     generation = agent.status()["generation"]
     server.delete("Pod", "c2", "y")
@@ -165,12 +154,29 @@ def lab_node(name: str, cidrs: Sequence[str]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": spec}
 
 
+def serve_lab_objects(lab: LabDriver, server: FakeApiServer, *withheld: str) -> None:
+    """The lab's Namespaces and Pods onto the API server, but the pods named in ``withheld``
+    (``namespace/name``)."""
+    for obj in read_store(Lab(lab.name).store_path)[1]:
+        metadata = obj["metadata"]
+        if obj["kind"] == "Pod" and f"{metadata['namespace']}/{metadata['name']}" in withheld:
+            continue
+        if obj["kind"] in ("Namespace", "Pod"):
+            server.create(obj["kind"], obj)
+
+
 @contextlib.contextmanager
 def agent_on_node_1(
-    tmp_path: Path, lab: LabDriver, server: FakeApiServer, *extra: str
+    tmp_path: Path,
+    lab: LabDriver,
+    server: FakeApiServer,
+    *extra: str,
+    health_port: int = 0,
+    wait_ready: bool = True,
 ) -> Iterator[RunningAgent]:
     """``netpol-agent run --kubeconfig`` in the lab's first node, with the DaemonSet's arguments
-    (no ``--pod-cidr``) and ``extra``, no health port; stopped, log printed on failure."""
+    (no ``--pod-cidr``) and ``extra``, its health endpoints on ``health_port`` (0: none); ready
+    unless ``wait_ready`` is False; stopped, the API server too, log printed on failure."""
     node = Lab(lab.name).record().nodes[0]
     with entered(node.netns):
         server.start()
@@ -179,14 +185,15 @@ def agent_on_node_1(
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             ["ip", "netns", "exec", node.netns, *COMMAND, "run", "--kubeconfig", str(kubeconfig),
-             "--node-name", node.name, "--status-file", str(status), "--health-port", "0",
-             *extra],
+             "--node-name", node.name, "--status-file", str(status),
+             "--health-port", str(health_port), *extra],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "NO_PROXY": "*", "no_proxy": "*"},
         )  # fmt: skip
         try:
-            agent = RunningAgent(process, status)
-            agent.wait(lambda s: bool(s.get("ready")), timeout=30)
+            agent = RunningAgent(process, status, log_path)
+            if wait_ready:
+                agent.wait(lambda s: bool(s.get("ready")), timeout=30)
             yield agent
         except BaseException:
             print(log_path.read_text())
@@ -214,9 +221,7 @@ def test_the_node_pod_ranges_hold_a_pod_until_it_is_known(tmp_path: Path, assign
         node = Lab(lab.name).record().nodes[0]
         cidrs = [node.spec.pod_cidr_v4, str(node.spec.pod_cidr_v6)]
         server, withheld = FakeApiServer(), withheld_pod(lab)
-        for obj in read_store(Lab(lab.name).store_path)[1]:
-            if obj["kind"] == "Namespace" or (obj["kind"] == "Pod" and obj != withheld):
-                server.create(obj["kind"], obj)
+        serve_lab_objects(lab, server, NEW_POD)
         server.create("Node", lab_node(node.name, cidrs if assigned == "at-start" else []))
         with agent_on_node_1(tmp_path, lab, server) as agent:
             if assigned == "later":
@@ -268,9 +273,7 @@ def test_a_cluster_wide_pod_cidr_override_holds_only_pods_no_one_knows(tmp_path:
         server = FakeApiServer()
         objects = read_store(Lab(lab.name).store_path)[1]
         far = next(o for o in objects if o["kind"] == "Pod" and o["metadata"]["name"] == "far")
-        for obj in objects:
-            if obj["kind"] in ("Namespace", "Pod") and obj is not far:
-                server.create(obj["kind"], obj)
+        serve_lab_objects(lab, server, "x/far")
         server.create("Node", lab_node("node-1", ["10.244.1.0/24"]))
         wide = ["10.244.0.0/16", "fd00:10:244::/48"]
         flags = [arg for cidr in wide for arg in ("--pod-cidr", cidr)]

@@ -11,7 +11,9 @@ client cannot tell:
 - ClusterNetworkPolicies (``/apis/policy.networking.k8s.io/VERSION/clusternetworkpolicies``) are
   served only at the versions ``install_crd`` names, one storage for all of them, as a CRD with
   several served versions is; any other version is 404. ``remove_crd`` deletes the CRD while
-  running: its objects are gone, its open watches end, and every later request is 404.
+  running: its objects are gone, its open watches end, and every later request is 404. Objects
+  come back at the version asked for (lists and watch events alike): the versions of a CRD
+  without a conversion webhook differ in ``apiVersion`` only.
   ``serve_api`` adds a resource to discovery only (a kind the agent refuses, like Cilium's).
 - ``fieldSelector`` ``metadata.name=NAME`` (also ``==`` and ``!=``, comma-separated terms ANDed)
   filters lists and watches; any other field is refused with 400, as the real server refuses a
@@ -34,7 +36,8 @@ tests keep changing objects.
 Test controls: ``create``/``update``/``delete``, ``compact()``, ``bookmark()``, ``drop_watches()``,
 ``inject_raw()`` (a raw line into open watch streams), ``fail_next()`` (canned error answers),
 ``forbid()``/``permit()`` (403 for a kind, as when RBAC does not grant it), ``install_crd()``/
-``remove_crd()``/``serve_api()``, ``stop()``/``start()`` and the request log ``requests``.
+``remove_crd()``/``serve_api()``, ``hold_lists()``/``release_lists()`` (a list left unanswered,
+as a slow server's is), ``stop()``/``start()`` and the request log ``requests``.
 """
 
 from __future__ import annotations
@@ -178,6 +181,8 @@ class _Watcher:
     selector: FieldSelector
     connection: socket.socket
     allow_bookmarks: bool
+    api_version: str
+    """The apiVersion the watch asked for: its objects and bookmarks carry it."""
     raw_lines: list[tuple[int, bytes]] = field(default_factory=list)
     """Injected lines, each after the changes up to the revision it was injected at."""
     bookmarks: int = 0
@@ -230,6 +235,10 @@ class FakeApiServer:
         self._crd_removals = 0
         self._discovery_forbidden = False
         self._extra_apis: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._held: set[Kind] = set()
+        """Kinds whose list requests wait, unanswered, until ``release_lists``."""
+        self._held_requests: dict[Kind, int] = {}
+        """List requests waiting now, by kind."""
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -376,6 +385,23 @@ class FakeApiServer:
                     watcher.raw_lines.append((self._revision, line + b"\n"))
             self._cond.notify_all()
 
+    def hold_lists(self, kind: Kind) -> None:
+        """Leave every list request of ``kind`` (first pages and continues) unanswered until
+        ``release_lists``, as a server slow to answer a large list does; watches are not held."""
+        with self._cond:
+            self._held.add(kind)
+
+    def release_lists(self, kind: Kind) -> None:
+        """Answer the held list requests of ``kind`` (from the state at the time of release)."""
+        with self._cond:
+            self._held.discard(kind)
+            self._cond.notify_all()
+
+    def held_lists(self, kind: Kind) -> int:
+        """How many list requests of ``kind`` are waiting for ``release_lists`` now."""
+        with self._cond:
+            return self._held_requests.get(kind, 0)
+
     def open_watches(self, kind: Kind | None = None) -> int:
         with self._cond:
             return sum(1 for w in self._watchers if kind is None or w.kind == kind)
@@ -402,9 +428,12 @@ class FakeApiServer:
 
     def install_crd(self, *versions: str) -> None:
         """Serve ClusterNetworkPolicies at ``versions`` (the first is the group's preferred
-        version in discovery), as installing (or updating) their CRD does."""
+        version in discovery), as installing (or updating) their CRD does; open watches of a
+        version no longer served end, as the API server's CRD handler ends them when it replaces
+        the CRD's storage."""
         with self._cond:
             self._crd_versions = versions
+            self._cond.notify_all()
 
     def remove_crd(self) -> None:
         """Delete the CRD: its objects are gone (no events: the storage goes with it), its open
@@ -492,6 +521,18 @@ class FakeApiServer:
                 self._faults.remove(fault)
             return fault.status
         return None
+
+    def _wait_while_held(self, kind: Kind, server: _HTTPServer) -> bool:
+        """Block a list request of ``kind`` while lists of it are held; False if the server
+        stopped meanwhile (the request is then never answered)."""
+        with self._cond:
+            self._held_requests[kind] = self._held_requests.get(kind, 0) + 1
+            try:
+                while kind in self._held and not server.stopped:
+                    self._cond.wait(0.05)  # ``stop`` marks the server stopped without notifying
+            finally:
+                self._held_requests[kind] -= 1
+            return not server.stopped
 
     def _log(self, record: RequestRecord) -> None:
         with self._cond:
@@ -661,7 +702,7 @@ class _Handler(BaseHTTPRequestHandler):
         """
         fake = self.fake
         entries = [
-            (e.revision, 0, _event_line(e.type, e.object))
+            (e.revision, 0, _event_line(e.type, _served_as(e.object, watcher.api_version)))
             for e in fake._events
             if e.revision > since and matches(e)
         ]
@@ -674,10 +715,9 @@ class _Handler(BaseHTTPRequestHandler):
         if watcher.bookmarks != fake._bookmarks:
             watcher.bookmarks = fake._bookmarks
             if watcher.allow_bookmarks:
-                resource = RESOURCES[watcher.kind]
                 bookmark = {
                     "kind": watcher.kind,
-                    "apiVersion": resource.api_version,
+                    "apiVersion": watcher.api_version,
                     "metadata": {"resourceVersion": str(fake._revision)},
                 }
                 pending.append(_event_line("BOOKMARK", bookmark))
@@ -760,8 +800,9 @@ class _Handler(BaseHTTPRequestHandler):
             log(400)
             self._send_status(400, str(error))
             return
+        api_version = RESOURCES[kind].api_version if version is None else f"{CRD_GROUP}/{version}"
         if watch:
-            self._watch(kind, namespace, selector, query, log)
+            self._watch(kind, namespace, selector, query, api_version, log)
             return
         try:
             limit = int(query["limit"]) if query.get("limit") else None
@@ -769,11 +810,15 @@ class _Handler(BaseHTTPRequestHandler):
             log(400)
             self._send_status(400, "limit must be an integer")
             return
+        if not fake._wait_while_held(kind, self.server):
+            self.close_connection = True
+            _cut(self.connection)
+            return
         status, body = fake.list_page(
             kind, namespace, limit, query.get("continue") or None, selector
         )
-        if version is not None:
-            body["apiVersion"] = f"{CRD_GROUP}/{version}"
+        if status == HTTPStatus.OK:  # a Status object keeps its own v1
+            body["apiVersion"] = api_version
         log(status)
         self._send_json(status, body)
 
@@ -783,6 +828,7 @@ class _Handler(BaseHTTPRequestHandler):
         namespace: str | None,
         selector: FieldSelector,
         query: Mapping[str, str],
+        api_version: str,
         log: Callable[[int], None],
     ) -> None:
         fake = self.fake
@@ -813,7 +859,7 @@ class _Handler(BaseHTTPRequestHandler):
                 # "Any version": synthetic ADDED events for the current state, then changes.
                 for key, obj in sorted(fake._objects[kind].items()):
                     if (namespace is None or key[0] == namespace) and selected(obj, selector):
-                        pending.append(_event_line("ADDED", obj))
+                        pending.append(_event_line("ADDED", _served_as(obj, api_version)))
                 since = fake._revision
             else:
                 try:
@@ -823,7 +869,13 @@ class _Handler(BaseHTTPRequestHandler):
                 if since < fake._compacted:
                     gone = _gone_line(f"too old resource version: {requested} ({fake._compacted})")
             watcher = _Watcher(
-                kind, namespace, selector, self.connection, bookmarks, bookmarks=fake._bookmarks
+                kind,
+                namespace,
+                selector,
+                self.connection,
+                bookmarks,
+                api_version,
+                bookmarks=fake._bookmarks,
             )
             drops, expiries, expired = fake._drops, fake._expiries, False
             removals = fake._crd_removals
@@ -844,8 +896,11 @@ class _Handler(BaseHTTPRequestHandler):
                         if fake._expiries != expiries:
                             expired = True
                             break
-                        if kind == CRD_KIND and fake._crd_removals != removals:
-                            deadline = 0.0  # the CRD was deleted: its watches end
+                        if kind == CRD_KIND and (
+                            fake._crd_removals != removals
+                            or api_version.rpartition("/")[2] not in fake._crd_versions
+                        ):
+                            deadline = 0.0  # the CRD was deleted or changed: its watches end
                             break
                         if not fake._paused:
                             since = self._collect(watcher, since, pending, matches)
@@ -866,6 +921,13 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with fake._cond:
                 fake._watchers.remove(watcher)
+
+
+def _served_as(obj: Mapping[str, Any], api_version: str) -> Mapping[str, Any]:
+    """``obj`` as a request for ``api_version`` gets it: a CRD without a conversion webhook
+    (strategy None) serves the same stored object at every served version, with only its
+    ``apiVersion`` changed (apiextensions-apiserver's nopConverter)."""
+    return obj if obj.get("apiVersion") == api_version else {**obj, "apiVersion": api_version}
 
 
 def _event_line(event_type: str, obj: Mapping[str, Any]) -> bytes:

@@ -131,10 +131,13 @@ class RecordingState(ClusterState):
     def __init__(self) -> None:
         super().__init__()
         self.received: list[tuple[str, Kind, Mapping[str, Any]]] = []
+        self.replacements: list[tuple[Kind, list[str]]] = []
+        """Every ``replace``: the kind and the names of its objects (empty ones too)."""
 
     def replace(self, kind: Kind, objects: Any) -> None:
         objects = list(objects)
         self.received.extend(("replace", kind, obj) for obj in objects)
+        self.replacements.append((kind, sorted(obj["metadata"]["name"] for obj in objects)))
         super().replace(kind, objects)
 
     def upsert(self, kind: Kind, obj: Mapping[str, Any]) -> None:
@@ -1027,7 +1030,7 @@ def test_cluster_network_policies_at_the_preferred_served_version(
     server.install_crd(*served)
     seed(server)
     server.create(CNP, cnp("first"))
-    state = ClusterState()
+    state = RecordingState()
     source = make_source(api_client)
     with running(source, state):
         eventually(lambda: state.ready and keys(state, CNP) == {"first"}, "listed")
@@ -1038,9 +1041,34 @@ def test_cluster_network_policies_at_the_preferred_served_version(
         eventually(lambda: keys(state, CNP) == {"second"}, "deleted")
         assert matches_server(state, server)
     assert cnp_paths(server) == {CNP_PATH.format(expected)}
+    received = [(how, obj["apiVersion"]) for how, kind, obj in state.received if kind == CNP]
+    api_version = f"policy.networking.k8s.io/{expected}"
+    assert received == [("replace", api_version), ("upsert", api_version)], "listed, watched"
     [policy] = state.view().snapshot.cluster_policies
     assert (policy.name, policy.priority) == ("second", 20)
     assert stats(source, CNP).resource_version is not None
+
+
+def test_not_ready_until_the_served_cluster_network_policies_are_listed(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    """The readiness gate waits for the kind while its CRD is served, however slow its list."""
+    seed(server)
+    server.create(CNP, cnp("held"))
+    server.hold_lists(CNP)
+    state = ClusterState()
+    source = make_source(api_client)
+    with running(source, state):
+        others = [kind for kind in KINDS if kind != CNP]
+        eventually(
+            lambda: server.held_lists(CNP) == 1 and all(stats(source, k).lists for k in others),
+            "every other kind listed, ClusterNetworkPolicy's list held",
+        )
+        assert not state.ready
+        server.release_lists(CNP)
+        eventually(lambda: state.ready, "ready once listed")
+        assert keys(state, CNP) == {"held"}
+    assert server.held_lists(CNP) == 0
 
 
 def test_crd_absent_is_a_warning_and_enforcement_goes_on(
@@ -1102,6 +1130,56 @@ def test_crd_removed_while_running_drops_its_policies(
         eventually(lambda: keys(state, CNP) == {"back"}, "the CRD back")
     assert "is no longer served (HTTP 404" in caplog.text
     assert "its policies are dropped" in caplog.text
+
+
+def test_a_version_no_longer_served_beside_another_is_left_without_dropping_anything(
+    server: FakeApiServer, api_client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CRD updated to stop serving the version read while it serves another: the same
+    objects, read at the other version, and never dropped meanwhile (an empty moment would lift
+    their Deny rules)."""
+    caplog.set_level(logging.INFO, logger="agent.sources.kubernetes")
+    seed(server)
+    server.create(CNP, cnp("kept"))
+    state = RecordingState()
+    source = make_source(api_client, discovery_interval=0.05)
+    with running(source, state):
+        eventually(lambda: state.ready and keys(state, CNP) == {"kept"}, "listed")
+        eventually(lambda: server.open_watches(CNP) == 1, "watching")
+        server.install_crd("v1alpha2")  # v1beta1 no longer served
+        eventually(
+            lambda: (
+                CNP_PATH.format("v1alpha2") in cnp_paths(server) and server.open_watches(CNP) == 1
+            ),
+            "watching v1alpha2",
+        )
+        server.create(CNP, cnp("new"))
+        eventually(lambda: keys(state, CNP) == {"kept", "new"}, "followed at v1alpha2")
+    assert [names for kind, names in state.replacements if kind == CNP] == [["kept"], ["kept"]]
+    assert "v1beta1 is no longer served" in caplog.text
+    assert "dropped" not in caplog.text
+
+
+def test_a_404_while_discovery_still_names_the_version_backs_off(
+    server: FakeApiServer, api_client: ApiClient
+) -> None:
+    """Discovery says the CRD serves the version, its list answers 404 (discovery lags behind a
+    CRD's removal): each 404 in a row backs off before discovery is asked again, instead of
+    the two requests alternating as fast as the server answers."""
+    seed(server)
+    server.create(CNP, cnp("found"))
+    server.fail_next(CNP, 404, count=3, when="list")
+    backoffs: list[float] = []
+
+    def jitter() -> float:  # only consulted for a backoff; no other kind fails here
+        backoffs.append(0.0)
+        return 0.0
+
+    state = ClusterState()
+    with running(make_source(api_client, jitter=jitter, discovery_interval=0.05), state):
+        eventually(lambda: keys(state, CNP) == {"found"}, "listed after the 404s")
+    assert len(backoffs) == 3
+    assert list_requests(server, CNP) == 4
 
 
 def test_a_malformed_cluster_network_policy_is_enforced_fail_closed(
