@@ -27,10 +27,11 @@ both layouts are covered, in about four minutes on the two-core test machine. Ea
 both apiVersions convert to the same model, so what a second layout per version would add is
 the dataplane run again, not a rule.
 
-An upstream test whose ``lab_skip`` is set is skipped with that reason (today the node-peer
-tests, whose server is a hostNetwork pod). Nothing here names them: when the lab models
-hostNetwork pods and the flag is cleared, they run as they are, in a lab built from their own
-cluster manifest; pod addresses come from ``lab get pods`` (a hostNetwork pod's is its node's).
+An upstream test whose ``lab_skip`` is set is skipped with that reason (none today). A test runs
+in a lab of at least its ``min_nodes`` nodes: the node-peer tests, whose servers are hostNetwork
+pods serving the same ports on their nodes' addresses (one per node, as upstream's), run in a
+two-node lab built from their own cluster manifest for both apiVersions; pod addresses come from
+``lab get pods`` (a hostNetwork pod's is its node's).
 """
 
 from __future__ import annotations
@@ -122,7 +123,9 @@ class Run:
 def _runs() -> list[Run]:
     """Every (test, apiVersion), grouped by layout so that each lab is built once."""
     runs = [
-        Run(test, version, Layout(test.cluster, nodes))
+        # A test that needs more nodes (the node-peer tests: a hostNetwork server per node)
+        # runs in a lab of that many.
+        Run(test, version, Layout(test.cluster, max(nodes, test.min_nodes)))
         for test in UPSTREAM_TESTS
         for version in CNP_API_VERSIONS
         for nodes in LAYOUTS[version]
