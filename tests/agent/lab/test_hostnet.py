@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -41,13 +40,13 @@ from agent.lab.lab import (
     node_objects,
     place_object,
 )
-from agent.lab.netns import entered
 from agent.manifests import load_manifests
 from agent.sources.lab_store import LabStoreSource
 from agent.state import ClusterState
 from enforcement.compiler import compile_tables
 from enforcement.model import IPPROTO_TCP
 from enforcement.verdict import Reason
+from tests.agent.lab.test_lab import connects
 from tests.e2e.cnp_cases import FOREST, HOST_PORTS, NODE_PEER_CLUSTER_MANIFEST
 from tests.e2e.labctl import COMMAND, REPO, LabDriver, lab_session
 
@@ -317,18 +316,7 @@ spec:
 
 
 def tcp_answers(netns: str, address: str, port: int) -> bool:
-    """Whether something accepts a TCP connection at ``address``:``port`` from ``netns``."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with entered(netns):
-        client = socket.socket(family)
-    client.settimeout(1.0)
-    try:
-        client.connect((address, port))
-        return True
-    except OSError:
-        return False
-    finally:
-        client.close()
+    return connects(netns, address, port, timeout=1.0)
 
 
 def apply_fails(lab: LabDriver, manifest: str) -> str:

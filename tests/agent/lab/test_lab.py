@@ -509,8 +509,10 @@ def new_lab(labs: list[LabDriver], workdir: Path, name: str | None = None) -> La
 
 
 def connects(netns: str, address: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts a TCP connection at ``address``:``port`` from ``netns``."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with entered(netns):
-        client = socket.socket()
+        client = socket.socket(family)
     client.settimeout(timeout)
     try:
         client.connect((address, port))
