@@ -14,8 +14,10 @@ packet wait for the lock far longer than a decision takes (measured in docs/benc
 - **The switch interval.** A thread waiting for the lock asks the running one to drop it and
   gets it after at most ``sys.getswitchinterval()`` (5 ms by default); the queue thread waits
   again after each of its system calls (poll, recv, the verdict), so a packet paid several
-  intervals. :data:`SWITCH_INTERVAL` makes each wait short; the compile thread loses a little
-  throughput to the extra switches.
+  intervals. :data:`SWITCH_INTERVAL` makes each wait short, but only while a compile (or an
+  unpickling, or a gradual release) runs: set for the whole life of the process it cost the
+  fast path about a fifth of its new connections per second (docs/benchmarks.md, "Policy
+  tiers: what they cost"), the queue thread then trading the lock with every idle thread.
 - **Freeing.** Dropping the last reference to the previous tables (or a worker's copy of a
   snapshot) frees millions of objects in one C call; :func:`pieces_of` and
   :func:`release_gradually` free them record by record instead.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
@@ -36,7 +39,8 @@ SWITCH_INTERVAL = 0.0001
 (CPython's default is 0.005). The queue thread waits for the lock after each of its system calls
 (poll, recv, the verdict), two or three per packet: at 5 ms a packet paid up to 15 ms behind a
 compile, and at 1,000 packets a second the queue thread fell ever further behind. Costs the
-compile only switches, and only while packets arrive. Long C calls still hold the lock longer."""
+compile only switches, and only while packets arrive. Long C calls still hold the lock longer.
+In force only inside :func:`short_switches` (compiles, unpickling, gradual releases)."""
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -44,8 +48,37 @@ P = ParamSpec("P")
 
 def prefer_decisions() -> None:
     """Set up this process for deciding packets next to other work (call once, at start)."""
-    sys.setswitchinterval(SWITCH_INTERVAL)
     gc.freeze()  # what the process has imported and built so far is never walked again
+
+
+_short_switch_depth = 0
+"""How many :func:`short_switches` bodies run now (any thread): the interval is restored when
+the last ends."""
+_short_switch_lock = threading.Lock()
+_interval_before: float | None = None
+
+
+@contextlib.contextmanager
+def short_switches() -> Iterator[None]:
+    """Run the body with :data:`SWITCH_INTERVAL`, then restore the interval it replaced.
+
+    The interval is process-wide; bodies may nest or overlap across threads, and the interval
+    stays short until the last one ends.
+    """
+    global _short_switch_depth, _interval_before
+    with _short_switch_lock:
+        if _short_switch_depth == 0:
+            _interval_before = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_INTERVAL)
+        _short_switch_depth += 1
+    try:
+        yield
+    finally:
+        with _short_switch_lock:
+            _short_switch_depth -= 1
+            if _short_switch_depth == 0 and _interval_before is not None:
+                sys.setswitchinterval(_interval_before)
+                _interval_before = None
 
 
 @contextlib.contextmanager
@@ -66,7 +99,8 @@ def quiet_collector() -> Iterator[None]:
         gc.collect(1)
     gc.disable()
     try:
-        yield
+        with short_switches():
+            yield
     finally:
         if was_enabled:
             gc.freeze()
@@ -105,8 +139,9 @@ def release_gradually(references: list[object]) -> None:
     under it with the interpreter lock held (tens of milliseconds for a 100k-pod snapshot).
     Freed from a Python loop, one record at a time, the lock changes hands between records.
     """
-    while references:
-        references.pop()
+    with short_switches():
+        while references:
+            references.pop()
 
 
 def pieces_of(structure: object) -> list[object]:

@@ -29,6 +29,7 @@ from enforcement.latency import (
     prefer_decisions,
     quiet_collector,
     release_gradually,
+    short_switches,
 )
 from enforcement.model import ClusterSnapshot
 from enforcement.queue import QueueWorker, TablesHolder
@@ -77,9 +78,26 @@ def test_nested_pauses_keep_the_outer_one() -> None:
     assert gc.isenabled()
 
 
-def test_prefer_decisions_shortens_the_switch_interval() -> None:
+def test_the_switch_interval_is_short_only_while_a_compile_runs() -> None:
     prefer_decisions()
-    assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+    sys.setswitchinterval(0.005)
+    seen: list[float] = []
+
+    def compile() -> None:
+        seen.append(sys.getswitchinterval())
+        with short_switches():  # nested: the outer body keeps it short
+            pass
+        seen.append(sys.getswitchinterval())
+
+    compile_quietly(compile)
+    assert seen == [pytest.approx(SWITCH_INTERVAL)] * 2
+    assert sys.getswitchinterval() == pytest.approx(0.005), "restored: idle threads cost nothing"
+    references: list[object] = [object(), object()]
+    with short_switches():
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        release_gradually(references)
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+    assert sys.getswitchinterval() == pytest.approx(0.005) and references == []
 
 
 def test_packets_are_decided_while_a_compile_runs(large: ClusterSnapshot) -> None:
