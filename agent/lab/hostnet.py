@@ -57,7 +57,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.lab.processes import ProcessRef
+from agent.lab.processes import ProcessRef, recorded
 from agent.lab.topology import NodeSpec
 
 HostPort = tuple[int, str]
@@ -88,9 +88,7 @@ class LabHostPod:
 
     @property
     def responder(self) -> ProcessRef | None:
-        if self.responder_pid is None or self.responder_start is None:
-            return None
-        return ProcessRef(self.responder_pid, self.responder_start)
+        return recorded(self.responder_pid, self.responder_start)
 
 
 def is_host_network(spec: Mapping[str, Any]) -> bool:

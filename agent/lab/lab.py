@@ -201,7 +201,7 @@ class LabPod:
 
     @property
     def responder(self) -> ProcessRef | None:
-        return _ref(self.responder_pid, self.responder_start)
+        return processes.recorded(self.responder_pid, self.responder_start)
 
     def attachment(self) -> topology.PodAttachment:
         return topology.PodAttachment(
@@ -222,7 +222,7 @@ class LabExternal:
 
     @property
     def responder(self) -> ProcessRef | None:
-        return _ref(self.responder_pid, self.responder_start)
+        return processes.recorded(self.responder_pid, self.responder_start)
 
     def attachment(self) -> topology.ExternalAttachment:
         return topology.ExternalAttachment(
@@ -1434,10 +1434,6 @@ def _owner(obj: dict[str, Any]) -> tuple[str, str] | None:
 
 def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def _ref(pid: int | None, start: int | None) -> ProcessRef | None:
-    return ProcessRef(pid, start) if pid is not None and start is not None else None
 
 
 def _private_directory(path: Path) -> None:

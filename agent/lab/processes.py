@@ -42,6 +42,11 @@ class ProcessRef:
     """Its start time (proc(5) ``/proc/PID/stat`` field 22, clock ticks after boot)."""
 
 
+def recorded(pid: int | None, start: int | None) -> ProcessRef | None:
+    """The process a record names, or None if the record lacks either field."""
+    return ProcessRef(pid, start) if pid is not None and start is not None else None
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     """The fields of ``/proc/PID/stat`` after the command name, or None if there is no such pid.
 
