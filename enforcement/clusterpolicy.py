@@ -117,6 +117,9 @@ class ClusterNetworkPolicy:
     ingress: tuple[ClusterRule, ...] = ()
     """In precedence order; none means the policy does not affect ingress."""
     egress: tuple[ClusterRule, ...] = ()
+    staged: bool = False
+    """Marked staged (``enforcement.model.STAGED_ANNOTATION``): evaluated and reported, never
+    enforced."""
 
     @property
     def key(self) -> str:

@@ -45,6 +45,12 @@ PROTOCOL_NAMES: Mapping[int, str] = {
 }
 
 
+STAGED_ANNOTATION = "netpol-agent.io/staged"
+"""Set to ``"true"`` on a NetworkPolicy or ClusterNetworkPolicy: the policy is staged. The
+agent evaluates it and reports what it would change (flow log, explain), but does not enforce
+it, so a default-deny can be tried on a live cluster before it bites (Calico's staged policies
+do the same with kinds of their own; this works on the upstream kinds)."""
+
 class Direction(Enum):
     """Which side of a pod a policy rule guards."""
 
@@ -281,6 +287,8 @@ class NetworkPolicy:
     """After defaulting: Ingress always, Egress when the spec has an egress section."""
     ingress: tuple[Rule, ...] = ()
     egress: tuple[Rule, ...] = ()
+    staged: bool = False
+    """Marked staged (``STAGED_ANNOTATION``): evaluated and reported, never enforced."""
 
     @property
     def key(self) -> str:
