@@ -17,16 +17,11 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from enforcement.packets import PacketInfo
-    from enforcement.queue import Tracer
-    from enforcement.tables import AllowTables
-    from enforcement.verdict import Verdict
+from typing import Any
 
 from agent.bench import add_bench_parser, run_bench
 from agent.health import DEFAULT_HEALTH_PORT
+from enforcement.eventpump import DEFAULT_RATE as DEFAULT_RECORD_RATE
 
 PROBE_PROTOCOLS = ("TCP", "UDP")
 
@@ -90,6 +85,11 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         action="store_true",
         help="the agents log every verdict and its reason ('lab logs' shows them)",
     )
+    up.add_argument(
+        "--audit",
+        action="store_true",
+        help="the agents report what policy denies but let it through ('lab flows' shows it)",
+    )
     up.add_argument("--no-ipv6", action="store_true", help="IPv4 only (default: dual-stack)")
     up.add_argument(
         "--no-agent",
@@ -133,6 +133,22 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     probe.add_argument(
         "--external", action="store_true", help="include external hosts as sources and targets"
     )
+
+    flows = with_lab(
+        verbs.add_parser(
+            "flows", help="the agents' flow logs: every decided connection and what decided it"
+        )
+    )
+    flows.add_argument(
+        "-o",
+        "--output",
+        choices=["json", "table"],
+        default="table",
+        help="json: a JSON list of records (with --follow: one JSON object per line)",
+    )
+    flows.add_argument("--follow", action="store_true", help="keep printing new records")
+    flows.add_argument("--pod", metavar="NS/NAME", help="only flows from or to this pod")
+    flows.add_argument("--verdict", choices=["allowed", "denied"], help="only this verdict")
 
     with_lab(verbs.add_parser("down", help="stop the agents, remove every namespace and rule"))
     logs = with_lab(verbs.add_parser("logs", help="print the agents' logs"))
@@ -242,7 +258,29 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "e.g. cali+ or veth+); every packet they bring in is checked, whatever its source",
     )
     run.add_argument(
-        "--trace", action="store_true", help="log every verdict with its reason (slow)"
+        "--trace",
+        action="store_true",
+        help="log every packet's verdict with the rule that decided it (slow; for people)",
+    )
+    run.add_argument(
+        "--flow-log",
+        metavar="PATH",
+        help="write one JSON line per decided connection (source, destination, verdict, the "
+        "rules that decided) to PATH, appended, or to standard output with -",
+    )
+    run.add_argument(
+        "--flow-log-rate",
+        type=_rate,
+        default=DEFAULT_RECORD_RATE,
+        metavar="N",
+        help=f"flow-log records a second per queue worker (default {DEFAULT_RECORD_RATE:g}, "
+        "bursts of ten times that); what is held back is counted in a 'suppressed' line",
+    )
+    run.add_argument(
+        "--audit",
+        action="store_true",
+        help="audit mode: decide and report every connection, but let through what policy "
+        "denies (the flow log says 'enforced': false); for trying policies on a live cluster",
     )
     run.add_argument(
         "--health-port",
@@ -268,6 +306,17 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _rate(text: str) -> float:
+    """A positive, finite number of records a second."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (rate > 0 and math.isfinite(rate)):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    return rate
 
 
 def _seconds(text: str) -> float:
@@ -388,6 +437,10 @@ def _run(args: argparse.Namespace) -> int:
         max_flows=args.max_flows,
         queue_max_len=args.queue_max_len,
         status_file=args.status_file,
+        flow_log=args.flow_log,
+        record_rate=args.flow_log_rate,
+        trace=args.trace,
+        audit=args.audit,
     )
     if args.anti_spoofing and not args.pod_interface:
         log.warning(
@@ -398,7 +451,23 @@ def _run(args: argparse.Namespace) -> int:
 
     for problem in bridged_traffic_problems():
         log.error("%s", problem)
-    agent = Agent(config, source, tracer=_tracer() if args.trace else None)
+    from agent.flowlog import FlowLogWriter, TraceWriter
+    from enforcement.eventpump import Sink
+
+    sinks: list[Sink] = []
+    if args.trace:
+        sinks.append(TraceWriter())
+    flow_log = None
+    if args.flow_log:
+        try:
+            flow_log = FlowLogWriter(args.flow_log, args.node_name)
+        except OSError as error:
+            log.error("cannot open the flow log %s: %s", args.flow_log, error)
+            return 2
+        sinks.append(flow_log)
+    if args.audit:
+        log.warning("audit mode: connections that policy denies are let through and reported")
+    agent = Agent(config, source, record_sinks=tuple(sinks))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -418,24 +487,9 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if health is not None:
             health.close()
+        if flow_log is not None:
+            flow_log.close()
     return 0
-
-
-def _tracer() -> Tracer:
-    from enforcement.packets import format_packet
-
-    trace_log = logging.getLogger("netpol-agent.trace")
-
-    def trace(packet: PacketInfo | None, verdict: Verdict, tables: AllowTables) -> None:
-        if packet is None:
-            text = "(unparsed packet)"
-        else:
-            source, destination = tables.endpoint(packet.src), tables.endpoint(packet.dst)
-            who = f"{source.key if source else '-'} -> {destination.key if destination else '-'}"
-            text = f"{who}: {format_packet(packet)}"
-        trace_log.info("%s %s %s", verdict.action.value, verdict.reason.value, text)
-
-    return trace
 
 
 def _lab(args: argparse.Namespace) -> int:
@@ -460,6 +514,7 @@ def _lab(args: argparse.Namespace) -> int:
                 queue_max_len=args.queue_max_len,
                 queue_workers=args.queue_workers,
                 trace=args.trace,
+                audit=args.audit,
                 ipv6=not args.no_ipv6,
                 agents=not args.no_agent,
                 timeout=args.timeout,
@@ -494,6 +549,8 @@ def _lab(args: argparse.Namespace) -> int:
             else:
                 print(f"{args.protocol}/{args.port} over IPv{args.family}:")
                 print(format_matrix(matrix))
+        elif args.verb == "flows":
+            _lab_flows(lab, args)
         elif args.verb == "logs":
             for node, text in lab.agent_logs().items():
                 lines = text.splitlines()
@@ -507,6 +564,32 @@ def _lab(args: argparse.Namespace) -> int:
         print(f"netpol-agent lab {args.verb}: {printable(str(error))}", file=sys.stderr)
         return 1
     return 0
+
+
+def _lab_flows(lab: Any, args: argparse.Namespace) -> None:
+    from agent.flowlog import format_table
+    from agent.lab.flows import FlowFilter, follow_flows, read_flows
+
+    keep = FlowFilter(pod=args.pod, verdict=args.verdict)
+    paths = lab.flow_log_paths
+    if not args.follow:
+        records = read_flows(paths(), keep)
+        if args.output == "json":
+            print(json.dumps(records, indent=2))
+        elif records:
+            print(format_table(records))
+        return
+    header = args.output == "table"
+    try:
+        for record in follow_flows(paths, keep):
+            if args.output == "json":
+                print(json.dumps(record), flush=True)
+            else:
+                table = format_table([record]).splitlines()
+                print("\n".join(table if header else table[1:]), flush=True)
+                header = False
+    except KeyboardInterrupt:
+        pass
 
 
 def _print_messages(messages: list[str]) -> None:

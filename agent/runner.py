@@ -38,6 +38,9 @@ from agent.state import ClusterState, PodRanges, StateView
 from enforcement.clusterpolicy import describe_tie, priority_ties
 from enforcement.compiler import compile_tables
 from enforcement.conntrack import Revoker
+from enforcement.ctnetlink import NewEntryEvents
+from enforcement.eventpump import DEFAULT_RATE, EventCounts, EventPump, RecordBatch, Sink
+from enforcement.events import EventBuffer, kernel_decided
 from enforcement.firewall import Firewall, FirewallConfig, FirewallError
 from enforcement.flows import FlowTable
 from enforcement.latency import compile_quietly, pieces_of, prefer_decisions, release_gradually
@@ -47,7 +50,6 @@ from enforcement.queue import (
     QueueWorker,
     RemoteWorker,
     TablesHolder,
-    Tracer,
     WorkerSettings,
 )
 from enforcement.tables import AllowTables
@@ -76,6 +78,14 @@ class AgentConfig:
     """Seconds between checks that the agent's jumps are still first in their chains."""
     cleanup_on_exit: bool | None = None
     """Remove rules on a clean exit. None: remove when fail-open, keep when fail-closed."""
+    flow_log: str | None = None
+    """Where the flow log goes: a file path, ``-`` for standard output, None for nowhere."""
+    record_rate: float = DEFAULT_RATE
+    """Flow-log records a second per queue worker; the rest are counted as suppressed."""
+    trace: bool = False
+    """Every packet's verdict is logged with what decided it (slow; for people)."""
+    audit: bool = False
+    """Decide and report, enforce nothing that policy denies (``--audit``)."""
 
     @property
     def removes_rules_on_exit(self) -> bool:
@@ -186,13 +196,23 @@ class Agent:
         source: Source,
         *,
         firewall: Firewall | None = None,
-        tracer: Tracer | None = None,
+        record_sinks: tuple[Sink, ...] = (),
     ) -> None:
+        """``record_sinks`` receive every batch of verdict records (the flow log, the trace);
+        metrics count the verdict events whether or not there are any."""
         self.config = config
         self.source = source
         self.firewall = firewall or Firewall(config.firewall)
         self.conntrack = Revoker()
-        self.tracer = tracer
+        self.record_sinks = record_sinks
+        self.events = EventBuffer()
+        """Where the queue thread offers its verdict events (single-queue mode)."""
+        self.pump = EventPump(
+            self.events,
+            config.node_name,
+            self._dispatch_records,
+            rate=None if config.trace else config.record_rate,
+        )
         self.status = AgentStatus()
         self._dirty = threading.Event()
         self.state = ClusterState(on_change=self._dirty.set)
@@ -213,6 +233,53 @@ class Agent:
     def workers(self) -> list[QueueWorker | RemoteWorker]:
         """The queue workers, for metrics."""
         return [slot.worker for slot in self.slots]
+
+    def event_counts(self) -> list[EventCounts]:
+        """The verdict-event counters of every pump (metrics): the runner's own pump in
+        single-queue mode, each worker process's otherwise."""
+        if self.config.firewall.queue_count > 1:
+            return [
+                slot.worker.event_counts
+                for slot in self.slots
+                if isinstance(slot.worker, RemoteWorker)
+            ]
+        return [self.pump.counts]
+
+    def _watch_kernel_decisions(self, stop: threading.Event) -> None:
+        """Offer an event for every connection the kernel confirms without the queue (pods
+        no policy isolates), read from conntrack's new-entry events, until ``stop``."""
+        try:
+            events = NewEntryEvents()
+        except OSError as error:
+            log.error(
+                "cannot read conntrack events: connections between pods that no policy "
+                "isolates are left out of the flow log (%s)",
+                error,
+            )
+            return
+        try:
+            while not stop.is_set():
+                entries = events.receive()
+                if not entries:
+                    continue
+                tables, now = self.tables.current, time.time()
+                for entry in entries:
+                    event = kernel_decided(entry, tables, now)
+                    if event is not None:
+                        self.events.offer(event)
+        except OSError:
+            log.exception("conntrack events ended")
+        finally:
+            events.close()
+
+    def _dispatch_records(self, batch: RecordBatch) -> None:
+        """Hand a batch of verdict records (from any pump) to every sink; a failing sink is
+        logged and never stops the others or the pump."""
+        for sink in self.record_sinks:
+            try:
+                sink(batch)
+            except Exception:
+                log.exception("a verdict-record consumer failed")
 
     def workers_down(self) -> list[str]:
         """One line per queue whose worker is not deciding (read by the health endpoints)."""
@@ -240,6 +307,16 @@ class Agent:
             )
         ]
         threads[0].start()
+        pump = threading.Thread(target=self.pump.run, args=(stop,), name="events", daemon=True)
+        pump.start()
+        threads.append(pump)
+        if self.record_sinks:
+            # Connections the kernel passes without asking the queue are recorded too.
+            kernel = threading.Thread(
+                target=self._watch_kernel_decisions, args=(stop,), name="ct-events", daemon=True
+            )
+            kernel.start()
+            threads.append(kernel)
         log.info("waiting for the first full list of namespaces, pods and policies")
         while not self.state.ready:
             self.heartbeat = time.monotonic()
@@ -294,7 +371,9 @@ class Agent:
             fail_open=config.fail_open,
             fast_path=config.mode == "fast",
             max_len=self.config.queue_max_len,
-            tracer=self.tracer,
+            events=self.events,
+            trace_all=self.config.trace,
+            audit=self.config.audit,
         )
         slot = WorkerSlot(worker)
         self.slots.append(slot)
@@ -331,8 +410,15 @@ class Agent:
                 copy_range=512,
                 max_flows=self.config.max_flows,
                 node_name=self.config.node_name,
+                trace_all=self.config.trace,
+                audit=self.config.audit,
+                record_rate=None if self.config.trace else self.config.record_rate,
             )
-            slot = WorkerSlot(RemoteWorker(settings, first, on_exit=self._dirty.set))
+            slot = WorkerSlot(
+                RemoteWorker(
+                    settings, first, on_exit=self._dirty.set, on_records=self._dispatch_records
+                )
+            )
             slot.started = time.monotonic()
             self.slots.append(slot)
 
@@ -401,7 +487,12 @@ class Agent:
         if isinstance(old, RemoteWorker):
             old.stop(timeout=1.0)
             try:
-                slot.worker = RemoteWorker(old.settings, self._published, on_exit=self._dirty.set)
+                slot.worker = RemoteWorker(
+                    old.settings,
+                    self._published,
+                    on_exit=self._dirty.set,
+                    on_records=self._dispatch_records,
+                )
             except OSError as error:  # no process could start: try again after the back-off
                 slot.reason = f"could not start a process: {error}"
                 slot.restart_at = time.monotonic() + RESTART_BACKOFF_MAX

@@ -507,3 +507,63 @@ class CtNetlink:
                 elif code != tolerated:  # e.g. ENOENT: it ended meanwhile, nothing left to cut
                     raise NetlinkRequestError(code, f"conntrack request: {os.strerror(code)}")
         return done
+
+
+# -- events -----------------------------------------------------------------------------------
+
+NFNLGRP_CONNTRACK_NEW = 1
+"""The multicast group of new (confirmed) conntrack entries (nfnetlink.h enum nfnetlink_groups);
+a socket joins it by setting bit ``group - 1`` of its bind address's groups."""
+EVENT_RECEIVE_BUFFER = 4 << 20
+"""Bytes of backlog for new-entry events; past it the kernel drops events (ENOBUFS)."""
+
+
+class NewEntryEvents:
+    """The new-entry events of the current network namespace's conntrack (CAP_NET_ADMIN).
+
+    The kernel multicasts an ``IPCTNL_MSG_CT_NEW`` message when it confirms an entry, that is
+    when the first packet of a connection has passed every hook and was accepted (a dropped
+    packet's entry is never confirmed, so no event). ``receive`` returns what arrived within
+    ``timeout``; an overrun of the receive buffer (ENOBUFS) is counted in ``lost``, not raised,
+    and malformed entries in ``skipped``.
+    """
+
+    def __init__(self, timeout: float = 0.2) -> None:
+        self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_RECEIVE_BUFFER)
+            self._socket.bind((0, 1 << (NFNLGRP_CONNTRACK_NEW - 1)))
+            self._socket.settimeout(timeout)
+        except OSError:
+            self._socket.close()
+            raise
+        self.lost = 0
+        """Times the kernel reported events lost to a full receive buffer."""
+        self.skipped = 0
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def receive(self) -> list[ConntrackEntry]:
+        """The entries of one read (empty after ``timeout`` with nothing new)."""
+        try:
+            data = self._socket.recv(EVENT_RECEIVE_BUFFER)
+        except TimeoutError:
+            return []
+        except OSError as error:
+            if error.errno != errno.ENOBUFS:
+                raise
+            self.lost += 1
+            return []
+        entries = []
+        try:
+            for message in messages(data):
+                if message.kind != _ENTRY_TYPE:
+                    continue
+                try:
+                    entries.append(parse_entry(message))
+                except NetlinkParseError:
+                    self.skipped += 1
+        except NetlinkParseError:
+            self.skipped += 1
+        return entries

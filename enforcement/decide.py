@@ -182,6 +182,17 @@ def decide_with_outcome(
     return outcome.verdict, outcome
 
 
+def admit_audited(packet: PacketInfo, flows: FlowTable, now: float) -> None:
+    """Track a connection that policy denies but audit mode lets through (``--audit``).
+
+    Pinned like the node's own connections: no later policy change re-checks it, so the flow
+    log reports it once (denied, not enforced), and the rest of it, replies included, passes
+    as any tracked connection would instead of being judged again packet by packet.
+    """
+    if _opens_flow(packet) and flows.lookup(packet, now) is None:
+        flows.create(packet, now, PINNED_GENERATION)
+
+
 def _denial(flow: Flow, tables: AllowTables, flows: FlowTable) -> Outcome | None:
     """As :func:`_still_allowed`: None if the flow is still allowed, else the tables' denial."""
     if flow.generation == tables.generation or flow.generation == PINNED_GENERATION:

@@ -51,6 +51,7 @@ agent evaluates it and reports what it would change (flow log, explain), but doe
 it, so a default-deny can be tried on a live cluster before it bites (Calico's staged policies
 do the same with kinds of their own; this works on the upstream kinds)."""
 
+
 class Direction(Enum):
     """Which side of a pod a policy rule guards."""
 

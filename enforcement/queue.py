@@ -39,7 +39,9 @@ from dataclasses import dataclass, field, fields
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from enforcement.decide import decide
+from enforcement.decide import admit_audited, decide, decide_with_outcome
+from enforcement.eventpump import DEFAULT_RATE, EventCounts, EventPump, RecordBatch, Sink
+from enforcement.events import POLICY_DENIALS, QUIET_REASONS, EventBuffer, VerdictEvent
 from enforcement.firewall import MARK_ACCEPTED, MARK_HOST, MARK_KERNEL_REPLY, MARK_UNKNOWN
 from enforcement.flows import FlowTable
 from enforcement.latency import (
@@ -50,18 +52,13 @@ from enforcement.latency import (
 )
 from enforcement.model import ClusterSnapshot
 from enforcement.packets import MalformedPacket, PacketInfo, parse_packet
-from enforcement.tables import AllowTables
+from enforcement.tables import OUTCOMES, AllowTables, Outcome
 from enforcement.verdict import VERDICTS, Reason, Verdict
 
 if TYPE_CHECKING:
     from netfilterqueue import Packet
 
 log = logging.getLogger(__name__)
-
-Tracer = Callable[[PacketInfo | None, Verdict, AllowTables], None]
-"""Called with every decision and the tables it was made with, when tracing is on (slow; for
-people, not for benchmarks)."""
-
 
 # linux/netfilter/nfnetlink.h, nfnetlink_queue.h, netlink.h
 _NFNL_SUBSYS_QUEUE = 3
@@ -120,6 +117,8 @@ class QueueStats:
         default_factory=lambda: [0] * (len(DECISION_BUCKETS_NS) + 1)
     )
     """Decisions per bucket of ``DECISION_BUCKETS_NS`` (not cumulative); the last is +Inf."""
+    kinds: Counter[tuple[Reason, int, int]] = field(default_factory=Counter)
+    """Parsed packets by (reason, protocol number, IP family), for the packet metrics."""
 
 
 class QueueWorker:
@@ -138,9 +137,14 @@ class QueueWorker:
         fast_path: bool = True,
         max_len: int = 4096,
         copy_range: int = 512,
-        tracer: Tracer | None = None,
+        events: EventBuffer | None = None,
+        trace_all: bool = False,
+        audit: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``events``: where decisions worth reporting go (None: nobody listens, and the
+        cheaper ``decide`` runs). ``trace_all``: every packet becomes an event, not only
+        decided connections. ``audit``: what policy denies passes all the same (``--audit``)."""
         self.queue_num = queue_num
         self.tables = tables
         self.flows = flows
@@ -148,7 +152,9 @@ class QueueWorker:
         self.fast_path = fast_path
         self.max_len = max_len
         self.copy_range = copy_range
-        self.tracer = tracer
+        self.events = events
+        self.trace_all = trace_all
+        self.audit = audit
         self.stats = QueueStats()
         self._clock = clock
         self._default = VERDICTS[Reason.FAIL_OPEN if fail_open else Reason.FAIL_CLOSED]
@@ -157,37 +163,52 @@ class QueueWorker:
         """Set once the queue is bound: from then on packets are decided, not bypassed."""
 
     def decide_payload(self, payload: bytes, mark: int) -> tuple[PacketInfo | None, Verdict]:
-        """Decide raw packet bytes (sans-I/O; the callback and the tests use this)."""
+        """Decide raw packet bytes (sans-I/O; the tests use this)."""
+        info, verdict, _ = self._decide(payload, mark, self.tables.current)
+        return info, verdict
+
+    def _decide(
+        self, payload: bytes, mark: int, tables: AllowTables
+    ) -> tuple[PacketInfo | None, Verdict, Outcome]:
+        """Decide, with the provenance when events are wanted (else a reason's bare outcome)."""
         verdict = self._default
+        outcome = OUTCOMES[verdict.reason]
         info: PacketInfo | None = None
         try:
             info = parse_packet(payload)
             now = self._clock()
-            verdict = decide(
-                info,
-                self.tables.current,
-                self.flows,
-                now,
-                from_host=bool(mark & MARK_HOST),
-                kernel_reply=bool(mark & MARK_KERNEL_REPLY),
-                unknown_endpoint=bool(mark & MARK_UNKNOWN),
-            )
+            flags = {
+                "from_host": bool(mark & MARK_HOST),
+                "kernel_reply": bool(mark & MARK_KERNEL_REPLY),
+                "unknown_endpoint": bool(mark & MARK_UNKNOWN),
+            }
+            if self.events is None:
+                verdict = decide(info, tables, self.flows, now, **flags)
+                outcome = OUTCOMES[verdict.reason]
+            else:
+                verdict, outcome = decide_with_outcome(info, tables, self.flows, now, **flags)
+            if self.audit and verdict.reason in POLICY_DENIALS:
+                # Audit mode: the packet passes, and so must the rest of its connection, as an
+                # allowed one would (the flow log reports it once, as denied, not enforced).
+                admit_audited(info, self.flows, now)
             if now >= self._next_housekeeping:
                 self.flows.expire(now)
                 self._next_housekeeping = now + self.HOUSEKEEPING_INTERVAL
         except MalformedPacket:
             verdict = VERDICTS[Reason.MALFORMED]
+            outcome = OUTCOMES[Reason.MALFORMED]
         except Exception:  # the loop must survive anything; the default verdict stands
             self.stats.errors += 1
             log.exception("error deciding a packet; applied the default verdict")
-        return info, verdict
+        return info, verdict, outcome
 
     def _callback(self, packet: Packet) -> None:
         started = time.perf_counter_ns()
+        tables = self.tables.current
         try:
-            info, verdict = self.decide_payload(packet.get_payload(), packet.get_mark())
+            info, verdict, outcome = self._decide(packet.get_payload(), packet.get_mark(), tables)
         except Exception:
-            info, verdict = None, self._default
+            info, verdict, outcome = None, self._default, OUTCOMES[self._default.reason]
             self.stats.errors += 1
         stats = self.stats
         elapsed = time.perf_counter_ns() - started
@@ -195,9 +216,13 @@ class QueueWorker:
         stats.verdicts[verdict.reason] += 1
         stats.decision_ns_total += elapsed
         stats.decision_buckets[bisect_left(DECISION_BUCKETS_NS, elapsed)] += 1
-        if self.tracer is not None:
-            self.tracer(info, verdict, self.tables.current)
-        if not verdict.accepted:
+        if info is not None:
+            stats.kinds[(verdict.reason, info.protocol, info.family)] += 1
+        audited = self.audit and verdict.reason in POLICY_DENIALS
+        events = self.events
+        if events is not None and (self.trace_all or verdict.reason not in QUIET_REASONS):
+            events.offer(VerdictEvent(time.time(), info, outcome, tables, not audited))
+        if not verdict.accepted and not audited:
             packet.drop()
         elif self.fast_path:
             # Re-enter the hook with the mark set: the firewall saves it into the connection,
@@ -250,6 +275,12 @@ class WorkerSettings:
     copy_range: int
     max_flows: int
     node_name: str
+    events: bool = True
+    """Report decisions as events (pumped to the runner as records)."""
+    trace_all: bool = False
+    audit: bool = False
+    record_rate: float | None = DEFAULT_RATE
+    """Records a second the worker's pump admits (None: no limit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +371,8 @@ class WorkerReport:
     packets: int
     flows: int
     evictions: int
+    kinds: dict[tuple[Reason, int, int], int]
+    events: EventCounts
 
 
 def worker_process_main(settings: WorkerSettings, connection: Connection) -> None:
@@ -355,6 +388,7 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
     holder = TablesHolder(
         compile_quietly(compile_tables, first.snapshot, settings.node_name, first.generation)
     )
+    buffer = EventBuffer() if settings.events else None
     worker = QueueWorker(
         settings.queue_num,
         holder,
@@ -363,25 +397,47 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
         fast_path=settings.fast_path,
         max_len=settings.max_len,
         copy_range=settings.copy_range,
+        events=buffer,
+        trace_all=settings.trace_all,
+        audit=settings.audit,
     )
     stop = threading.Event()
     send_lock = threading.Lock()
 
-    def report() -> None:
-        stats = worker.stats
-        message = WorkerReport(
-            worker.bound.is_set(),
-            holder.current.generation,
-            dict(stats.verdicts),
-            stats.errors,
-            stats.decision_ns_total,
-            list(stats.decision_buckets),
-            stats.packets,
-            len(worker.flows),
-            worker.flows.evictions,
-        )
+    def send(message: object) -> None:
         with send_lock:
             connection.send(message)
+
+    pump = (
+        EventPump(buffer, settings.node_name, send, rate=settings.record_rate)
+        if buffer is not None
+        else None
+    )
+
+    def report() -> None:
+        stats = worker.stats
+        events = EventCounts() if pump is None else pump.counts
+        send(
+            WorkerReport(
+                worker.bound.is_set(),
+                holder.current.generation,
+                dict(stats.verdicts),
+                stats.errors,
+                stats.decision_ns_total,
+                list(stats.decision_buckets),
+                stats.packets,
+                len(worker.flows),
+                worker.flows.evictions,
+                dict(stats.kinds),
+                EventCounts(
+                    Counter(events.outcomes),
+                    events.records,
+                    events.suppressed,
+                    events.dropped,
+                    events.folded,
+                ),
+            )
+        )
 
     def receive() -> None:
         while (publication := receive_publication(connection)) is not None:
@@ -407,6 +463,8 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
 
     threading.Thread(target=receive, name="publications", daemon=True).start()
     threading.Thread(target=reporter, name="reports", daemon=True).start()
+    if pump is not None:
+        threading.Thread(target=pump.run, args=(stop,), name="events", daemon=True).start()
     worker.serve(stop)
 
 
@@ -437,7 +495,9 @@ class RemoteWorker:
         settings: WorkerSettings,
         first: Publication,
         on_exit: Callable[[], None] | None = None,
+        on_records: Sink | None = None,
     ) -> None:
+        """``on_records`` receives the worker's record batches (on the report thread)."""
         import multiprocessing
 
         # spawn, not fork: the runner already has threads (the source), and forking a
@@ -447,11 +507,13 @@ class RemoteWorker:
         self.queue_num = settings.queue_num
         self.stats = QueueStats()
         self.flows = _FlowCounts()
+        self.event_counts = EventCounts()
         self.bound = threading.Event()
         self.exited = threading.Event()
         """Set once the process is gone (pipe end-of-file, or a failed send)."""
         self.generation = first.generation
         self._on_exit = on_exit
+        self._on_records = on_records
         self._reported = threading.Condition()
         self._connection, child = context.Pipe()
         self.process = context.Process(
@@ -528,15 +590,22 @@ class RemoteWorker:
     def _read(self) -> None:
         while True:
             try:
-                report: WorkerReport = self._connection.recv()
+                message: WorkerReport | RecordBatch = self._connection.recv()
             except (EOFError, OSError):
                 self._mark_exited()
                 return
+            if isinstance(message, RecordBatch):
+                if self._on_records is not None:
+                    self._on_records(message)
+                continue
+            report = message
             self.stats.verdicts = Counter(report.verdicts)
             self.stats.errors = report.errors
             self.stats.decision_ns_total = report.decision_ns_total
             self.stats.decision_buckets = report.decision_buckets
             self.stats.packets = report.packets
+            self.stats.kinds = Counter(report.kinds)
+            self.event_counts = report.events
             self.flows.size = report.flows
             self.flows.evictions = report.evictions
             with self._reported:

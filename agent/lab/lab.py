@@ -245,6 +245,8 @@ class LabRecord:
     """Decision processes per agent (queue balancing)."""
     trace: bool = False
     """Agents log every verdict with its reason (see ``lab logs``)."""
+    audit: bool = False
+    """Agents in audit mode: they report what policy denies but let it through."""
     agents: bool = True
     """False for a lab built with --no-agent: the network only, enforced by whatever you run."""
     underlay: str | None = None
@@ -275,6 +277,7 @@ class LabRecord:
             queue_max_len=data.get("queue_max_len", 4096),
             queue_workers=data.get("queue_workers", 1),
             trace=data.get("trace", False),
+            audit=data.get("audit", False),
             agents=data.get("agents", True),
             underlay=data.get("underlay"),
         )
@@ -386,6 +389,14 @@ class Lab:
     def exists(self) -> bool:
         return self.record_path.exists()
 
+    def flow_log_path(self, node_name: str) -> Path:
+        """The flow log of the node's agent (JSON lines, see ``agent.flowlog``)."""
+        return self.dir / f"flows-{node_name}.jsonl"
+
+    def flow_log_paths(self) -> list[Path]:
+        """The flow logs of every node of the lab."""
+        return [self.flow_log_path(node.name) for node in self._load().nodes]
+
     def supervisor_state_path(self, node_name: str) -> Path:
         """Where the supervisor of ``node_name``'s agent writes its state."""
         return self.dir / f"supervisor-{node_name}.json"
@@ -440,6 +451,7 @@ class Lab:
         queue_max_len: int = 4096,
         queue_workers: int = 1,
         trace: bool = False,
+        audit: bool = False,
         ipv6: bool = True,
         agents: bool = True,
         timeout: float = WAIT_SECONDS,
@@ -463,6 +475,7 @@ class Lab:
             queue_max_len=queue_max_len,
             queue_workers=queue_workers,
             trace=trace,
+            audit=audit,
             agents=agents,
         )
         record.nodes = [
@@ -1140,6 +1153,9 @@ class Lab:
             # A pod may only send with its own addresses, as Calico and rp_filter enforce.
             "--anti-spoofing", "--pod-interface", f"{topology.POD_VETH_PREFIX}+",
             *(["--trace"] if record.trace else []),
+            *(["--audit"] if record.audit else []),
+            # Every lab agent logs its flows: `lab flows` reads them.
+            "--flow-log", str(self.flow_log_path(node.name)),
         ]  # fmt: skip
         argv = [
             "ip", "netns", "exec", node.netns,
