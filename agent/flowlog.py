@@ -90,7 +90,7 @@ class TraceWriter:
     def __call__(self, batch: RecordBatch) -> None:
         for record in batch.records:
             data = record.as_dict()
-            trace_log.info(format_record(data), extra={"fields": data})
+            trace_log.info(format_trace(data), extra={"fields": data})
         if batch.suppressed or batch.dropped:
             trace_log.warning(
                 "trace incomplete",
@@ -143,6 +143,20 @@ def format_record(data: Mapping[str, Any]) -> str:
     if staged and staged.get("changed_by"):
         text += f"; staged: would be {staged['verdict']} by {describe_refs(staged['changed_by'])}"
     return text
+
+
+def format_trace(data: Mapping[str, Any]) -> str:
+    """A traced packet: what happened to it first (``accept``/``drop``), then why, who, and
+    the rules that decided, e.g. ``drop denied-ingress TCP x/c:40000 -> x/b:80 by ...``."""
+    passed = data["verdict"] == "allowed" or not data.get("enforced", True)
+    action = "accept" if passed else "drop"
+    if not data.get("enforced", True):
+        action += " (audit)"
+    return (
+        f"{action} {data['reason']} {data['protocol']} "
+        f"{_endpoint(data['src'], data.get('src_port'))} -> "
+        f"{_endpoint(data['dst'], data.get('dst_port'))} by {describe_refs(data['decided_by'])}"
+    )
 
 
 def format_table(records: Iterable[Mapping[str, Any]]) -> str:

@@ -202,11 +202,15 @@ class QueueWorker:
             log.exception("error deciding a packet; applied the default verdict")
         return info, verdict, outcome
 
-    def _callback(self, packet: Packet) -> None:
+    def handle(self, payload: bytes, mark: int) -> bool:
+        """Decide one queued packet, count it and report it; True when it may pass.
+
+        Everything the callback does but talk to the kernel (sans-I/O: tests call this).
+        """
         started = time.perf_counter_ns()
         tables = self.tables.current
         try:
-            info, verdict, outcome = self._decide(packet.get_payload(), packet.get_mark(), tables)
+            info, verdict, outcome = self._decide(payload, mark, tables)
         except Exception:
             info, verdict, outcome = None, self._default, OUTCOMES[self._default.reason]
             self.stats.errors += 1
@@ -222,7 +226,14 @@ class QueueWorker:
         events = self.events
         if events is not None and (self.trace_all or verdict.reason not in QUIET_REASONS):
             events.offer(VerdictEvent(time.time(), info, outcome, tables, not audited))
-        if not verdict.accepted and not audited:
+        return verdict.accepted or audited
+
+    def _callback(self, packet: Packet) -> None:
+        try:
+            passes = self.handle(packet.get_payload(), packet.get_mark())
+        except Exception:  # never leave a packet without a verdict
+            passes = self._default.accepted
+        if not passes:
             packet.drop()
         elif self.fast_path:
             # Re-enter the hook with the mark set: the firewall saves it into the connection,

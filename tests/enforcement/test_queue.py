@@ -17,6 +17,7 @@ from scapy.all import IP, TCP
 
 from agent.lab.netns import entered
 from enforcement.compiler import compile_tables
+from enforcement.events import EventBuffer
 from enforcement.flows import FlowTable
 from enforcement.queue import (
     DECISION_BUCKETS_NS,
@@ -158,3 +159,61 @@ def test_a_publication_crosses_the_pipe_in_chunks_and_arrives_whole() -> None:
     sender.close()
     assert receive_publication(receiver) is None, "so does the end of the pipe"
     writer.join(timeout=5)
+
+
+def _with_events(*, audit: bool = False, trace_all: bool = False) -> QueueWorker:
+    plain = worker(fail_open=False)
+    return QueueWorker(
+        1000,
+        plain.tables,
+        FlowTable(),
+        fail_open=False,
+        fast_path=False,
+        events=EventBuffer(),
+        audit=audit,
+        trace_all=trace_all,
+        clock=lambda: 1.0,
+    )
+
+
+SYN_ACK_B_TO_A = bytes(
+    IP(src="10.244.1.3", dst="10.244.1.2") / TCP(sport=80, dport=40000, flags="SA")
+)
+
+
+def test_a_decided_connection_becomes_an_event_with_its_provenance() -> None:
+    queue = _with_events()
+    assert queue.handle(SYN_A_TO_B, mark=0) is False
+    assert queue.events is not None
+    (event,) = queue.events.drain()
+    assert event.outcome.reason is Reason.DENIED_INGRESS and event.enforced
+    assert [ref.name for ref in event.outcome.refs] == ["deny-b"]
+    assert event.tables is queue.tables.current
+    assert queue.stats.kinds == {(Reason.DENIED_INGRESS, 6, 4): 1}
+
+
+def test_packets_of_decided_connections_become_events_only_when_traced() -> None:
+    open_tables = compile_tables(cluster(make_namespace("x")), "node-1", 1)
+    syn = IP(src="10.244.9.1", dst="10.244.9.2") / TCP(sport=20, dport=80, flags="S")
+    reply = IP(src="10.244.9.2", dst="10.244.9.1") / TCP(sport=80, dport=20, flags="SA")
+    for trace_all, expected in ((False, 1), (True, 2)):
+        queue = _with_events(trace_all=trace_all)
+        queue.tables = TablesHolder(open_tables)
+        # Nothing isolated: the SYN opens a connection, its reply is a packet of it.
+        assert queue.handle(bytes(syn), mark=0) and queue.handle(bytes(reply), mark=0)
+        assert queue.events is not None and len(queue.events.drain()) == expected
+
+
+def test_audit_lets_a_denied_connection_through_and_tracks_it() -> None:
+    queue = _with_events(audit=True)
+    assert queue.handle(SYN_A_TO_B, mark=0) is True  # denied by policy, passes all the same
+    assert queue.handle(SYN_ACK_B_TO_A, mark=0) is True  # its reply: a packet of the connection
+    assert queue.events is not None
+    (event,) = queue.events.drain()  # one event: the connection, not its reply
+    assert event.outcome.reason is Reason.DENIED_INGRESS and not event.enforced
+    assert queue.stats.verdicts[Reason.FLOW] == 1
+
+
+def test_audit_still_drops_what_cannot_be_judged() -> None:
+    queue = _with_events(audit=True)
+    assert queue.handle(b"\x45\x00", mark=0) is False  # malformed: the agent's own safety
