@@ -90,6 +90,11 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         action="store_true",
         help="the agents report what policy denies but let it through ('lab flows' shows it)",
     )
+    up.add_argument(
+        "--no-flow-log",
+        action="store_true",
+        help="the agents write no flow log ('lab flows' shows nothing); to measure its cost",
+    )
     up.add_argument("--no-ipv6", action="store_true", help="IPv4 only (default: dual-stack)")
     up.add_argument(
         "--no-agent",
@@ -515,6 +520,7 @@ def _lab(args: argparse.Namespace) -> int:
                 queue_workers=args.queue_workers,
                 trace=args.trace,
                 audit=args.audit,
+                flow_log=not args.no_flow_log,
                 ipv6=not args.no_ipv6,
                 agents=not args.no_agent,
                 timeout=args.timeout,

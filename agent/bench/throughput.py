@@ -1,6 +1,6 @@
 """The throughput benchmark: what enforcing a NetworkPolicy costs, side by side, in one run.
 
-Four configurations of the same lab (one node; pods ``bench/client``, ``bench/server`` and
+Five configurations of the same lab (one node; pods ``bench/client``, ``bench/server`` and
 ``bench/other``; one policy that isolates the server for ingress and allows the client on TCP 80,
 TCP 5201 and UDP 5201):
 
@@ -8,13 +8,15 @@ TCP 5201 and UDP 5201):
 - ``kernel``: the same policy compiled into plain iptables rules (``enforcement.kernel_peer``,
   what Calico's or kube-router's iptables mode does), installed in the node namespace, no agent;
 - ``fast``: the agent in its default mode (first packet of a connection decided in userspace,
-  the rest passed by the kernel through a connmark);
+  the rest passed by the kernel through a connmark), without a flow log;
+- ``fast-flow-log``: the same with ``--flow-log`` to a file (one JSON line per connection,
+  and conntrack's new-entry events read for the connections the kernel passes alone);
 - ``per-packet``: the agent deciding every packet of the isolated server in userspace.
 
 Switching: every configuration gets a lab of its own, built and removed around its loads
 (``Lab.up`` with or without an agent, then ``Lab.down``), so each one starts from fresh
 namespaces, an empty conntrack table and no rules left by the previous one, and the agent runs
-exactly as the lab runs it. Rounds interleave the four (none, kernel, fast, per-packet, none,
+exactly as the lab runs it. Rounds interleave the five (none, kernel, fast, fast-flow-log, per-packet, none,
 ...), so slow drifts of the machine (thermal, other load) spread over all of them; the report
 gives the median per configuration and its ratio to the baseline measured in the same run.
 
@@ -68,14 +70,15 @@ if TYPE_CHECKING:
     from agent.lab.lab import Lab
     from enforcement.model import ClusterSnapshot
 
-Mode = Literal["none", "kernel", "fast", "per-packet"]
-MODES: tuple[Mode, ...] = ("none", "kernel", "fast", "per-packet")
+Mode = Literal["none", "kernel", "fast", "fast-flow-log", "per-packet"]
+MODES: tuple[Mode, ...] = ("none", "kernel", "fast", "fast-flow-log", "per-packet")
 BASELINE: Mode = "none"
-AGENT_MODES: tuple[Mode, ...] = ("fast", "per-packet")
+AGENT_MODES: tuple[Mode, ...] = ("fast", "fast-flow-log", "per-packet")
 MODE_TITLES: Mapping[Mode, str] = {
     "none": "no enforcement",
     "kernel": "kernel iptables",
     "fast": "agent fast path",
+    "fast-flow-log": "fast path + flow log",
     "per-packet": "agent per-packet",
 }
 
@@ -174,6 +177,7 @@ MODE_FIGURES: Mapping[Mode, tuple[str, ...]] = {
     "none": LOAD_FIGURES,
     "kernel": LOAD_FIGURES,
     "fast": (*LOAD_FIGURES, "decision_mean_s"),
+    "fast-flow-log": (*LOAD_FIGURES, "decision_mean_s"),
     "per-packet": (*LOAD_FIGURES, "decision_mean_s", "worker_pps", "worker_pps_per_cpu"),
 }
 """The figures each configuration must produce."""
@@ -434,6 +438,8 @@ class Report:
         fast_conns = medians.get("fast", {}).get("tcp_connections_per_s")
         kernel_conns = medians.get("kernel", {}).get("tcp_connections_per_s")
         conns = fast_conns / kernel_conns if fast_conns and kernel_conns else None
+        logged_conns = medians.get("fast-flow-log", {}).get("tcp_connections_per_s")
+        logging_cost = logged_conns / fast_conns if logged_conns and fast_conns else None
         worker = medians.get("per-packet", {}).get("worker_pps")
         per_cpu = medians.get("per-packet", {}).get("worker_pps_per_cpu")
         targets = [
@@ -442,6 +448,12 @@ class Report:
                 "TCP bulk 4 streams, fast / none", fast.get("tcp_4_streams_bps"), 0.95, "0.95"
             ),
             at_least("new TCP connections/s, fast / kernel", conns, 1.0, "1.0"),
+            at_least(
+                "new TCP connections/s, fast with flow log / without",
+                logging_cost,
+                0.95,
+                "0.95",
+            ),
             _with_note(
                 at_least("packets/s through one per-packet worker", worker, 100e3, "100k"),
                 f"{per_cpu / 1e3:.0f}k per CPU-second of the agent" if per_cpu else "",
@@ -576,7 +588,13 @@ def write_chart(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     medians, ratios = report.medians(), report.ratios()
-    colours = {"none": "#7f7f7f", "kernel": "#1f77b4", "fast": "#2ca02c", "per-packet": "#d62728"}
+    colours = {
+        "none": "#7f7f7f",
+        "kernel": "#1f77b4",
+        "fast": "#2ca02c",
+        "fast-flow-log": "#98df8a",
+        "per-packet": "#d62728",
+    }
     figure, axes = plt.subplots(
         1, 5, figsize=(21, 4.6), gridspec_kw={"width_ratios": [1, 1, 1, 1, 1.4]}
     )
@@ -851,11 +869,12 @@ class ThroughputBench:
         from agent.lab.lab import Lab
 
         lab = Lab(self.lab_name)
-        agent_mode = mode if mode in AGENT_MODES else "fast"
+        agent_mode = "per-packet" if mode == "per-packet" else "fast"
         lab.up(
             [str(self.manifest)],
             mode=agent_mode,
             agents=mode in AGENT_MODES,
+            flow_log=mode == "fast-flow-log",
             ipv6=False,
         )
         try:

@@ -247,6 +247,8 @@ class LabRecord:
     """Agents log every verdict with its reason (see ``lab logs``)."""
     audit: bool = False
     """Agents in audit mode: they report what policy denies but let it through."""
+    flow_log: bool = True
+    """Agents write flow logs (``lab flows``); off only to measure what that costs."""
     agents: bool = True
     """False for a lab built with --no-agent: the network only, enforced by whatever you run."""
     underlay: str | None = None
@@ -278,6 +280,7 @@ class LabRecord:
             queue_workers=data.get("queue_workers", 1),
             trace=data.get("trace", False),
             audit=data.get("audit", False),
+            flow_log=data.get("flow_log", True),
             agents=data.get("agents", True),
             underlay=data.get("underlay"),
         )
@@ -452,6 +455,7 @@ class Lab:
         queue_workers: int = 1,
         trace: bool = False,
         audit: bool = False,
+        flow_log: bool = True,
         ipv6: bool = True,
         agents: bool = True,
         timeout: float = WAIT_SECONDS,
@@ -476,6 +480,7 @@ class Lab:
             queue_workers=queue_workers,
             trace=trace,
             audit=audit,
+            flow_log=flow_log,
             agents=agents,
         )
         record.nodes = [
@@ -1154,8 +1159,8 @@ class Lab:
             "--anti-spoofing", "--pod-interface", f"{topology.POD_VETH_PREFIX}+",
             *(["--trace"] if record.trace else []),
             *(["--audit"] if record.audit else []),
-            # Every lab agent logs its flows: `lab flows` reads them.
-            "--flow-log", str(self.flow_log_path(node.name)),
+            # Lab agents log their flows: `lab flows` reads them.
+            *(["--flow-log", str(self.flow_log_path(node.name))] if record.flow_log else []),
         ]  # fmt: skip
         argv = [
             "ip", "netns", "exec", node.netns,
