@@ -40,7 +40,7 @@ from enforcement.compiler import compile_tables
 from enforcement.conntrack import Revoker
 from enforcement.ctnetlink import NewEntryEvents
 from enforcement.eventpump import DEFAULT_RATE, EventCounts, EventPump, RecordBatch, Sink
-from enforcement.events import EventBuffer, kernel_decided
+from enforcement.events import EventBuffer, kernel_decided, revoked_in_kernel
 from enforcement.firewall import Firewall, FirewallConfig, FirewallError
 from enforcement.flows import FlowTable
 from enforcement.latency import compile_quietly, pieces_of, prefer_decisions, release_gradually
@@ -582,6 +582,9 @@ class Agent:
             )
             if revocation.cut:
                 log.info("cut %d established connections the change denies", revocation.cut)
+            now = time.time()
+            for entry in revocation.denied:
+                self.events.offer(revoked_in_kernel(entry, tables, now))
             status.revoked += revocation.cut
         status.ready = True
         status.generation = tables.generation

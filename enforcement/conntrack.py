@@ -433,6 +433,9 @@ class Revocation:
     """Connections read back and judged."""
     full: bool
     """Every accepted connection was judged (first sync, or the comparison was not trusted)."""
+    denied: tuple[TrackedConnection, ...] = ()
+    """The connections judged denied and deleted (those already gone included), for the flow
+    log."""
 
 
 class Revoker:
@@ -479,7 +482,9 @@ class Revoker:
             if changed is not None:
                 judged = self.connections.touching(changed) if changed else []
                 denied = list(to_revoke(judged, tables, previous=before, pod_ranges=pod_ranges))
-                result = Revocation(self.connections.delete(denied), len(judged), full=False)
+                result = Revocation(
+                    self.connections.delete(denied), len(judged), full=False, denied=tuple(denied)
+                )
                 self._last, self._last_tables = current, tables
                 return result
         except Exception:
@@ -487,7 +492,9 @@ class Revoker:
         try:
             judged = self.connections.accepted()
             denied = list(to_revoke(judged, tables, previous=before, pod_ranges=pod_ranges))
-            result = Revocation(self.connections.delete(denied), len(judged), full=True)
+            result = Revocation(
+                self.connections.delete(denied), len(judged), full=True, denied=tuple(denied)
+            )
         except Exception:
             # Nothing to compare against next time: the next sync judges everything again.
             self._last = None

@@ -82,7 +82,8 @@ class EventCounts:
     (:func:`connection_series`, :func:`policy_series`).
     """
 
-    outcomes: Counter[tuple[Outcome, int, int]] = field(default_factory=Counter)
+    outcomes: Counter[tuple[Outcome, int, int, bool]] = field(default_factory=Counter)
+    """(outcome, protocol number or -1, family, revoked) -> connections."""
     records: int = 0
     suppressed: int = 0
     dropped: int = 0
@@ -106,12 +107,11 @@ def connection_series(counts: Iterable[EventCounts]) -> Counter[ConnectionKey]:
     """Connections by (verdict, reason, direction, protocol, family), over ``counts``."""
     series: Counter[ConnectionKey] = Counter()
     for each in counts:
-        for (outcome, protocol, family), number in list(each.outcomes.items()):
-            verdict = "allowed" if outcome.verdict.accepted else "denied"
+        for (outcome, protocol, family, revoked), number in list(each.outcomes.items()):
+            verdict = "allowed" if outcome.verdict.accepted and not revoked else "denied"
             name = PROTOCOL_NAMES.get(protocol, "other") if protocol >= 0 else ""
-            series[(verdict, outcome.reason.value, direction_label(outcome), name, family)] += (
-                number
-            )
+            reason = Reason.REVOKED.value if revoked else outcome.reason.value
+            series[(verdict, reason, direction_label(outcome), name, family)] += number
     return series
 
 
@@ -126,8 +126,8 @@ def policy_series(
     """
     exact: Counter[PolicyKey] = Counter()
     for each in counts:
-        for (outcome, _, _), number in list(each.outcomes.items()):
-            verdict = "allowed" if outcome.verdict.accepted else "denied"
+        for (outcome, _, _, revoked), number in list(each.outcomes.items()):
+            verdict = "allowed" if outcome.verdict.accepted and not revoked else "denied"
             for ref in outcome.refs:
                 exact[(ref.kind, ref.namespace or "", ref.name, ref.tier, ref.action, verdict)] += (
                     number
@@ -254,9 +254,9 @@ class EventPump:
             return  # a traced packet of a decided connection: counted per packet, not here
         packet = event.packet
         if packet is None:
-            self.counts.outcomes[(outcome, -1, 0)] += 1
+            self.counts.outcomes[(outcome, -1, 0, event.revoked)] += 1
         else:
-            self.counts.outcomes[(outcome, packet.protocol, packet.family)] += 1
+            self.counts.outcomes[(outcome, packet.protocol, packet.family, event.revoked)] += 1
 
 
 def _connection_key(event: VerdictEvent) -> tuple[object, ...] | None:

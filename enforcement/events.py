@@ -22,9 +22,12 @@ import ipaddress
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enforcement.ctnetlink import ConntrackEntry
+
+if TYPE_CHECKING:
+    from enforcement.conntrack import TrackedConnection
 from enforcement.model import PROTOCOL_NAMES
 from enforcement.packets import PacketInfo
 from enforcement.tables import OUTCOMES, AllowTables, Outcome
@@ -69,6 +72,8 @@ class VerdictEvent:
     """The tables that decided (names are resolved with them, not with later ones)."""
     enforced: bool = True
     """False when ``--audit`` let through what the policies deny."""
+    revoked: bool = False
+    """A tracked connection cut by a policy change (``outcome`` names the denying rules)."""
 
 
 class EventBuffer:
@@ -217,6 +222,27 @@ def kernel_decided(entry: ConntrackEntry, tables: AllowTables, now: float) -> Ve
     return VerdictEvent(now, packet, OUTCOMES[Reason.NOT_ISOLATED], tables)
 
 
+def revoked_in_kernel(
+    connection: TrackedConnection, tables: AllowTables, now: float
+) -> VerdictEvent:
+    """The event of an accepted connection that a policy change cut in the kernel's conntrack
+    (fast path: the queue never sees it again), named by the rules that now deny it, between
+    the endpoints the agent judged (the real destination, after DNAT)."""
+    src_port = None if connection.entry is None else connection.entry.original.src_port
+    packet = PacketInfo(
+        family=4 if len(connection.src) == 4 else 6,
+        src=connection.src,
+        dst=connection.dst,
+        protocol=connection.protocol,
+        src_port=src_port,
+        dst_port=connection.dst_port,
+    )
+    outcome = tables.outcome(
+        connection.src, connection.dst, connection.protocol, connection.dst_port
+    )
+    return VerdictEvent(now, packet, outcome, tables, revoked=True)
+
+
 def format_time(seconds: float) -> str:
     """RFC 3339 in UTC with microseconds, as Kubernetes and Hubble print times."""
     return (
@@ -234,7 +260,8 @@ def record_of(event: VerdictEvent, node: str) -> VerdictRecord:
     """The record of one event (off the packet path: resolves names with the event's tables)."""
     packet, outcome, tables = event.packet, event.outcome, event.tables
     reason = outcome.reason
-    kind = EventKind.REVOKED if reason is Reason.REVOKED else EventKind.CONNECTION
+    revoked = event.revoked or reason is Reason.REVOKED
+    kind = EventKind.REVOKED if revoked else EventKind.CONNECTION
     if packet is None:
         return VerdictRecord(
             time=event.time,
@@ -250,7 +277,7 @@ def record_of(event: VerdictEvent, node: str) -> VerdictRecord:
             dst_port=None,
             directions=(),
             verdict=verdict_word(outcome.verdict.accepted),
-            reason=reason.value,
+            reason=Reason.REVOKED.value if revoked else reason.value,
             decided_by=(),
             enforced=event.enforced,
         )
@@ -275,8 +302,8 @@ def record_of(event: VerdictEvent, node: str) -> VerdictRecord:
         src_port=packet.src_port,
         dst_port=packet.dst_port,
         directions=tuple(directions),
-        verdict=verdict_word(outcome.verdict.accepted),
-        reason=reason.value,
+        verdict=verdict_word(outcome.verdict.accepted and not revoked),
+        reason=Reason.REVOKED.value if revoked else reason.value,
         decided_by=outcome.refs,
         enforced=event.enforced,
     )

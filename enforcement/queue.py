@@ -225,7 +225,8 @@ class QueueWorker:
         audited = self.audit and verdict.reason in POLICY_DENIALS
         events = self.events
         if events is not None and (self.trace_all or verdict.reason not in QUIET_REASONS):
-            events.offer(VerdictEvent(time.time(), info, outcome, tables, not audited))
+            revoked = verdict.reason is Reason.REVOKED
+            events.offer(VerdictEvent(time.time(), info, outcome, tables, not audited, revoked))
         return verdict.accepted or audited
 
     def _callback(self, packet: Packet) -> None:

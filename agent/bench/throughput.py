@@ -16,9 +16,10 @@ TCP 5201 and UDP 5201):
 Switching: every configuration gets a lab of its own, built and removed around its loads
 (``Lab.up`` with or without an agent, then ``Lab.down``), so each one starts from fresh
 namespaces, an empty conntrack table and no rules left by the previous one, and the agent runs
-exactly as the lab runs it. Rounds interleave the five (none, kernel, fast, fast-flow-log, per-packet, none,
-...), so slow drifts of the machine (thermal, other load) spread over all of them; the report
-gives the median per configuration and its ratio to the baseline measured in the same run.
+exactly as the lab runs it. Rounds interleave the five (none, kernel, fast, fast-flow-log,
+per-packet, none, ...), so slow drifts of the machine (thermal, other load) spread over all of
+them; the report gives the median per configuration and its ratio to the baseline measured in
+the same run.
 
 Loads, from real tools, client pod to server pod, each ``seconds`` long:
 

@@ -7,8 +7,10 @@ PREROUTING chain (as in test_dataplane.py's Service test).
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from enforcement.compiler import compile_tables
 from enforcement.conntrack import Revoker
 from enforcement.ctnetlink import CtNetlink
 from enforcement.firewall import MARK_ACCEPTED, MARK_HOST
-from tests.e2e.labctl import lab_session
+from tests.e2e.labctl import LabDriver, lab_session, netpol_agent
 from tests.e2e.test_dataplane import (
     B_FROM_A_ANY,
     CLUSTER,
@@ -73,8 +75,31 @@ def test_a_denying_change_cuts_the_connection(tmp_path: Path, mode: str, path: s
             # `apply` returned: the change is in force.
             assert not echoes(client, timeout=1.0), f"the {path} connection survived the change"
             client.close()
+            _assert_revocation_recorded(lab, a.ipv4, b.ipv4)
         finally:
             server.close()
+
+
+def _assert_revocation_recorded(lab: LabDriver, a: str, b: str) -> None:
+    """The flow log names the cut connection and the policy that cut it (the fast path's
+    revocation in conntrack, or per-packet mode's on the connection's next packet)."""
+    deadline = time.monotonic() + 5
+    while True:
+        records = json.loads(netpol_agent("lab", "flows", "--lab", lab.name, "-o", "json"))
+        revoked = [
+            r for r in records
+            if r["event"] == "revoked" and (r["src_ip"], r["dst_ip"]) == (a, b)
+        ]  # fmt: skip
+        if revoked or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert revoked, f"no revoked record of {a} -> {b} in {records}"
+    record = revoked[0]
+    assert (record["src"], record["dst"], record["dst_port"]) == ("x/a", "x/b", TARGET_PORT)
+    assert record["verdict"] == "denied" and record["reason"] == "revoked"
+    assert [(ref["name"], ref["action"]) for ref in record["decided_by"]] == [
+        ("deny-in-b", "Isolate")
+    ]
 
 
 @pytest.mark.parametrize("mode", MODES)
