@@ -143,3 +143,18 @@ def test_kernel_decided_connections_are_those_no_policy_isolates() -> None:
 
 def test_times_are_rfc3339_utc() -> None:
     assert format_time(0.0) == "1970-01-01T00:00:00.000000Z"
+
+
+def test_a_connection_cut_in_the_kernel_names_the_rules_that_now_deny_it() -> None:
+    from enforcement.conntrack import TrackedConnection
+    from enforcement.events import revoked_in_kernel
+
+    tables = _tables()
+    entry = _entry(C, "10.96.0.10")  # to a Service address, DNATed to b
+    connection = TrackedConnection(ip(C), ip(B), IPPROTO_TCP, 8080, 0, entry)
+    data = record_of(revoked_in_kernel(connection, tables, 3.0), "node-1").as_dict()
+    assert (data["event"], data["verdict"], data["reason"]) == ("revoked", "denied", "revoked")
+    assert (data["src"], data["dst"], data["src_port"], data["dst_port"]) == (
+        "x/c", "x/b", 40000, 8080,
+    )  # fmt: skip
+    assert [(r["name"], r["action"]) for r in data["decided_by"]] == [("only-a", "Isolate")]
