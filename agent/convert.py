@@ -60,6 +60,15 @@ rejected here too, with the field path the API would name. Where a choice had to
   the named ports that policies refer to: ``pod_from_k8s(obj, strict=True)`` rejects unknown
   fields there (in containers and sidecars, the ones whose ports we read). Namespaces always
   ignore unknown fields. A wrong type is an error naming the field in every mode.
+- Staged policies (``enforcement.model.STAGED_ANNOTATION``, read by :func:`staged_annotation`
+  for both policy kinds): ``"true"`` stages the policy (evaluated and reported, not enforced),
+  ``"false"`` or no annotation enforces it. Anything else, and an annotation key that looks
+  like a slip for it (``netpol-agent.io/stage``, ``netpol-agent/staged``, any other key under
+  ``netpol-agent.io/``), is an error with ``strict=True``: a slip there would enforce a policy
+  its author meant only to try. With ``strict=False`` such a policy is *enforced*, never lifted
+  because of a malformed annotation (fail-closed), and the problem is reported with the
+  object's errors (``agent.kinds``). An unquoted YAML ``true`` is a boolean, which the API
+  server refuses (annotations are strings): the error says to quote it.
 """
 
 from __future__ import annotations
@@ -75,6 +84,7 @@ from typing import Any, Final
 
 from enforcement.model import (
     SELECT_ALL,
+    STAGED_ANNOTATION,
     ContainerPort,
     Direction,
     IPAddress,
@@ -265,6 +275,10 @@ def fail_closed_policy(obj: Mapping[str, Any]) -> NetworkPolicy:
     directions it declares (its ``policyTypes``, defaulted as usual, if readable, else both) and
     has no rules. Being a union member with no rules, it can never open traffic; it only closes
     traffic until the policy is fixed, and the error says so.
+
+    A policy annotated as staged (``staged_annotation``, read leniently) has a staged stand-in:
+    its author asked for it not to be enforced, so what stands in for it is only evaluated and
+    reported too (a malformed annotation is not staged: the stand-in is then enforced).
     """
     metadata = _mapping_or_empty(obj.get("metadata") if isinstance(obj, Mapping) else None)
     namespace = metadata.get("namespace")
@@ -284,7 +298,85 @@ def fail_closed_policy(obj: Mapping[str, Any]) -> NetworkPolicy:
         name=name if isinstance(name, str) else "",
         pod_selector=selector,
         policy_types=policy_types,
+        staged=staged_annotation(obj, strict=False),
     )
+
+
+STAGED_VALUES: Final = {"true": True, "false": False}
+"""The values of ``STAGED_ANNOTATION`` and what they mean: staged or not."""
+STAGED_FIELD: Final = f"metadata.annotations[{STAGED_ANNOTATION}]"
+_OWN_ANNOTATIONS: Final = STAGED_ANNOTATION.partition("/")[0] + "/"
+"""netpol-agent's own annotation prefix: every key under it is one of ours, or a slip."""
+
+
+def staged_annotation(obj: Any, *, strict: bool) -> bool:
+    """Whether a policy object (either kind) is staged: ``STAGED_ANNOTATION`` is ``"true"``.
+
+    ``strict=True`` raises FieldError for any other value and for a key that looks like a slip
+    for it; ``strict=False`` reads those as not staged (the policy is enforced: fail-closed)
+    and :func:`staged_problem` says what is wrong. A missing or malformed ``metadata`` reads as
+    not staged here: the converter reports it.
+    """
+    try:
+        return _staged(obj)
+    except FieldError:
+        if strict:
+            raise
+        return False
+
+
+def staged_problem(obj: Any) -> str | None:
+    """What is wrong with a policy object's staged annotation (``field: reason``), or None;
+    never raises. For the report of an object read leniently, which is then enforced."""
+    try:
+        _staged(obj)
+    except FieldError as error:
+        return str(error)
+    return None
+
+
+def _staged(obj: Any) -> bool:
+    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if not isinstance(metadata, Mapping):
+        return False
+    annotations = metadata.get("annotations")
+    if annotations is None:
+        return False
+    if not isinstance(annotations, Mapping):
+        raise FieldError("metadata.annotations", f"must be an object, got {type_name(annotations)}")
+    for key in annotations:
+        if key != STAGED_ANNOTATION and (
+            not isinstance(key, str)
+            or key.startswith(_OWN_ANNOTATIONS)
+            or _near_miss(key, (STAGED_ANNOTATION,)) is not None
+        ):
+            raise FieldError(
+                f"metadata.annotations[{key}]",
+                f'unknown netpol-agent annotation (did you mean "{STAGED_ANNOTATION}"? '
+                f'"true" stages the policy: evaluated and reported, not enforced)',
+            )
+    value = annotations.get(STAGED_ANNOTATION)
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        quoted = json.dumps(str(value).lower())
+        raise FieldError(
+            STAGED_FIELD,
+            f"must be the string {_or_values()}, got boolean {str(value).lower()} "
+            f"(annotations are strings: quote it, {quoted})",
+        )
+    staged = STAGED_VALUES.get(value) if isinstance(value, str) else None
+    if staged is None:
+        raise FieldError(
+            STAGED_FIELD,
+            'must be "true" (staged: evaluated and reported, not enforced) or "false" (enforced), '
+            f"got {_describe(value)}",
+        )
+    return staged
+
+
+def _or_values() -> str:
+    return " or ".join(json.dumps(value) for value in STAGED_VALUES)
 
 
 def labels_from_k8s(value: Any, field: str) -> Labels:
@@ -406,6 +498,7 @@ def _policy(obj: Mapping[str, Any], *, strict: bool) -> NetworkPolicy:
     name = _name(metadata, "metadata.name", _dns_subdomain_problem)
     namespace = _name(metadata, "metadata.namespace", _dns_label_problem)
     labels_from_k8s(metadata.get("labels"), "metadata.labels")  # ValidateObjectMeta does too
+    staged = staged_annotation(obj, strict=strict)
     spec = _mapping(obj.get("spec"), "spec")
     pod_selector = selector_from_k8s(spec.get("podSelector"), "spec.podSelector")
     ingress = tuple(
@@ -423,6 +516,7 @@ def _policy(obj: Mapping[str, Any], *, strict: bool) -> NetworkPolicy:
         policy_types=_policy_types(spec),
         ingress=ingress,
         egress=egress,
+        staged=staged,
     )
 
 

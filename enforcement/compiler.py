@@ -37,6 +37,10 @@ memoised selections into per-direction plans for the local pods they select. The
 rules one by one, which name the rule that allowed a flow (policies by name), are built on first
 use from this compiler's memos (:mod:`enforcement.provenance`): the packet path never needs them.
 
+Staged policies (``staged``, from ``model.STAGED_ANNOTATION``) are left out of the tables;
+when there are any, the same compiler object compiles a second set with them enforced too
+(``AllowTables.staged``), reusing its indexes and memos: see :func:`compile_tables`.
+
 Pods whose objects could not be read (``ClusterSnapshot.unreadable_pods``) are unknown
 endpoints, fail-closed: their labels are unknown, so whether a policy selects them or admits
 them cannot be known. Each address one claims goes into the ipcache as an unknown endpoint
@@ -58,6 +62,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
+from enforcement.clusterpolicy import ClusterNetworkPolicy
 from enforcement.model import (
     PROTOCOL_NAMES,
     PROTOCOL_NUMBERS,
@@ -119,11 +124,29 @@ def compile_tables(
     ``generation`` is stored in the result, untouched, for the caller's bookkeeping.
     ``large_selection`` overrides :data:`LARGE_SELECTION` (tests use it to exercise both forms);
     it changes the shape of the tables, never a decision.
+
+    Staged policies (``staged`` on either kind, set by ``model.STAGED_ANNOTATION``) are left out
+    of these tables entirely: they decide every flow exactly as the tables of the snapshot
+    without them would (a staged default-deny isolates nobody). When the snapshot holds at
+    least one, the result's ``staged`` holds the tables of the same snapshot with them enforced
+    too (same generation; their refs have ``staged`` set), to report what they would change
+    (``enforcement.staged``). Both come from one compiler object, so the pod and namespace
+    indexes and the memoised selections and port matches are built once; without staged
+    policies ``staged`` is None and nothing more is compiled.
     """
     threshold = LARGE_SELECTION if large_selection is None else large_selection
     compiler = _Compiler(snapshot, node_name, threshold)
     try:
-        return compiler.compile(generation)
+        if not any(policy.staged for policy in snapshot.policies) and not any(
+            policy.staged for policy in snapshot.cluster_policies
+        ):
+            return compiler.compile(generation)
+        staged = compiler.compile(generation)
+        compiler.use_policies(
+            tuple(policy for policy in snapshot.policies if not policy.staged),
+            tuple(policy for policy in snapshot.cluster_policies if not policy.staged),
+        )
+        return compiler.compile(generation, staged=staged)
     finally:
         # The tier compiler holds the compiler's own bound methods (a reference cycle): cut it,
         # so the compiler is freed by reference counting, never left to the cyclic collector,
@@ -287,7 +310,6 @@ class _Compiler:
         self._snapshot = snapshot
         self._node_name = node_name
         self._large_selection = large_selection
-        self._policies = snapshot.policies
         self._namespaces = _LabelIndex[str]()
         for name, labels in namespace_labels(snapshot).items():
             self._namespaces.add(name, labels.items())
@@ -306,8 +328,22 @@ class _Compiler:
         self._blocks: dict[IPBlock, tuple[int, tuple[tuple[int, int], ...]]] = {}
         self._address_maps: dict[tuple[tuple[int, int, PortMatch], ...], AddressMap] = {}
         self._ports_by_rule: dict[int, PortMatch] = {}
+        self.use_policies(snapshot.policies, snapshot.cluster_policies)
+
+    def use_policies(
+        self,
+        policies: tuple[NetworkPolicy, ...],
+        cluster_policies: tuple[ClusterNetworkPolicy, ...],
+    ) -> None:
+        """Compile these policies (of the snapshot) from now on: the snapshot's, or the
+        enforced ones among them after the staged tables were compiled with every policy.
+
+        The pod and namespace indexes and the memos stay: they depend on the pods, and on the
+        policies only through the live rule and peer objects they are keyed by (the same
+        objects in both lists), so what one compilation memoised is right for the next."""
+        self._policies = policies
         self._provenance = NetworkPolicyRules(
-            self._policies,
+            policies,
             self._peer_targets,
             _NO_TARGET,
             self._ports_by_rule,
@@ -317,8 +353,8 @@ class _Compiler:
         """Names the rule behind a NetworkPolicy verdict, built when first asked for: it keeps
         the memos it reads, not this compiler."""
         self._tiers = TierCompiler(
-            snapshot.cluster_policies,
-            snapshot.nodes,
+            cluster_policies,
+            self._snapshot.nodes,
             select_namespaces=self._namespaces.select,
             local_identities=self._local_identities,
             pod_set=lambda pods, namespaces: self._selection("", pods, namespaces),
@@ -365,7 +401,9 @@ class _Compiler:
                 index.add(identity.number, identity.label_pairs)
             self._pods.append((pod, identity))
 
-    def compile(self, generation: int) -> AllowTables:
+    def compile(self, generation: int, *, staged: AllowTables | None = None) -> AllowTables:
+        """The tables of the policies in use (``use_policies``); ``staged``: what the result
+        carries as its staged tables."""
         ingress_selecting: dict[int, list[int]] = {}
         egress_selecting: dict[int, list[int]] = {}
         for index, policy in enumerate(self._policies):
@@ -452,6 +490,7 @@ class _Compiler:
             identity_count=len(self._identities),
             table_count=len(interned),
             policy_count=len(self._policies),
+            staged=staged,
         )
 
     def _table(

@@ -38,6 +38,11 @@ ClusterNetworkPolicy selects are decided exactly as before; ``evaluate`` checks 
 know whether any pod is tiered at all. Provenance: ``outcome`` names what decided each
 direction (:class:`Outcome`, naming RuleRefs), interned.
 
+Staged policies (``enforcement.model.STAGED_ANNOTATION``) are in no table that decides a
+packet. When the snapshot has some, :attr:`AllowTables.staged` holds a second set of tables
+with them enforced too, built by the same compilation and read only to report what they would
+change (``enforcement.staged``); the RuleRefs of staged policies carry ``staged=True``.
+
 An :class:`Endpoint` marked ``unknown`` stands for a pod whose object could not be read: no
 selector part of a table matches it (only addresses do), and a local one carries
 :data:`UNKNOWN_INGRESS` / :data:`UNKNOWN_EGRESS`, which allow nothing and make ``evaluate``
@@ -291,10 +296,10 @@ class PodSet:
         )
 
 
-RefFields = tuple[str, str | None, str, str, int | None, str, str]
-"""The fields of a :class:`RuleRef`, in order: kept by the tables instead of the RuleRef
-itself, which is made only for outcomes that happen (a tuple costs a fraction of a frozen
-dataclass, and the compiler makes one per NetworkPolicy rule)."""
+RefFields = tuple[str, str | None, str, str, int | None, str, str, bool]
+"""The fields of a :class:`RuleRef`, in order (``staged`` last): kept by the tables instead of
+the RuleRef itself, which is made only for outcomes that happen (a tuple costs a fraction of a
+frozen dataclass, and the compiler makes one per NetworkPolicy rule)."""
 
 
 class RuleMatch:
@@ -705,6 +710,7 @@ class AllowTables:
         "_outcomes",
         "_pod_count",
         "_policy_count",
+        "_staged",
         "_table_count",
         "_tiered",
     )
@@ -719,6 +725,7 @@ class AllowTables:
         identity_count: int,
         table_count: int,
         policy_count: int,
+        staged: AllowTables | None = None,
     ) -> None:
         self._generation = generation
         self._node_name = node_name
@@ -741,6 +748,17 @@ class AllowTables:
         self._identity_count = identity_count
         self._table_count = table_count
         self._policy_count = policy_count
+        self._staged = staged
+
+    @property
+    def staged(self) -> AllowTables | None:
+        """The tables of the same snapshot with its staged policies enforced too (same
+        generation and node), or None when it has none. These tables leave staged policies out
+        entirely; the staged ones decide as if the annotation were absent, and their refs to
+        staged policies have ``staged`` set: ``staged.outcome(...)`` of a flow, beside this
+        one's, says what the staged policies would change (``enforcement.staged``). Never used
+        to decide a packet."""
+        return self._staged
 
     @property
     def generation(self) -> int:
@@ -874,7 +892,8 @@ class AllowTables:
 
     @property
     def policy_count(self) -> int:
-        """NetworkPolicies in the snapshot (all namespaces)."""
+        """NetworkPolicies these tables enforce (all namespaces; staged ones count only in
+        :attr:`staged`)."""
         return self._policy_count
 
     def __repr__(self) -> str:
@@ -882,5 +901,5 @@ class AllowTables:
             f"AllowTables(node={self._node_name!r}, generation={self._generation}, "
             f"pods={self._pod_count}, local={self._local_pod_count}, "
             f"identities={self._identity_count}, tables={self._table_count}, "
-            f"policies={self._policy_count})"
+            f"policies={self._policy_count}, staged={self._staged is not None})"
         )

@@ -57,6 +57,7 @@ def network_policy_rule_ref(policy: NetworkPolicy, number: int) -> RefFields:
         number,
         "",
         ALLOW_ACTION,
+        policy.staged,
     )
 
 
@@ -70,6 +71,7 @@ def network_policy_isolation_ref(policy: NetworkPolicy) -> RefFields:
         None,
         "",
         ISOLATE_ACTION,
+        policy.staged,
     )
 
 
@@ -83,6 +85,7 @@ def cluster_rule_ref(policy: ClusterNetworkPolicy, number: int, rule: ClusterRul
         number,
         rule.name,
         rule.action.value,
+        policy.staged,
     )
 
 

@@ -100,8 +100,12 @@ class RuleRef:
     action: str = ""
     """``Accept``, ``Deny`` or ``Pass`` for ClusterNetworkPolicy rules; ``Allow`` for a
     NetworkPolicy rule that allowed, ``Isolate`` for a NetworkPolicy that denied by isolating."""
+    staged: bool = False
+    """The policy is staged (``enforcement.model.STAGED_ANNOTATION``): only the staged tables
+    (``AllowTables.staged``) hold it, so only a staged outcome names it; what it would change
+    is worked out by ``enforcement.staged.staged_verdict``."""
 
-    def as_dict(self) -> dict[str, str | int | None]:
+    def as_dict(self) -> dict[str, str | int | bool | None]:
         """The JSON form flow logs and ``explain -o json`` print."""
         return {
             "kind": self.kind,
@@ -111,4 +115,5 @@ class RuleRef:
             "rule": self.rule,
             "rule_name": self.rule_name,
             "action": self.action,
+            "staged": self.staged,
         }

@@ -9,7 +9,8 @@ naming kinds:
   ``kinds_named(kind)`` to say which apiVersions a known kind takes), converts it with
   ``spec.convert(obj, strict=True)``, and refuses what ``refusal(apiVersion, kind)`` names;
 - the state cache keeps one table per spec and, for an object from the API server, enforces
-  ``spec.fail_closed(obj)``: the object's own record, or its stand-in and the error to report;
+  ``spec.fail_closed(obj)``: the object's own record, or its stand-in and the error to report
+  (for the policy kinds also a malformed staged annotation: the policy is then enforced);
 - a Kubernetes source lists and watches ``spec.list_path(version)`` for the first of
   ``spec.versions`` the API serves (``custom`` kinds may not be served at all), and logs each
   served refused kind as not enforced.
@@ -21,7 +22,7 @@ The converters live in one module per kind: ``agent.convert`` (Namespace, Pod, N
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from agent.convert import (
     ConversionError,
@@ -29,8 +30,10 @@ from agent.convert import (
     fail_closed_policy,
     namespace_from_k8s,
     object_label,
+    object_name,
     pod_from_k8s,
     policy_from_k8s,
+    staged_problem,
 )
 from agent.kinds import clusterpolicy
 from agent.kinds.base import (
@@ -88,6 +91,33 @@ def _stand_in_after(
     return fail_closed
 
 
+class _Stageable(Protocol):
+    @property
+    def staged(self) -> bool: ...
+
+
+S = TypeVar("S", bound=_Stageable)
+
+
+def _staged_reported(kind: str, fail_closed: FailClosedConverter[S]) -> FailClosedConverter[S]:
+    """A policy kind's ``fail_closed`` that also reports a malformed staged annotation (the
+    policy is then enforced: never lifted because of it) and says when a stand-in is staged."""
+
+    def checked(obj: Any) -> FailClosed[S]:
+        result = fail_closed(obj)
+        notes = [result.error] if result.error else []
+        if notes and result.record is not None and result.record.staged:
+            notes.append("staged, so only evaluated and reported, not enforced")
+        problem = staged_problem(obj)
+        if problem is not None:
+            notes.append(f"{kind} {object_name(obj)}: {problem}; enforced, not staged")
+        if not notes:
+            return result
+        return FailClosed(result.record, "; ".join(notes))
+
+    return checked
+
+
 def _namespace(obj: Mapping[str, Any], *, strict: bool) -> Namespace:
     """Namespaces ignore unknown fields in both modes (see ``agent.convert``)."""
     return namespace_from_k8s(obj)
@@ -140,7 +170,9 @@ NETWORK_POLICY: Final[KindSpec[NetworkPolicy]] = KindSpec(
     plural="networkpolicies",
     namespaced=True,
     convert=policy_from_k8s,
-    fail_closed=_stand_in_after(policy_from_k8s, _isolating_policy),
+    fail_closed=_staged_reported(
+        "NetworkPolicy", _stand_in_after(policy_from_k8s, _isolating_policy)
+    ),
 )
 CLUSTER_NETWORK_POLICY: Final[KindSpec[ClusterNetworkPolicy]] = KindSpec(
     kind=clusterpolicy.KIND,
@@ -149,7 +181,7 @@ CLUSTER_NETWORK_POLICY: Final[KindSpec[ClusterNetworkPolicy]] = KindSpec(
     plural=clusterpolicy.PLURAL,
     namespaced=False,
     convert=cluster_policy_from_k8s,
-    fail_closed=fail_closed_cluster_policy,
+    fail_closed=_staged_reported(clusterpolicy.KIND, fail_closed_cluster_policy),
     custom=True,
 )
 NODE: Final[KindSpec[Node]] = KindSpec(

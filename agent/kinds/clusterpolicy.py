@@ -79,6 +79,11 @@ extends it to the object as a whole:
    so in practice this needs a newer CRD (a subject type netpol-agent does not know), exactly
    the case the API's own fail-closed rule is written for.
 
+A stand-in for a policy annotated as staged (``agent.convert.staged_annotation``, read
+leniently: a malformed annotation is not staged) is staged too: its author asked for the policy
+not to be enforced, so what stands in for it is only evaluated and reported. The last resort
+for a bug in the stand-in itself is never staged.
+
 ``fail_closed_cluster_policy`` returns ``None`` only for something that is not an object at all:
 no name, no tier, nothing to stand in for (a source never hands such a thing over).
 """
@@ -111,6 +116,7 @@ from agent.convert import (
     required_name,
     selector_from_k8s,
     show,
+    staged_annotation,
     string_field,
     type_name,
 )
@@ -199,6 +205,7 @@ def cluster_policy_from_k8s(obj: Mapping[str, Any], *, strict: bool) -> ClusterN
         if strict:
             reject_unknown_fields(obj, _CLUSTER_NETWORK_POLICY, "")
         head = _head(obj)
+        staged = staged_annotation(obj, strict=strict)
         ingress = tuple(
             _rule(item, f"spec.ingress[{index}]", "ingress", version, strict=strict)
             for index, item in enumerate(head.ingress)
@@ -216,6 +223,7 @@ def cluster_policy_from_k8s(obj: Mapping[str, Any], *, strict: bool) -> ClusterN
         subject=head.subject,
         ingress=ingress,
         egress=egress,
+        staged=staged,
     )
 
 
@@ -269,6 +277,7 @@ def _stand_in(obj: Mapping[str, Any], first_error: str) -> FailClosed[ClusterNet
         subject=head.subject,
         ingress=ingress,
         egress=egress,
+        staged=staged_annotation(obj, strict=False),
     )
     reasons = "; ".join(reason for reason, _ in problems)
     effects = ", ".join(effect for _, effect in problems)
@@ -344,6 +353,7 @@ def _whole_object_stand_in(obj: Mapping[str, Any], error: str) -> FailClosed[Clu
         subject=subject,
         ingress=_deny_all("ingress") if "ingress" in directions else (),
         egress=_deny_all("egress") if "egress" in directions else (),
+        staged=staged_annotation(obj, strict=False),
     )
     if directions:
         what = (

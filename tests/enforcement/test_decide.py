@@ -460,7 +460,7 @@ def test_outcome_names_the_rule_behind_a_verdict() -> None:
     assert verdict.reason is Reason.DENIED_INGRESS
     assert [ref.as_dict() for ref in outcome.ingress] == [
         {"kind": "ClusterNetworkPolicy", "namespace": None, "name": "deny-b-from-a",
-         "tier": "Admin", "rule": 0, "rule_name": "no-a", "action": "Deny"},
+         "tier": "Admin", "rule": 0, "rule_name": "no-a", "action": "Deny", "staged": False},
     ]  # fmt: skip
     verdict, outcome = decide_with_outcome(tcp(A, 40000, B, 81), current, FlowTable(), 0.0)
     assert verdict.reason is Reason.ALLOWED

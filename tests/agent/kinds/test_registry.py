@@ -81,7 +81,15 @@ def test_the_converters_are_the_kinds_own() -> None:
     assert POD.convert is pod_from_k8s
     assert NETWORK_POLICY.convert is policy_from_k8s
     assert CLUSTER_NETWORK_POLICY.convert is cluster_policy_from_k8s
-    assert CLUSTER_NETWORK_POLICY.fail_closed is fail_closed_cluster_policy
+    # The policy kinds' fail_closed also reports a malformed staged annotation; otherwise it
+    # is the kind's own.
+    cnp = {
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "x"},
+        "spec": {"tier": "Admin", "priority": 0, "subject": {"namespaces": {}}},
+    }
+    assert CLUSTER_NETWORK_POLICY.fail_closed(cnp) == fail_closed_cluster_policy(cnp)
     namespace = {"metadata": {"name": "prod"}}
     assert NAMESPACE.convert(namespace, strict=True) == namespace_from_k8s(namespace)
 
