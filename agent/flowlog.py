@@ -120,6 +120,15 @@ def _endpoint(name: str, port: Any) -> str:
     return name if port is None else f"{name}:{port}"
 
 
+def _staged_words(staged: Mapping[str, Any] | None, separator: str) -> str:
+    """``staged: would deny by ...`` when staged policies would change the verdict."""
+    if not staged or not (staged.get("would_deny") or staged.get("would_allow")):
+        return ""
+    change = "would deny" if staged.get("would_deny") else "would allow"
+    by = staged.get("changed_by") or []
+    return f"{separator}staged: {change}" + (f" by {describe_refs(by)}" if by else "")
+
+
 def format_record(data: Mapping[str, Any]) -> str:
     """One record (as_dict form) as a line: who, what, verdict, and what decided."""
     if data.get("event") == SUPPRESSED:
@@ -139,9 +148,7 @@ def format_record(data: Mapping[str, Any]) -> str:
         f"{_endpoint(data['dst'], data.get('dst_port'))} {verdict} [{data['reason']}] by "
         f"{describe_refs(data['decided_by'])}"
     )
-    staged = data.get("staged")
-    if staged and staged.get("changed_by"):
-        text += f"; staged: would be {staged['verdict']} by {describe_refs(staged['changed_by'])}"
+    text += _staged_words(data.get("staged"), "; ")
     return text
 
 
@@ -183,9 +190,7 @@ def format_table(records: Iterable[Mapping[str, Any]]) -> str:
             verdict = "revoked"
         elif data.get("event") == "repeat":
             verdict += f" x{data['packets']}"
-        staged = data.get("staged")
-        if staged and staged.get("changed_by"):
-            verdict += f", staged: {staged['verdict']}"
+        verdict += _staged_words(data.get("staged"), ", ")
         port = "" if data.get("dst_port") is None else f"/{data['dst_port']}"
         rows.append(
             (

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from enforcement.conntrack import TrackedConnection
 from enforcement.model import PROTOCOL_NAMES
 from enforcement.packets import PacketInfo
+from enforcement.staged import staged_verdict
 from enforcement.tables import OUTCOMES, AllowTables, Outcome
 from enforcement.verdict import Reason, RuleRef
 
@@ -111,21 +112,59 @@ class EventBuffer:
 
 
 @dataclass(frozen=True, slots=True)
-class StagedVerdict:
-    """What the verdict would be if the staged policies were enforced too."""
+class StagedReport:
+    """What the verdict would be if the staged policies were enforced too
+    (``enforcement.staged``)."""
 
     verdict: str
     """``allowed`` or ``denied``."""
+    would_deny: bool
+    """Allowed now, denied once the staged policies are enforced."""
+    would_allow: bool
+    """Denied now, allowed once the staged policies are enforced."""
     decided_by: tuple[RuleRef, ...]
+    """What would decide (staged and enforced rules alike)."""
     changed_by: tuple[RuleRef, ...]
     """The staged policies' rules that change the verdict; empty when it stays the same."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "verdict": self.verdict,
+            "would_deny": self.would_deny,
+            "would_allow": self.would_allow,
             "decided_by": [ref.as_dict() for ref in self.decided_by],
             "changed_by": [ref.as_dict() for ref in self.changed_by],
         }
+
+
+TABLE_REASONS = frozenset(
+    {
+        Reason.ALLOWED,
+        Reason.NOT_ISOLATED,
+        Reason.DENIED_EGRESS,
+        Reason.DENIED_INGRESS,
+        Reason.UNKNOWN_ENDPOINT,
+    }
+)
+"""Outcomes the tables gave (the rest were decided before the tables were asked, and staged
+policies cannot change them)."""
+
+
+def staged_report(packet: PacketInfo, outcome: Outcome, tables: AllowTables) -> StagedReport | None:
+    """What the staged policies would make of a connection the tables decided; None when
+    nothing is staged or the tables did not decide it."""
+    staged_tables = tables.staged
+    if staged_tables is None or outcome.reason not in TABLE_REASONS:
+        return None
+    staged_outcome = staged_tables.outcome(packet.src, packet.dst, packet.protocol, packet.dst_port)
+    staged = staged_verdict(outcome, staged_outcome)
+    return StagedReport(
+        verdict=verdict_word(staged.verdict.accepted),
+        would_deny=staged.would_deny,
+        would_allow=staged.would_allow,
+        decided_by=staged_outcome.refs,
+        changed_by=staged.changed_by,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +198,7 @@ class VerdictRecord:
     """False in audit mode when the packet passed although the verdict is ``denied``."""
     packets: int = 1
     """Packets this record stands for (more than one for a folded ``repeat``)."""
-    staged: StagedVerdict | None = None
+    staged: StagedReport | None = None
     """Present when staged policies exist: what they would decide."""
 
     @property
@@ -306,4 +345,5 @@ def record_of(event: VerdictEvent, node: str) -> VerdictRecord:
         reason=Reason.REVOKED.value if revoked else reason.value,
         decided_by=outcome.refs,
         enforced=event.enforced,
+        staged=None if revoked else staged_report(packet, outcome, tables),
     )

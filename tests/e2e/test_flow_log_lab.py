@@ -156,3 +156,71 @@ def test_every_probed_connection_is_recorded(up_args: tuple[str, ...], tmp_path:
         table = netpol_agent("lab", "flows", "--lab", lab.name)
         assert "DECIDED BY" in table and "payments-lockdown" in table
     assert not problems, "\n".join(problems)
+
+
+STAGED_DENY = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: try-default-deny
+  namespace: monitoring
+  annotations: {{netpol-agent.io/staged: "{staged}"}}
+spec:
+  podSelector: {{}}
+  policyTypes: [Ingress]
+"""
+
+
+def test_a_staged_default_deny_changes_nothing_and_reports_what_it_would_deny(
+    tmp_path: Path,
+) -> None:
+    """A staged default-deny of the monitoring namespace: every probe connects as before, and
+    exactly the connections it would block are reported as would-deny, naming it."""
+    example = _example()
+    staged_file, enforced_file = tmp_path / "staged.yaml", tmp_path / "enforced.yaml"
+    staged_file.write_text(STAGED_DENY.format(staged="true"))
+    enforced_file.write_text(STAGED_DENY.format(staged="false"))
+    before, _ = compile_example(example, STAGE)
+    after, _ = compile_example(example, (*STAGE, str(enforced_file)))
+    probe = Probe("prometheus-web", 9090, "TCP", 4, False, STAGE, default=True, exceptions=())
+    problems: list[str] = []
+    would_deny = 0
+    with lab_session("staged", tmp_path) as lab:
+        lab.up(example.cluster, *example.stage_paths(STAGE), staged_file)
+        since = _now()
+        matrix = lab.probe(probe.port, probe.protocol)
+        time.sleep(0.3)
+        records = _flows(lab, since)
+        for source, target, connected in _pairs(probe, matrix):
+            if target != "monitoring/prometheus":
+                continue
+            mine = [r for r in records if (r["src"], r["dst"]) == (source, target)
+                    and r["dst_port"] == 9090 and r["event"] == "connection"]  # fmt: skip
+            if not mine:
+                problems.append(f"{source} -> {target}: no record")
+                continue
+            record = mine[0]
+            src, dst = ip_of(record["src_ip"]), ip_of(record["dst_ip"])
+            enforced = before.outcome(src, dst, 6, 9090).verdict.accepted
+            staged = after.outcome(src, dst, 6, 9090).verdict.accepted
+            if connected != enforced:
+                problems.append(f"{source} -> {target}: probe {connected}, enforced {enforced}")
+            report = record.get("staged")
+            if report is None:
+                problems.append(f"{source} -> {target}: no staged report in {record}")
+                continue
+            expected = enforced and not staged
+            would_deny += expected
+            if report["would_deny"] != expected:
+                problems.append(f"{source} -> {target}: would_deny {report['would_deny']}")
+            names = [ref["name"] for ref in report["changed_by"]]
+            if names != (["try-default-deny"] if expected else []):
+                problems.append(f"{source} -> {target}: changed_by {names}")
+            if expected and not all(ref["staged"] for ref in report["changed_by"]):
+                problems.append(f"{source} -> {target}: changed_by not marked staged")
+    assert not problems, "\n".join(problems)
+    assert would_deny >= 4, "the staged policy would deny too little to prove anything"
+
+
+def ip_of(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed

@@ -158,3 +158,29 @@ def test_a_connection_cut_in_the_kernel_names_the_rules_that_now_deny_it() -> No
         "x/c", "x/b", 40000, 8080,
     )  # fmt: skip
     assert [(r["name"], r["action"]) for r in data["decided_by"]] == [("only-a", "Isolate")]
+
+
+def test_staged_policies_are_reported_with_what_they_would_change() -> None:
+    from dataclasses import replace
+
+    staged_deny = replace(make_policy("x", "try-deny", selector(app="c"), ingress=[]), staged=True)
+    tables = compile_tables(
+        cluster(
+            make_namespace("x"),
+            make_pod("x", "a", A, {"app": "a"}),
+            make_pod("x", "c", C, {"app": "c"}),
+            staged_deny,
+        ),
+        "node-1",
+        1,
+    )
+    data = record_of(_event(tables, _tcp(A, C)), "node-1").as_dict()
+    assert data["verdict"] == "allowed" and data["decided_by"] == []  # not enforced
+    staged = data["staged"]
+    assert staged["verdict"] == "denied" and staged["would_deny"] and not staged["would_allow"]
+    assert [(r["name"], r["staged"]) for r in staged["changed_by"]] == [("try-deny", True)]
+    unchanged = record_of(_event(tables, _tcp(C, A)), "node-1").as_dict()["staged"]
+    assert unchanged["verdict"] == "allowed" and unchanged["changed_by"] == []
+    assert not unchanged["would_deny"]
+    # Without staged policies, records carry no staged report.
+    assert "staged" not in record_of(_event(_tables(), _tcp(A, C)), "node-1").as_dict()
