@@ -41,7 +41,7 @@ from enforcement.conntrack import Revoker
 from enforcement.ctnetlink import NewEntryEvents
 from enforcement.eventpump import DEFAULT_RATE, EventCounts, EventPump, RecordBatch, Sink
 from enforcement.events import EventBuffer, kernel_decided, revoked_in_kernel
-from enforcement.firewall import Firewall, FirewallConfig, FirewallError
+from enforcement.firewall import MARK_ACCEPTED, Firewall, FirewallConfig, FirewallError
 from enforcement.flows import FlowTable
 from enforcement.latency import compile_quietly, pieces_of, prefer_decisions, release_gradually
 from enforcement.model import ClusterSnapshot
@@ -249,7 +249,8 @@ class Agent:
         """Offer an event for every connection the kernel confirms without the queue (pods
         no policy isolates), read from conntrack's new-entry events, until ``stop``."""
         try:
-            events = NewEntryEvents()
+            # The queue reports the connections it accepted itself (fast path: marked so).
+            events = NewEntryEvents(skip_mark=MARK_ACCEPTED)
         except OSError as error:
             log.error(
                 "cannot read conntrack events: connections between pods that no policy "

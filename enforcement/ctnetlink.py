@@ -21,6 +21,7 @@ IndexError or a struct error.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import operator
 import os
@@ -518,6 +519,46 @@ EVENT_RECEIVE_BUFFER = 4 << 20
 """Bytes of backlog for new-entry events; past it the kernel drops events (ENOBUFS)."""
 
 
+SO_ATTACH_FILTER = 26
+"""Attaches a classic BPF program to a socket (asm-generic/socket.h); on a netlink socket the
+kernel runs it on every multicast message before queueing it (``do_one_broadcast``)."""
+_BPF_LD_W_ABS, _BPF_LD_W_IND, _BPF_LD_IMM, _BPF_LDX_IMM = 0x20, 0x40, 0x00, 0x01
+_BPF_JEQ_K, _BPF_JSET_K, _BPF_TAX, _BPF_RET_K = 0x15, 0x45, 0x07, 0x06
+_SKF_AD_NLATTR = -0x1000 + 12
+"""SKF_AD_OFF + SKF_AD_NLATTR (linux/filter.h): a load from this offset sets A to the offset of
+the netlink attribute of type X found from offset A on, or to 0 when there is none."""
+_ENTRY_ATTRIBUTES_OFFSET = 16 + 4
+"""Where an entry's attributes start: after ``nlmsghdr`` and ``nfgenmsg``."""
+
+
+def skipping_marked(mark: int) -> bytes:
+    """A classic BPF program that drops a conntrack message whose CTA_MARK has any bit of
+    ``mark`` and keeps every other message (one without CTA_MARK too: the kernel leaves the
+    attribute out of an event when the connmark is 0). Loads from the packet are big-endian, as
+    the attribute is (``nla_put_be32``)."""
+    keep, drop = 0xFFFFFFFF, 0
+    program = [
+        (_BPF_LD_IMM, 0, 0, _ENTRY_ATTRIBUTES_OFFSET),
+        (_BPF_LDX_IMM, 0, 0, CTA_MARK),
+        (_BPF_LD_W_ABS, 0, 0, _SKF_AD_NLATTR & 0xFFFFFFFF),
+        (_BPF_JEQ_K, 3, 0, 0),  # no CTA_MARK: keep
+        (_BPF_TAX, 0, 0, 0),
+        (_BPF_LD_W_IND, 0, 0, 4),  # the attribute's value, after its 4-byte header
+        (_BPF_JSET_K, 1, 0, mark),
+        (_BPF_RET_K, 0, 0, keep),
+        (_BPF_RET_K, 0, 0, drop),
+    ]
+    return b"".join(struct.pack("=HBBI", code, jt, jf, k) for code, jt, jf, k in program)
+
+
+def attach_filter(sock: socket.socket, program: bytes) -> None:
+    """Attach the classic BPF ``program`` (8-byte ``sock_filter`` instructions) to ``sock``; the
+    kernel copies it, so the buffer need only live through the call."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
 class NewEntryEvents:
     """The new-entry events of the current network namespace's conntrack (CAP_NET_ADMIN).
 
@@ -528,10 +569,14 @@ class NewEntryEvents:
     and malformed entries in ``skipped``.
     """
 
-    def __init__(self, timeout: float = 0.2) -> None:
+    def __init__(self, timeout: float = 0.2, *, skip_mark: int = 0) -> None:
+        """``skip_mark``: leave out, in the kernel, the entries whose connmark has any of these
+        bits (``skipping_marked``), so they cost this process nothing."""
         self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         try:
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_RECEIVE_BUFFER)
+            if skip_mark:
+                attach_filter(self._socket, skipping_marked(skip_mark))
             self._socket.bind((0, 1 << (NFNLGRP_CONNTRACK_NEW - 1)))
             self._socket.settimeout(timeout)
         except OSError:
