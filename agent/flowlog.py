@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 trace_log = logging.getLogger("netpol-agent.trace")
 
 SUPPRESSED = "suppressed"
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+"""One encoder for every line (``json.dumps`` with options builds a new one per call)."""
 """The ``event`` of a flow-log line that counts records left out."""
 
 
@@ -49,18 +51,17 @@ class FlowLogWriter:
         self.errors = 0
 
     def __call__(self, batch: RecordBatch) -> None:
-        lines = [json.dumps(record.as_dict(), separators=(",", ":")) for record in batch.records]
+        lines = [_COMPACT.encode(record.as_dict()) for record in batch.records]
         if batch.suppressed or batch.dropped:
             lines.append(
-                json.dumps(
+                _COMPACT.encode(
                     {
                         "time": format_time(time.time()),
                         "node": self.node,
                         "event": SUPPRESSED,
                         "records": batch.suppressed,
                         "events_dropped": batch.dropped,
-                    },
-                    separators=(",", ":"),
+                    }
                 )
             )
         if not lines:

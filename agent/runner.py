@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,13 @@ from agent.state import ClusterState, PodRanges, StateView
 from enforcement.clusterpolicy import describe_tie, priority_ties
 from enforcement.compiler import compile_tables
 from enforcement.conntrack import Revoker
-from enforcement.ctnetlink import NewEntryEvents
 from enforcement.eventpump import DEFAULT_RATE, EventCounts, EventPump, RecordBatch, Sink
 from enforcement.events import EventBuffer, kernel_decided, revoked_in_kernel
-from enforcement.firewall import MARK_ACCEPTED, Firewall, FirewallConfig, FirewallError
+from enforcement.firewall import Firewall, FirewallConfig, FirewallError
 from enforcement.flows import FlowTable
 from enforcement.latency import compile_quietly, pieces_of, prefer_decisions, release_gradually
 from enforcement.model import ClusterSnapshot
+from enforcement.nflog import NflogReader
 from enforcement.queue import (
     Publication,
     QueueWorker,
@@ -202,7 +202,11 @@ class Agent:
         metrics count the verdict events whether or not there are any."""
         self.config = config
         self.source = source
-        self.firewall = firewall or Firewall(config.firewall)
+        if firewall is None:
+            # With a record consumer the firewall also logs what it does not queue, so that
+            # connections the kernel passes alone are recorded (``_watch_kernel_decisions``).
+            firewall = Firewall(replace(config.firewall, log_unqueued=bool(record_sinks)))
+        self.firewall = firewall
         self.conntrack = Revoker()
         self.record_sinks = record_sinks
         self.events = EventBuffer()
@@ -246,32 +250,32 @@ class Agent:
         return [self.pump.counts]
 
     def _watch_kernel_decisions(self, stop: threading.Event) -> None:
-        """Offer an event for every connection the kernel confirms without the queue (pods
-        no policy isolates), read from conntrack's new-entry events, until ``stop``."""
+        """Offer an event for every connection the kernel passes without the queue (pods no
+        policy isolates), from the first packets the firewall logs, until ``stop``."""
+        group = self.firewall.config.log_group
         try:
-            # The queue reports the connections it accepted itself (fast path: marked so).
-            events = NewEntryEvents(skip_mark=MARK_ACCEPTED)
+            logged = NflogReader(group)
         except OSError as error:
             log.error(
-                "cannot read conntrack events: connections between pods that no policy "
-                "isolates are left out of the flow log (%s)",
-                error,
+                "cannot read the packets the firewall logs: connections between pods that no "
+                "policy isolates are left out of the flow log",
+                extra={"fields": {"nflog_group": group, "error": str(error)}},
             )
             return
         try:
             while not stop.is_set():
-                entries = events.receive()
-                if not entries:
+                packets = logged.receive()
+                if not packets:
                     continue
                 tables, now = self.tables.current, time.time()
-                for entry in entries:
-                    event = kernel_decided(entry, tables, now)
+                for packet in packets:
+                    event = kernel_decided(packet, tables, now)
                     if event is not None:
                         self.events.offer(event)
         except OSError:
-            log.exception("conntrack events ended")
+            log.exception("reading the firewall's logged packets ended")
         finally:
-            events.close()
+            logged.close()
 
     def _dispatch_records(self, batch: RecordBatch) -> None:
         """Hand a batch of verdict records (from any pump) to every sink; a failing sink is

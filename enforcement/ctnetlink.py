@@ -21,7 +21,6 @@ IndexError or a struct error.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import operator
 import os
@@ -140,13 +139,18 @@ class ConntrackEntry:
 # -- building requests ------------------------------------------------------------------------
 
 
-def _attribute(kind: int, payload: bytes) -> bytes:
+def attribute(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
     length = _ATTRIBUTE.size + len(payload)
     return _ATTRIBUTE.pack(length, kind) + payload + b"\0" * (-length % 4)
 
 
-def _message(kind: int, flags: int, sequence: int, family: int, attributes: bytes) -> bytes:
-    body = _NFGENMSG.pack(family, 0, 0) + attributes
+def netfilter_message(
+    kind: int, flags: int, sequence: int, family: int, attributes: bytes, resource: int = 0
+) -> bytes:
+    """An nfnetlink message: ``nlmsghdr``, ``nfgenmsg`` (``resource``: a queue or log group,
+    big-endian), then the attributes."""
+    body = _NFGENMSG.pack(family, 0, socket.htons(resource)) + attributes
     return _HEADER.pack(_HEADER.size + len(body), kind, flags, sequence, 0) + body
 
 
@@ -163,7 +167,7 @@ def dump_request(
     the kernel; with ``original_src`` or ``reply_src`` (not both) also by that source address of
     the original or the reply tuple (net/netfilter/nf_conntrack_netlink.c,
     ``ctnetlink_alloc_filter``)."""
-    attributes = _attribute(CTA_MARK, _BE32.pack(mark)) + _attribute(
+    attributes = attribute(CTA_MARK, _BE32.pack(mark)) + attribute(
         CTA_MARK_MASK, _BE32.pack(mark_mask)
     )
     source, _destination, width = _ADDRESS_ATTRIBUTES[family]
@@ -175,24 +179,24 @@ def dump_request(
             continue
         if len(address) != width:
             raise ValueError(f"a {width}-byte address is needed for this family")
-        ip = _attribute(CTA_TUPLE_IP | NLA_F_NESTED, _attribute(source, address))
-        attributes += _attribute(tuple_kind | NLA_F_NESTED, ip)
-        flags = _attribute(flags_kind, struct.pack("=I", CTA_FILTER_FLAG_IP_SRC))
-        attributes += _attribute(CTA_FILTER | NLA_F_NESTED, flags)
+        ip = attribute(CTA_TUPLE_IP | NLA_F_NESTED, attribute(source, address))
+        attributes += attribute(tuple_kind | NLA_F_NESTED, ip)
+        flags = attribute(flags_kind, struct.pack("=I", CTA_FILTER_FLAG_IP_SRC))
+        attributes += attribute(CTA_FILTER | NLA_F_NESTED, flags)
     kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
-    return _message(kind, NLM_F_REQUEST | NLM_F_DUMP, sequence, family, attributes)
+    return netfilter_message(kind, NLM_F_REQUEST | NLM_F_DUMP, sequence, family, attributes)
 
 
 def _tuple_attribute(kind: int, family: int, ends: TupleEnds) -> bytes:
     source, destination, _width = _ADDRESS_ATTRIBUTES[family]
-    ip = _attribute(source, ends.src) + _attribute(destination, ends.dst)
-    proto = _attribute(CTA_PROTO_NUM, bytes([ends.protocol]))
+    ip = attribute(source, ends.src) + attribute(destination, ends.dst)
+    proto = attribute(CTA_PROTO_NUM, bytes([ends.protocol]))
     if ends.src_port is not None and ends.dst_port is not None:
-        proto += _attribute(CTA_PROTO_SRC_PORT, _BE16.pack(ends.src_port))
-        proto += _attribute(CTA_PROTO_DST_PORT, _BE16.pack(ends.dst_port))
-    nested = _attribute(CTA_TUPLE_IP | NLA_F_NESTED, ip)
-    nested += _attribute(CTA_TUPLE_PROTO | NLA_F_NESTED, proto)
-    return _attribute(kind | NLA_F_NESTED, nested)
+        proto += attribute(CTA_PROTO_SRC_PORT, _BE16.pack(ends.src_port))
+        proto += attribute(CTA_PROTO_DST_PORT, _BE16.pack(ends.dst_port))
+    nested = attribute(CTA_TUPLE_IP | NLA_F_NESTED, ip)
+    nested += attribute(CTA_TUPLE_PROTO | NLA_F_NESTED, proto)
+    return attribute(kind | NLA_F_NESTED, nested)
 
 
 def create_request(
@@ -202,22 +206,22 @@ def create_request(
     without state to give; ``conntrack -I`` spawns a process per entry)."""
     attributes = _tuple_attribute(CTA_TUPLE_ORIG, family, original)
     attributes += _tuple_attribute(CTA_TUPLE_REPLY, family, reply)
-    attributes += _attribute(CTA_TIMEOUT, _BE32.pack(timeout))
-    attributes += _attribute(CTA_MARK, _BE32.pack(mark))
+    attributes += attribute(CTA_TIMEOUT, _BE32.pack(timeout))
+    attributes += attribute(CTA_MARK, _BE32.pack(mark))
     kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
     flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK
-    return _message(kind, flags, sequence, family, attributes)
+    return netfilter_message(kind, flags, sequence, family, attributes)
 
 
 def delete_request(entry: ConntrackEntry, sequence: int) -> bytes:
     """Delete ``entry`` by its original tuple, its zone and its id, asking for an ack."""
     attributes = entry.original_attribute
     if entry.entry_id is not None:
-        attributes += _attribute(CTA_ID, _BE32.pack(entry.entry_id))
+        attributes += attribute(CTA_ID, _BE32.pack(entry.entry_id))
     if entry.zone is not None:
-        attributes += _attribute(CTA_ZONE, _BE16.pack(entry.zone))
+        attributes += attribute(CTA_ZONE, _BE16.pack(entry.zone))
     kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
-    return _message(kind, NLM_F_REQUEST | NLM_F_ACK, sequence, entry.family, attributes)
+    return netfilter_message(kind, NLM_F_REQUEST | NLM_F_ACK, sequence, entry.family, attributes)
 
 
 # -- parsing replies --------------------------------------------------------------------------
@@ -372,7 +376,7 @@ def parse_entry(message: Message) -> ConntrackEntry:
         value, size = offset + _ATTRIBUTE.size, length - _ATTRIBUTE.size
         if kind == CTA_TUPLE_ORIG:
             original = _tuple(family, data, value, offset + length)
-            original_attribute = _attribute(
+            original_attribute = attribute(
                 CTA_TUPLE_ORIG | NLA_F_NESTED, data[value : value + size]
             )
         elif kind == CTA_TUPLE_REPLY:
@@ -508,107 +512,3 @@ class CtNetlink:
                 elif code != tolerated:  # e.g. ENOENT: it ended meanwhile, nothing left to cut
                     raise NetlinkRequestError(code, f"conntrack request: {os.strerror(code)}")
         return done
-
-
-# -- events -----------------------------------------------------------------------------------
-
-NFNLGRP_CONNTRACK_NEW = 1
-"""The multicast group of new (confirmed) conntrack entries (nfnetlink.h enum nfnetlink_groups);
-a socket joins it by setting bit ``group - 1`` of its bind address's groups."""
-EVENT_RECEIVE_BUFFER = 4 << 20
-"""Bytes of backlog for new-entry events; past it the kernel drops events (ENOBUFS)."""
-
-
-SO_ATTACH_FILTER = 26
-"""Attaches a classic BPF program to a socket (asm-generic/socket.h); on a netlink socket the
-kernel runs it on every multicast message before queueing it (``do_one_broadcast``)."""
-_BPF_LD_W_ABS, _BPF_LD_W_IND, _BPF_LD_IMM, _BPF_LDX_IMM = 0x20, 0x40, 0x00, 0x01
-_BPF_JEQ_K, _BPF_JSET_K, _BPF_TAX, _BPF_RET_K = 0x15, 0x45, 0x07, 0x06
-_SKF_AD_NLATTR = -0x1000 + 12
-"""SKF_AD_OFF + SKF_AD_NLATTR (linux/filter.h): a load from this offset sets A to the offset of
-the netlink attribute of type X found from offset A on, or to 0 when there is none."""
-_ENTRY_ATTRIBUTES_OFFSET = 16 + 4
-"""Where an entry's attributes start: after ``nlmsghdr`` and ``nfgenmsg``."""
-
-
-def skipping_marked(mark: int) -> bytes:
-    """A classic BPF program that drops a conntrack message whose CTA_MARK has any bit of
-    ``mark`` and keeps every other message (one without CTA_MARK too: the kernel leaves the
-    attribute out of an event when the connmark is 0). Loads from the packet are big-endian, as
-    the attribute is (``nla_put_be32``)."""
-    keep, drop = 0xFFFFFFFF, 0
-    program = [
-        (_BPF_LD_IMM, 0, 0, _ENTRY_ATTRIBUTES_OFFSET),
-        (_BPF_LDX_IMM, 0, 0, CTA_MARK),
-        (_BPF_LD_W_ABS, 0, 0, _SKF_AD_NLATTR & 0xFFFFFFFF),
-        (_BPF_JEQ_K, 3, 0, 0),  # no CTA_MARK: keep
-        (_BPF_TAX, 0, 0, 0),
-        (_BPF_LD_W_IND, 0, 0, 4),  # the attribute's value, after its 4-byte header
-        (_BPF_JSET_K, 1, 0, mark),
-        (_BPF_RET_K, 0, 0, keep),
-        (_BPF_RET_K, 0, 0, drop),
-    ]
-    return b"".join(struct.pack("=HBBI", code, jt, jf, k) for code, jt, jf, k in program)
-
-
-def attach_filter(sock: socket.socket, program: bytes) -> None:
-    """Attach the classic BPF ``program`` (8-byte ``sock_filter`` instructions) to ``sock``; the
-    kernel copies it, so the buffer need only live through the call."""
-    buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))  # struct sock_fprog
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-
-
-class NewEntryEvents:
-    """The new-entry events of the current network namespace's conntrack (CAP_NET_ADMIN).
-
-    The kernel multicasts an ``IPCTNL_MSG_CT_NEW`` message when it confirms an entry, that is
-    when the first packet of a connection has passed every hook and was accepted (a dropped
-    packet's entry is never confirmed, so no event). ``receive`` returns what arrived within
-    ``timeout``; an overrun of the receive buffer (ENOBUFS) is counted in ``lost``, not raised,
-    and malformed entries in ``skipped``.
-    """
-
-    def __init__(self, timeout: float = 0.2, *, skip_mark: int = 0) -> None:
-        """``skip_mark``: leave out, in the kernel, the entries whose connmark has any of these
-        bits (``skipping_marked``), so they cost this process nothing."""
-        self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        try:
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, EVENT_RECEIVE_BUFFER)
-            if skip_mark:
-                attach_filter(self._socket, skipping_marked(skip_mark))
-            self._socket.bind((0, 1 << (NFNLGRP_CONNTRACK_NEW - 1)))
-            self._socket.settimeout(timeout)
-        except OSError:
-            self._socket.close()
-            raise
-        self.lost = 0
-        """Times the kernel reported events lost to a full receive buffer."""
-        self.skipped = 0
-
-    def close(self) -> None:
-        self._socket.close()
-
-    def receive(self) -> list[ConntrackEntry]:
-        """The entries of one read (empty after ``timeout`` with nothing new)."""
-        try:
-            data = self._socket.recv(EVENT_RECEIVE_BUFFER)
-        except TimeoutError:
-            return []
-        except OSError as error:
-            if error.errno != errno.ENOBUFS:
-                raise
-            self.lost += 1
-            return []
-        entries = []
-        try:
-            for message in messages(data):
-                if message.kind != _ENTRY_TYPE:
-                    continue
-                try:
-                    entries.append(parse_entry(message))
-                except NetlinkParseError:
-                    self.skipped += 1
-        except NetlinkParseError:
-            self.skipped += 1
-        return entries

@@ -195,8 +195,9 @@ class EventPump:
         self._refill(now)
         for event in events:
             self._count(event)
-            key = _connection_key(event)
-            if key is not None and not event.outcome.verdict.accepted:
+            # Only denials are folded, so only they need the connection's key.
+            key = None if event.outcome.verdict.accepted else _connection_key(event)
+            if key is not None:
                 fold = self._folding.get(key)
                 if fold is not None and now < fold.until:
                     fold.folded += 1
@@ -208,9 +209,7 @@ class EventPump:
             self._tokens -= 1
             record = record_of(event, self.node)
             records.append(record)
-            denied = key is not None and not event.outcome.verdict.accepted
-            if denied and len(self._folding) < FOLDED_FLOWS_MAX:
-                assert key is not None
+            if key is not None and len(self._folding) < FOLDED_FLOWS_MAX:
                 self._folding[key] = _Fold(record, now + self.fold_window)
         records.extend(self._ended_folds(now, final))
         dropped = self.buffer.dropped - self._dropped_seen

@@ -18,13 +18,11 @@ runner over its pipe, and ``as_dict`` is the JSON form of the flow log and ``lab
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-
-from enforcement.ctnetlink import ConntrackEntry
 
 if TYPE_CHECKING:
     from enforcement.conntrack import TrackedConnection
@@ -232,32 +230,24 @@ class VerdictRecord:
         return data
 
 
-def kernel_decided(entry: ConntrackEntry, tables: AllowTables, now: float) -> VerdictEvent | None:
-    """The event of a connection the kernel let through without asking the queue, from its
-    conntrack new-entry event; None when the queue decided it (it reports it itself) or when
-    no pod of this node takes part (the node's own traffic).
+def kernel_decided(packet: PacketInfo, tables: AllowTables, now: float) -> VerdictEvent | None:
+    """The event of a connection the kernel let through without asking the queue, from the
+    first packet the firewall logged (``enforcement/nflog.py``); None when the queue decides
+    it (it reports it itself: the address became isolated since) or when no pod of this node
+    takes part.
 
     The firewall queues every packet to or from an address that policy isolates here
     (``AllowTables.isolated_local_addresses``); anything else between local pods and their peers
     passes in the kernel: nothing isolates either side, so its outcome is ``not-isolated``.
     """
-    original = entry.original
     isolated = tables.isolated_local_addresses()
-    if original.src in isolated or original.dst in isolated:
+    if packet.src in isolated or packet.dst in isolated:
         return None
-    source, destination = tables.endpoint(original.src), tables.endpoint(original.dst)
+    source, destination = tables.endpoint(packet.src), tables.endpoint(packet.dst)
     if not (source is not None and source.local) and not (
         destination is not None and destination.local
     ):
         return None
-    packet = PacketInfo(
-        family=4 if len(original.src) == 4 else 6,
-        src=original.src,
-        dst=original.dst,
-        protocol=original.protocol,
-        src_port=original.src_port,
-        dst_port=original.dst_port,
-    )
     return VerdictEvent(now, packet, OUTCOMES[Reason.NOT_ISOLATED], tables)
 
 
@@ -321,8 +311,9 @@ def record_of(event: VerdictEvent, node: str) -> VerdictRecord:
             enforced=event.enforced,
         )
     source, destination = tables.endpoint(packet.src), tables.endpoint(packet.dst)
-    src_ip = str(ipaddress.ip_address(packet.src))
-    dst_ip = str(ipaddress.ip_address(packet.dst))
+    # inet_ntop: RFC 5952 text as ipaddress gives it, at a fifth of the cost (one per record).
+    family = socket.AF_INET if packet.family == 4 else socket.AF_INET6
+    src_ip, dst_ip = socket.inet_ntop(family, packet.src), socket.inet_ntop(family, packet.dst)
     directions = []
     if source is not None and source.local:
         directions.append("egress")

@@ -74,13 +74,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from enforcement.nflog import COPY_RANGE
+
 MARK_HOST = 0x0010_0000
 MARK_KERNEL_REPLY = 0x0020_0000
 MARK_ACCEPTED = 0x0040_0000
 """Fast path: a connection the agent accepted (saved to the connmark)."""
 MARK_UNKNOWN = 0x0080_0000
 """The pod side of the packet is an address of this node's pod ranges that no known pod has."""
-MARK_MASK = MARK_HOST | MARK_KERNEL_REPLY | MARK_ACCEPTED | MARK_UNKNOWN
+MARK_LOGGED = 0x0100_0000
+"""Flow log: a connection the kernel passes alone whose first packet was logged (connmark), so
+that its later packets are not (conntrack calls a connection NEW until it sees a reply)."""
+MARK_MASK = MARK_HOST | MARK_KERNEL_REPLY | MARK_ACCEPTED | MARK_UNKNOWN | MARK_LOGGED
 """All bits the agent uses. Chosen clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00."""
 
 Mode = Literal["fast", "per-packet"]
@@ -119,10 +124,20 @@ class FirewallConfig:
     """This node's pod interfaces, in iptables' ``-i`` syntax (a trailing ``+`` is a wildcard:
     ``cali+`` for Calico, ``veth+`` for kindnet). With ``anti_spoofing``, every packet that
     comes in on one is checked, whatever its source."""
+    log_unqueued: bool = False
+    """End each chain with an NFLOG rule (group ``log_group``) for the first packet of a
+    connection of a local pod that nothing queued: the flow log's view of what the kernel
+    passes alone (``enforcement/nflog.py``)."""
     chain_prefix: str = "NETPOL-AGENT"
     set_prefix: str = "npa"
     iptables: str = "iptables"
     ip6tables: str = "ip6tables"
+
+    @property
+    def log_group(self) -> int:
+        """The NFLOG group of ``log_unqueued``: the queue's number, clear of the groups other
+        programs use by default (ulogd's 0 and 1, Calico's flow logs' 1 and 2)."""
+        return self.queue_num
 
     def chain(self, hook: str) -> str:
         return f"{self.chain_prefix}-{hook}"
@@ -147,6 +162,8 @@ class FirewallConfig:
 
 
 HOOKS = ("FORWARD", "INPUT", "OUTPUT")
+LOG_CHAIN = "LOG"
+"""The chain (``log_unqueued``) that logs the first packet of connections nothing queued."""
 """Built-in chains of the filter table that jump to the agent's chain of the same name."""
 
 ANTI_SPOOFING_HOOK = "PREROUTING"
@@ -224,10 +241,31 @@ def render_rules(config: FirewallConfig, family: Family) -> str:
         f"-A {output} -m set --match-set {isolated} dst -j {queue}",
         f"-A {queue} -m conntrack --ctdir REPLY -j MARK --or-mark 0x{MARK_KERNEL_REPLY:x}",
         f"-A {queue} -j {target}",
-        "COMMIT",
-        "",
     ]
+    if config.log_unqueued:
+        lines[1:1] = [f":{config.chain(LOG_CHAIN)} - [0:0]"]
+        lines += _log_rules(config, family, (forward, input_, output))
+    lines += ["COMMIT", ""]
     return "\n".join(lines)
+
+
+def _log_rules(config: FirewallConfig, family: Family, hooks: Sequence[str]) -> list[str]:
+    """What reaches the end of a hook's chain was not queued: log the first packet of each
+    connection where a local pod takes part, once (``MARK_LOGGED`` in the connmark: conntrack
+    calls every packet NEW until a reply, so retransmitted SYNs and one-way UDP would repeat)."""
+    chain, local = config.chain(LOG_CHAIN), config.local_set(family)
+    logged = f"0x{MARK_LOGGED:x}/0x{MARK_LOGGED:x}"
+    lines = [f"-A {hook} -m conntrack --ctstate NEW -j {chain}" for hook in hooks]
+    return [
+        *lines,
+        f"-A {chain} -m connmark --mark {logged} -j RETURN",
+        *(
+            f"-A {chain} -m set --match-set {local} {side} -j CONNMARK --or-mark 0x{MARK_LOGGED:x}"
+            for side in ("src", "dst")
+        ),
+        f"-A {chain} -m connmark --mark {logged} "
+        f"-j NFLOG --nflog-group {config.log_group} --nflog-size {COPY_RANGE}",
+    ]
 
 
 def render_anti_spoofing(config: FirewallConfig, family: Family) -> str:
@@ -431,7 +469,7 @@ class Firewall:
             command = self.config.command(family)
             for hook in self._present_jumps(family, "filter"):
                 self._try([command, "-D", hook, "-j", self.config.chain(hook)])
-            own = (*HOOKS, "UNKNOWN", "QUEUE", "ACCEPT")
+            own = (*HOOKS, "UNKNOWN", "QUEUE", "ACCEPT", LOG_CHAIN)
             for chain in (self.config.chain(name) for name in own):
                 self._try([command, "-F", chain])
                 self._try([command, "-X", chain])

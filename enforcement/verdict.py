@@ -17,6 +17,11 @@ class Action(Enum):
 class Reason(Enum):
     """Why a packet got its verdict. The value is the label used in logs and metrics."""
 
+    # Members are singletons compared by identity, so identity is a valid hash; Enum's own
+    # ``__hash__`` (Python 3.11, enum.py) hashes the member's name in Python code, and the
+    # packet path hashes a reason several times per packet (counters, sets, OUTCOMES).
+    __hash__ = object.__hash__
+
     # accepts
     FLOW = "flow"
     """The packet belongs to a connection that was allowed (either direction)."""

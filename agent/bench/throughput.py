@@ -10,7 +10,7 @@ TCP 5201 and UDP 5201):
 - ``fast``: the agent in its default mode (first packet of a connection decided in userspace,
   the rest passed by the kernel through a connmark), without a flow log;
 - ``fast-flow-log``: the same with ``--flow-log`` to a file (one JSON line per connection,
-  and conntrack's new-entry events read for the connections the kernel passes alone);
+  and the NFLOG reader of the connections the kernel passes alone);
 - ``per-packet``: the agent deciding every packet of the isolated server in userspace.
 
 Switching: every configuration gets a lab of its own, built and removed around its loads

@@ -1,19 +1,16 @@
 """Tests for enforcement/ctnetlink.py: the conntrack netlink codec, with crafted bytes.
 
-The kernel side: a real dump and delete in tests/e2e/test_revocation.py, new-entry events and
-their in-kernel filter here, in a namespace of the test's own."""
+The kernel side (a real dump and delete) is exercised by tests/e2e/test_revocation.py."""
 
 from __future__ import annotations
 
 import socket
 import struct
-import subprocess
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.lab.netns import entered
 from enforcement.ctnetlink import (
     CTA_FILTER,
     CTA_FILTER_FLAG_IP_SRC,
@@ -45,7 +42,6 @@ from enforcement.ctnetlink import (
     NLMSG_ERROR,
     Message,
     NetlinkParseError,
-    NewEntryEvents,
     attributes,
     delete_request,
     dump_request,
@@ -263,48 +259,3 @@ def test_error_code(payload: bytes, code: int) -> None:
 def test_a_truncated_error_message_is_a_parse_error() -> None:
     with pytest.raises(NetlinkParseError):
         error_code(Message(NLMSG_ERROR, 0, 1, b"\0\0"))
-
-
-# -- new-entry events, from a real conntrack in a namespace of the test's own --------------------
-
-SKIPPED_MARK = 0x0040_0000
-
-
-def _new_entries(netns: str, skip_mark: int, ports: tuple[int, ...]) -> set[int]:
-    """The destination ports of the UDP entries ``NewEntryEvents`` reports while one datagram is
-    sent to each of ``ports`` on the namespace's loopback."""
-    with entered(netns):
-        events = NewEntryEvents(timeout=0.3, skip_mark=skip_mark)
-        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for port in ports:
-            sender.sendto(b"x", ("127.0.0.1", port))
-        seen: set[int] = set()
-        while entries := events.receive():
-            seen.update(
-                entry.original.dst_port
-                for entry in entries
-                if entry.original.protocol == socket.IPPROTO_UDP
-                and entry.original.dst_port is not None
-            )
-        return seen
-    finally:
-        sender.close()
-        events.close()
-
-
-@pytest.mark.root
-def test_new_entry_events_skip_marked_connections_in_the_kernel(scratch_netns: str) -> None:
-    """The connmark filter runs in the kernel: entries marked with the skipped bit never arrive,
-    others do (marked with another bit, or not marked at all, which leaves CTA_MARK out)."""
-    netns = ["ip", "netns", "exec", scratch_netns]
-    subprocess.run([*netns, "ip", "link", "set", "lo", "up"], check=True)
-    for port, mark in ((9001, SKIPPED_MARK), (9002, 0x10), (9004, SKIPPED_MARK | 0x10)):
-        subprocess.run(
-            [*netns, "iptables", "-A", "OUTPUT", "-p", "udp", "--dport", str(port),
-             "-j", "CONNMARK", "--set-mark", hex(mark)],
-            check=True,
-        )  # fmt: skip
-    ports = (9001, 9002, 9003, 9004)
-    assert _new_entries(scratch_netns, SKIPPED_MARK, ports) == {9002, 9003}
-    assert _new_entries(scratch_netns, 0, tuple(p + 10 for p in ports)) == {9011, 9012, 9013, 9014}

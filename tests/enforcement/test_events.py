@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 from enforcement.compiler import compile_tables
-from enforcement.ctnetlink import ConntrackEntry, TupleEnds
 from enforcement.events import (
     EventBuffer,
     EventKind,
@@ -118,10 +117,9 @@ def test_a_revocation_and_an_unparsed_packet() -> None:
     assert unparsed.verdict == "denied" and unparsed.reason == "malformed" and unparsed.src == ""
 
 
-def _entry(src: str, dst: str, protocol: int = IPPROTO_TCP) -> ConntrackEntry:
-    original = TupleEnds(ip(src), ip(dst), protocol, 40000, 80)
-    reply = TupleEnds(ip(dst), ip(src), protocol, 80, 40000)
-    return ConntrackEntry(socket.AF_INET, original, reply, 0, 1, None, b"")
+def _entry(src: str, dst: str, protocol: int = IPPROTO_TCP) -> PacketInfo:
+    """The first packet of a connection, as the firewall logs it."""
+    return PacketInfo(4, ip(src), ip(dst), protocol, 40000, 80)
 
 
 def test_kernel_decided_connections_are_those_no_policy_isolates() -> None:
@@ -147,10 +145,13 @@ def test_times_are_rfc3339_utc() -> None:
 
 def test_a_connection_cut_in_the_kernel_names_the_rules_that_now_deny_it() -> None:
     from enforcement.conntrack import TrackedConnection
+    from enforcement.ctnetlink import ConntrackEntry, TupleEnds
     from enforcement.events import revoked_in_kernel
 
     tables = _tables()
-    entry = _entry(C, "10.96.0.10")  # to a Service address, DNATed to b
+    original = TupleEnds(ip(C), ip("10.96.0.10"), IPPROTO_TCP, 40000, 80)  # a Service address
+    reply = TupleEnds(ip(B), ip(C), IPPROTO_TCP, 8080, 40000)  # DNATed to b
+    entry = ConntrackEntry(socket.AF_INET, original, reply, 0, 1, None, b"")
     connection = TrackedConnection(ip(C), ip(B), IPPROTO_TCP, 8080, 0, entry)
     data = record_of(revoked_in_kernel(connection, tables, 3.0), "node-1").as_dict()
     assert (data["event"], data["verdict"], data["reason"]) == ("revoked", "denied", "revoked")

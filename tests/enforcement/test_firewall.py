@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 import pytest
 
+from agent.lab.netns import entered
 from enforcement.firewall import (
     MARK_HOST,
     MARK_KERNEL_REPLY,
+    MARK_LOGGED,
     MARK_UNKNOWN,
     Family,
     Firewall,
@@ -20,6 +23,7 @@ from enforcement.firewall import (
     render_set,
     subprocess_runner,
 )
+from enforcement.nflog import NflogReader
 from tests.builders import ip
 
 
@@ -229,6 +233,52 @@ def test_install_sync_remove_in_a_namespace(scratch_netns: str) -> None:
     assert "NETPOL" not in run(["iptables-save"], None)
     assert "NETPOL" not in run(["ip6tables-save"], None)
     assert "npa-" not in run(["ipset", "list", "-n"], None)
+
+
+def test_unqueued_first_packets_of_local_pods_are_logged_once_when_asked() -> None:
+    assert "NFLOG" not in render_rules(FirewallConfig(), 4)
+    rules = render_rules(FirewallConfig(log_unqueued=True), 6).splitlines()
+    log = "NETPOL-AGENT-LOG"
+    # Last in each hook's chain: only what no earlier rule queued or accepted gets there.
+    for hook in ("FORWARD", "INPUT", "OUTPUT"):
+        own = [rule for rule in rules if rule.startswith(f"-A NETPOL-AGENT-{hook} ")]
+        assert own[-1] == f"-A NETPOL-AGENT-{hook} -m conntrack --ctstate NEW -j {log}"
+    logged = f"-m connmark --mark 0x{MARK_LOGGED:x}/0x{MARK_LOGGED:x}"
+    assert [rule for rule in rules if rule.startswith(f"-A {log} ")] == [
+        f"-A {log} {logged} -j RETURN",
+        f"-A {log} -m set --match-set npa-local-v6 src -j CONNMARK --or-mark 0x{MARK_LOGGED:x}",
+        f"-A {log} -m set --match-set npa-local-v6 dst -j CONNMARK --or-mark 0x{MARK_LOGGED:x}",
+        f"-A {log} {logged} -j NFLOG --nflog-group 1000 --nflog-size 128",
+    ]
+
+
+@pytest.mark.root
+def test_the_log_chain_logs_each_connection_of_a_local_pod_once(scratch_netns: str) -> None:
+    """Real packets: an address of the namespace's loopback stands for a local pod nothing
+    isolates (the sender's address, 127.0.0.1, for a peer that is no local pod).
+    A connection to it is logged by its first packet only (a second datagram of the same
+    unanswered UDP flow is still NEW to conntrack), and traffic of no local pod not at all."""
+    run = in_namespace(scratch_netns)
+    run(["ip", "link", "set", "lo", "up"], None)
+    firewall = Firewall(FirewallConfig(log_unqueued=True), run=run)
+    firewall.install()
+    firewall.sync(frozenset(), frozenset({ip("127.0.0.5")}))
+    with entered(scratch_netns):
+        reader = NflogReader(firewall.config.log_group, timeout=0.5)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for address, port in (("127.0.0.5", 9001), ("127.0.0.5", 9001), ("127.0.0.2", 9002)):
+            sender.sendto(b"x", (address, port))
+        seen = []
+        while packets := reader.receive():
+            seen += [(socket.inet_ntoa(packet.dst), packet.dst_port) for packet in packets]
+        assert seen == [("127.0.0.5", 9001)]
+    finally:
+        sender.close()
+        reader.close()
+    firewall.remove()
+    assert "NETPOL" not in run(["iptables-save"], None)
+    assert "NETPOL" not in run(["ip6tables-save"], None)
 
 
 @pytest.mark.root
