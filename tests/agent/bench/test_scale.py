@@ -1,4 +1,4 @@
-"""The scale benchmark (agent/bench/scale.py): the synthetic cluster generator, the flow mix,
+"""The scale benchmark (agent/bench/scale/): the synthetic cluster generator, the flow mix,
 the target checks, and a tiny ``netpol-agent bench scale`` run end to end.
 
 No root, nothing timed against a limit: speed is the benchmark's business, these tests check
@@ -17,33 +17,26 @@ from typing import Any
 
 import pytest
 
-from agent.bench.scale import (
+from agent.bench.command import add_scale_arguments
+from agent.bench.machine import GiB
+from agent.bench.scale.changes import ClusterMaps, make_change
+from agent.bench.scale.cluster import generate_cluster
+from agent.bench.scale.flows import focus_pods, generate_flows
+from agent.bench.scale.policies import SHAPES
+from agent.bench.scale.results import ScaleReport, SizeResult, evaluate_targets
+from agent.bench.scale.run import measure_size, run_scale
+from agent.bench.scale.sizes import (
     FULL_SIZES,
     NODE,
     QUICK_SIZES,
-    SHAPES,
     TARGET_SIZE,
-    ClusterMaps,
-    GiB,
-    ScaleReport,
     Size,
-    SizeResult,
-    WorkerSpec,
-    add_scale_arguments,
-    check_target,
-    evaluate_targets,
-    focus_pods,
-    generate_cluster,
-    generate_flows,
-    make_change,
-    measure_size,
     parse_size,
-    percentile,
-    render_table,
-    run_scale,
     sweep_counts,
-    time_decisions,
 )
+from agent.bench.scale.table import render_table
+from agent.bench.scale.timing import time_decisions
+from agent.bench.scale.worker import WorkerSpec
 from agent.convert import namespace_from_k8s, pod_from_k8s, policy_from_k8s
 from enforcement.compiler import compile_tables
 from enforcement.model import (
@@ -504,22 +497,6 @@ def test_decision_ratio_uses_the_largest_size_with_10k_policies() -> None:
     assert check.value == pytest.approx(1.1)
     assert check.met is True
     assert "at 100k pods" in check.note
-
-
-def test_check_target_says_by_how_much() -> None:
-    assert check_target("x", "≤ 50 ms", 2.4, 0.05, "s").note == "48.0x the limit"
-    assert check_target("x", "≤ 10 s", 2.5, 10, "s").note == "0.25x the limit"
-    missing = check_target("x", "≤ 10 s", None, 10, "s")
-    assert missing.met is None
-    assert "not measured" in missing.render()
-
-
-def test_percentile() -> None:
-    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
-    assert percentile([1.0, 2.0], 0.5) == 1.5
-    assert percentile(list(map(float, range(101))), 0.99) == 99.0
-    with pytest.raises(ValueError):
-        percentile([], 0.5)
 
 
 # -- end to end -----------------------------------------------------------------------------------

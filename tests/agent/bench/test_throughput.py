@@ -1,4 +1,4 @@
-"""The throughput benchmark (agent/bench/throughput.py): parsing real tool output, the
+"""The throughput benchmark (agent/bench/throughput/): parsing real tool output, the
 statistics and the report; and, as root, ``netpol-agent bench --quick`` end to end.
 
 The fixtures at the bottom are output captured from the tools in a lab on the development
@@ -17,32 +17,28 @@ from pathlib import Path
 
 import pytest
 
-from agent.bench import add_bench_arguments, add_bench_parser
-from agent.bench.throughput import (
+from agent.bench.stats import Percentiles
+from agent.bench.throughput.chart import write_chart
+from agent.bench.throughput.config import (
     FIGURES,
     LOAD_FIGURES,
     MANIFEST,
     MODE_FIGURES,
     MODES,
-    AgentCounters,
     BenchError,
-    ModeRun,
-    Percentiles,
-    Report,
     Settings,
+)
+from agent.bench.throughput.replay import replay_decisions, tcp_packet
+from agent.bench.throughput.report import ModeRun, Report, render_table
+from agent.bench.throughput.run import check_prerequisites
+from agent.bench.throughput.tools import (
+    AgentCounters,
     agent_counters,
-    check_prerequisites,
-    cpu_seconds,
     parse_iperf3,
     parse_metrics,
     parse_wrk,
-    percentile,
-    render_table,
-    replay_decisions,
     tcp_bits_per_second,
-    tcp_packet,
     udp_result,
-    write_chart,
 )
 from tests.builders import (
     cluster,
@@ -141,26 +137,6 @@ def test_agent_counters_sum_over_labels() -> None:
     counters = agent_counters(samples)
     assert counters == AgentCounters(packets=5705.0 + 56271.0, decision_seconds=1.031033447)
     assert counters - AgentCounters(1000.0, 0.031033447) == AgentCounters(60976.0, 1.0)
-
-
-@pytest.mark.parametrize(
-    ("values", "fraction", "expected"),
-    [
-        pytest.param([3.0, 1.0, 2.0], 0.5, 2.0, id="median-odd"),
-        pytest.param([1.0, 2.0, 3.0, 4.0], 0.5, 2.0, id="median-even-nearest-rank"),
-        pytest.param([float(v) for v in range(1, 101)], 0.99, 99.0, id="p99-of-100"),
-        pytest.param([float(v) for v in range(1, 1001)], 0.99, 990.0, id="p99-of-1000"),
-        pytest.param([5.0], 0.99, 5.0, id="single"),
-        pytest.param([1.0, 2.0], 1.0, 2.0, id="max"),
-    ],
-)
-def test_percentile(values: list[float], fraction: float, expected: float) -> None:
-    assert percentile(values, fraction) == expected
-
-
-def test_percentile_of_nothing() -> None:
-    with pytest.raises(ValueError):
-        percentile([], 0.5)
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -336,21 +312,6 @@ def test_settings_refuse_nonsense(rounds: int | None, seconds: int | None) -> No
         Settings.from_args(False, rounds, seconds)
 
 
-def test_command_line() -> None:
-    parser = argparse.ArgumentParser(prog="netpol-agent")
-    add_bench_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--quick", "--output", "out"])
-    assert (args.command, args.quick, args.output, args.rounds) == (
-        "bench",
-        True,
-        Path("out"),
-        None,
-    )
-    standalone = argparse.ArgumentParser()
-    add_bench_arguments(standalone)
-    assert standalone.parse_args(["--rounds", "2"]).rounds == 2
-
-
 def test_missing_tools_are_named_with_their_packages(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shutil.which", lambda tool: None if tool in ("wrk", "nginx") else tool)
     monkeypatch.setattr("os.geteuid", lambda: 1000)
@@ -360,12 +321,6 @@ def test_missing_tools_are_named_with_their_packages(monkeypatch: pytest.MonkeyP
     assert "needs root" in message
     assert "missing programs: wrk, nginx" in message
     assert "apt-get install nginx-light wrk" in message
-
-
-def test_cpu_seconds_of_this_process() -> None:
-    used = cpu_seconds(os.getpid())
-    assert used is not None and used >= 0
-    assert cpu_seconds(2**22 + 1) is None  # above pid_max's default: no such process
 
 
 def test_every_mode_has_its_figures() -> None:

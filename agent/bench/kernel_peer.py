@@ -5,7 +5,7 @@ what ``netpol-agent bench`` measures netpol-agent against: a policy enforced ent
 kernel, rule by rule, with no userspace on the packet path. It shares nothing with the compiler
 and the allow tables except the model (``enforcement/model.py``) and the namespace-label
 defaulting, so it is also an independent second opinion on the semantics (the root test in
-``tests/enforcement/test_kernel_peer.py`` probes a lab enforced by these rules and compares).
+``tests/agent/bench/test_kernel_peer.py`` probes a lab enforced by these rules and compares).
 
 Pure, like the compiler: a :class:`ClusterSnapshot` and a node name in, the text of an
 ``iptables-restore --noflush`` transaction out; no I/O.
@@ -39,9 +39,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from enforcement.compiler import namespace_labels
+from enforcement.firewall import FAMILIES, Family
 from enforcement.model import (
     ClusterSnapshot,
     Direction,
@@ -55,9 +55,6 @@ from enforcement.model import (
     PolicyPort,
     Rule,
 )
-
-Family = Literal[4, 6]
-FAMILIES: tuple[Family, ...] = (4, 6)
 
 MARK_ALLOW = 0x0080_0000
 """The packet-mark bit an except chain sets for "allowed"; clear of the agent's bits

@@ -1,4 +1,4 @@
-"""The kernel peer (enforcement/kernel_peer.py): rendered rules, and real packets in a lab.
+"""The kernel peer (agent/bench/kernel_peer.py): rendered rules, and real packets in a lab.
 
 The unit tests read the rendered ``iptables-restore`` payload; the root test builds a lab without
 an agent, installs the kernel peer's rules in its node namespace after every change, probes the
@@ -13,15 +13,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from enforcement.compiler import compile_tables
-from enforcement.decide import ACCEPTING
-from enforcement.kernel_peer import (
+from agent.bench.kernel_peer import (
     MARK_ALLOW,
     KernelPeerConfig,
     KernelPeerRules,
     compile_kernel_peer,
     kernel_peer_rules,
 )
+from enforcement.compiler import compile_tables
+from enforcement.decide import ACCEPTING
 from enforcement.model import (
     PROTOCOL_NUMBERS,
     ClusterSnapshot,
@@ -431,7 +431,7 @@ class _Installed:
 
     def sync(self) -> ClusterSnapshot:
         """Replace the rules with those of the lab's current state; that snapshot."""
-        from agent.bench.throughput import snapshot_from_store
+        from agent.bench.throughput.lab import snapshot_from_store
         from agent.lab.lab import Lab
         from agent.lab.netns import run
 
