@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from enforcement.compiler import namespace_labels
-from enforcement.firewall import FAMILIES, Family
+from enforcement.firewall import FAMILIES, MARK_MASK, Family
 from enforcement.model import (
     ClusterSnapshot,
     Direction,
@@ -56,9 +56,12 @@ from enforcement.model import (
     Rule,
 )
 
-MARK_ALLOW = 0x0080_0000
-"""The packet-mark bit an except chain sets for "allowed"; clear of the agent's bits
-(``enforcement.firewall.MARK_MASK``), kube-proxy's and Cilium's."""
+MARK_ALLOW = 1 << MARK_MASK.bit_length()
+"""The packet-mark bit an except chain sets for "allowed": the bit just above every bit the agent
+uses (``enforcement.firewall.MARK_MASK``), so the two never share one even where the agent's set
+grows; above kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00 too."""
+if MARK_ALLOW > 0xFFFF_FFFF:  # the packet mark is 32 bits (skb->mark)
+    raise ImportError("the agent's mark bits leave no bit above them for the kernel peer")
 
 HOOKS = ("FORWARD", "INPUT")
 """Built-in chains the kernel peer hooks into."""

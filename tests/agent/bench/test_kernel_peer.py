@@ -22,6 +22,7 @@ from agent.bench.kernel_peer import (
 )
 from enforcement.compiler import compile_tables
 from enforcement.decide import ACCEPTING
+from enforcement.firewall import MARK_MASK
 from enforcement.model import (
     PROTOCOL_NUMBERS,
     ClusterSnapshot,
@@ -45,6 +46,15 @@ from tests.builders import (
 from tests.e2e.test_netpol_cases_lab import LabCluster
 
 MARK = f"0x{MARK_ALLOW:x}"
+
+
+def test_the_allow_mark_is_one_bit_clear_of_the_agents_marks() -> None:
+    # The agent ORs MARK_MASK bits into packets and connmarks; a shared bit would let one
+    # enforcer's mark read as the other's.
+    assert MARK_ALLOW & MARK_MASK == 0
+    assert MARK_ALLOW.bit_count() == 1
+    assert MARK_ALLOW <= 0xFFFF_FFFF
+    assert MARK_ALLOW & 0xFF00 == 0  # kube-proxy's 0x4000/0x8000, Cilium's 0x0f00
 
 
 def server_cluster(
