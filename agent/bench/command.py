@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:  # for the annotation only: the module is imported when --sizes is parsed
+    from agent.bench.scale.sizes import Size
 
 DEFAULT_OUTPUT: Final = Path("bench-results")
 """Where results go unless ``--output`` says otherwise (relative to the working directory)."""
@@ -55,7 +58,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _size(text: str) -> Any:
+def _size(text: str) -> Size:
     """A ``--sizes`` value, parsed by the scale harness (imported only when one is given)."""
     from agent.bench.scale.sizes import parse_size
 
