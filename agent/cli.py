@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agent import explain_cli
 from agent.bench import add_bench_parser, run_bench
 from agent.health import DEFAULT_HEALTH_PORT
 from enforcement.eventpump import DEFAULT_RATE as DEFAULT_RECORD_RATE
@@ -159,6 +160,7 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     logs = with_lab(verbs.add_parser("logs", help="print the agents' logs"))
     logs.add_argument("--tail", type=int, default=50, help="lines per node (0: all)")
     verbs.add_parser("list", help="list the labs on this machine")
+    explain_cli.add_lab_parsers(verbs, with_lab)
 
 
 def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -355,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(commands)
     _add_lab_parsers(commands)
     add_bench_parser(commands)
+    explain_cli.add_parsers(commands)
     cleanup = commands.add_parser(
         "cleanup",
         help="remove the agent's rules and address sets from this network namespace",
@@ -371,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_lab(args))
     if args.command == "bench":
         raise SystemExit(run_bench(args))
+    if args.command in ("explain", "describe"):
+        raise SystemExit(explain_cli.run(args))
     if args.command == "cleanup":
         from enforcement.firewall import Firewall, FirewallConfig
 
@@ -557,6 +562,8 @@ def _lab(args: argparse.Namespace) -> int:
                 print(format_matrix(matrix))
         elif args.verb == "flows":
             _lab_flows(lab, args)
+        elif args.verb in ("explain", "describe"):
+            return explain_cli.run_lab(args, lab.objects())
         elif args.verb == "logs":
             for node, text in lab.agent_logs().items():
                 lines = text.splitlines()
