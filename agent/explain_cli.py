@@ -18,7 +18,8 @@ from typing import Any
 from agent.explain_text import render_explanation
 from agent.manifests import ManifestError, load_manifests, printable
 from enforcement.describe import describe_pod, describe_policy
-from enforcement.explain import ExplainError, explain, find_endpoint
+from enforcement.explain import explain
+from enforcement.explanation import ExplainError, find_endpoint
 from enforcement.model import PROTOCOL_NUMBERS, ClusterSnapshot
 
 PROTOCOLS = tuple(PROTOCOL_NUMBERS)

@@ -13,7 +13,7 @@ so a line of ``lab flows`` and an explanation of the same flow read alike.
 from __future__ import annotations
 
 from agent.flowlog import describe_refs
-from enforcement.explain import DirectionExplanation, Explanation, RuleStep, TierStep
+from enforcement.explanation import DirectionExplanation, Explanation, RuleStep, TierStep
 from enforcement.model import PROTOCOL_NAMES
 
 
@@ -58,6 +58,8 @@ def _direction(direction: DirectionExplanation) -> list[str]:
     name = direction.direction.value.lower()
     where = f" ({direction.node})" if direction.enforced and direction.node else ""
     lines = [f"{name} of {direction.subject}{where}: {direction.summary}"]
+    if not any(tier.policies for tier in direction.tiers):
+        return lines  # the summary says it all: nothing selects the subject
     for tier in direction.tiers:
         lines += _tier(tier)
     return lines

@@ -22,7 +22,7 @@ from enforcement.clusterpolicy import (
     describe_tie,
     priority_ties,
 )
-from enforcement.explain import ExplainError
+from enforcement.explanation import ExplainError
 from enforcement.matching import Cluster
 from enforcement.model import (
     ClusterSnapshot,

@@ -26,7 +26,8 @@ import pytest
 
 from agent.explain_cli import snapshot_from_objects
 from enforcement.compiler import compile_tables
-from enforcement.explain import Endpoint, Explanation, explain, find_endpoint
+from enforcement.explain import explain
+from enforcement.explanation import Endpoint, Explanation, find_endpoint
 from enforcement.model import PROTOCOL_NUMBERS, ClusterSnapshot
 from enforcement.tables import AllowTables
 from enforcement.verdict import Reason, RuleRef

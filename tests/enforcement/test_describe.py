@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from enforcement.describe import describe_pod, describe_policy
-from enforcement.explain import ExplainError
+from enforcement.explanation import ExplainError
 from tests.builders import (
     cluster,
     cpeer,

@@ -13,7 +13,8 @@ from dataclasses import replace
 
 import pytest
 
-from enforcement.explain import Endpoint, ExplainError, explain, find_endpoint
+from enforcement.explain import explain
+from enforcement.explanation import Endpoint, ExplainError, find_endpoint
 from enforcement.model import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, ClusterSnapshot
 from enforcement.verdict import Reason, RuleRef
 from tests.builders import (

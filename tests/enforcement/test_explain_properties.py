@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 from enforcement.compiler import compile_tables
 from enforcement.events import staged_report
-from enforcement.explain import Endpoint, explain
+from enforcement.explain import explain
+from enforcement.explanation import Endpoint
 from enforcement.model import ClusterSnapshot, IPAddress
 from enforcement.packets import PacketInfo
 from enforcement.tables import AllowTables, Outcome
