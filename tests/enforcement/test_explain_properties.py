@@ -4,7 +4,9 @@ The explanation walks the policies itself (enforcement/matching.py), sharing not
 compiler but the model; the tables are checked against tests/reference.py elsewhere. Here, on
 the random clusters of test_compiler_properties.py (NetworkPolicies, ClusterNetworkPolicies of
 both tiers with ties, Nodes, unreadable pods, hostNetwork pods, shared addresses, named ports),
-with some policies staged at random:
+with some policies staged at random (and clusters of one-rule ClusterNetworkPolicies that
+compete in one tier, where nothing broad hides a mistake, and clusters where an Admin Pass
+comes before a rule that would decide):
 
 - on one node, the explanation must give every flow the reason ``AllowTables.outcome`` gives,
   AND name the same refs for each direction (what the flow log records), and with the staged
@@ -26,11 +28,19 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enforcement.clusterpolicy import (
+    ClusterNetworkPolicy,
+    ClusterPeer,
+    ClusterRule,
+    ClusterSubject,
+    RuleAction,
+    Tier,
+)
 from enforcement.compiler import compile_tables
 from enforcement.events import staged_report
 from enforcement.explain import explain
 from enforcement.explanation import Endpoint
-from enforcement.model import ClusterSnapshot, IPAddress
+from enforcement.model import ClusterSnapshot, Direction, IPAddress, LabelSelector
 from enforcement.packets import PacketInfo
 from enforcement.tables import AllowTables, Outcome
 from enforcement.verdict import Reason, RuleRef
@@ -39,16 +49,34 @@ from tests.enforcement.test_compiler_properties import (
     PROFILE,
     Flow,
     all_flows,
+    cluster_ports_st,
+    single_cluster_rule_snapshot_st,
     snapshot_st,
 )
 
 FLOWS_PER_CLUSTER = 40
 
 
+def some_flows(data: st.DataObject, snapshot: ClusterSnapshot) -> list[Flow]:
+    """Flows of the cluster, three in four between two pods' addresses (where selectors have
+    something to match), the rest from or to outside addresses too."""
+    flows = all_flows(snapshot)
+    claimed = {str(a) for p in (*snapshot.pods, *snapshot.unreadable_pods) for a in p.ips}
+    between_pods = [f for f in flows if f.src in claimed and f.dst in claimed] or flows
+    count = FLOWS_PER_CLUSTER // 4
+    return data.draw(st.lists(st.sampled_from(between_pods), max_size=3 * count)) + data.draw(
+        st.lists(st.sampled_from(flows), max_size=count)
+    )
+
+
 @st.composite
 def staged_snapshot_st(draw: st.DrawFn) -> ClusterSnapshot:
-    """A random cluster with about a third of its policies of both kinds staged."""
-    snapshot = draw(snapshot_st())
+    """A random cluster with about a third of its policies of both kinds staged; half the
+    time one whose ClusterNetworkPolicies have one rule each, often competing in one tier at
+    one priority (nothing broad hides a rule's mistake, a Pass included)."""
+    snapshot = draw(
+        st.one_of(snapshot_st(), single_cluster_rule_snapshot_st(), passing_snapshot_st())
+    )
     return replace(
         snapshot,
         policies=tuple(replace(p, staged=draw(st.integers(0, 2)) == 0) for p in snapshot.policies),
@@ -56,6 +84,35 @@ def staged_snapshot_st(draw: st.DrawFn) -> ClusterSnapshot:
             replace(p, staged=draw(st.integers(0, 2)) == 0) for p in snapshot.cluster_policies
         ),
     )
+
+
+@st.composite
+def passing_snapshot_st(draw: st.DrawFn) -> ClusterSnapshot:
+    """A random cluster whose first Admin policy passes most pod traffic of one direction
+    while a later one of the same tier would decide it: a Pass must end the tier (and the
+    NetworkPolicies or the Baseline tier decide instead). Pass is rare in random clusters."""
+    snapshot = draw(snapshot_st())
+    direction = draw(st.sampled_from(tuple(Direction)))
+    everyone = (ClusterPeer(namespaces=LabelSelector()),)
+
+    def one(name: str, priority: int, action: RuleAction, tier: Tier) -> ClusterNetworkPolicy:
+        rule = ClusterRule(action, everyone, draw(cluster_ports_st()), f"{name}-rule")
+        return ClusterNetworkPolicy(
+            name,
+            tier,
+            priority,
+            ClusterSubject(namespaces=LabelSelector()),
+            ingress=(rule,) if direction is Direction.INGRESS else (),
+            egress=(rule,) if direction is Direction.EGRESS else (),
+        )
+
+    later = draw(st.sampled_from((RuleAction.ACCEPT, RuleAction.DENY)))
+    policies = (
+        one("pass-first", 0, RuleAction.PASS, Tier.ADMIN),
+        one("then-decide", 5, later, Tier.ADMIN),
+        one("baseline", 5, draw(st.sampled_from(tuple(RuleAction))), Tier.BASELINE),
+    )
+    return replace(snapshot, cluster_policies=policies + snapshot.cluster_policies[:1])
 
 
 def _end(text: str) -> Endpoint:
@@ -91,8 +148,7 @@ def test_explain_on_a_node_agrees_with_the_tables(
     data: st.DataObject, snapshot: ClusterSnapshot, node: str
 ) -> None:
     tables = compile_tables(snapshot, node)
-    flows = all_flows(snapshot)
-    for flow in data.draw(st.lists(st.sampled_from(flows), max_size=FLOWS_PER_CLUSTER)):
+    for flow in some_flows(data, snapshot):
         got = explain(snapshot, _end(flow.src), _end(flow.dst), flow.protocol, flow.port, node=node)
         if got.reason is Reason.HOST:
             assert _from_own_node(snapshot, flow), flow
@@ -149,13 +205,15 @@ def _cluster_expectation(
 
 
 @settings(PROFILE, max_examples=max(1, PROFILE.max_examples // 2))
-@given(data=st.data(), snapshot=snapshot_st())
+@given(
+    data=st.data(),
+    snapshot=st.one_of(snapshot_st(), single_cluster_rule_snapshot_st(), passing_snapshot_st()),
+)
 def test_explain_for_the_cluster_agrees_with_each_node(
     data: st.DataObject, snapshot: ClusterSnapshot
 ) -> None:
     tables = {node: compile_tables(snapshot, node) for node in NODES}
-    flows = all_flows(snapshot)
-    for flow in data.draw(st.lists(st.sampled_from(flows), max_size=FLOWS_PER_CLUSTER)):
+    for flow in some_flows(data, snapshot):
         got = explain(snapshot, _end(flow.src), _end(flow.dst), flow.protocol, flow.port)
         if got.reason is Reason.HOST:
             assert _from_own_node(snapshot, flow), flow
