@@ -140,6 +140,7 @@ def _answer(
         print(f"note: {printable(note)}", file=sys.stderr)
     try:
         if command.endswith("explain"):
+            _check_node(snapshot, args.node)
             source = find_endpoint(snapshot, args.source, args.family)
             destination = find_endpoint(snapshot, args.destination, args.family)
             explanation = explain(
@@ -164,6 +165,18 @@ def _answer(
         return 0
     except ExplainError as error:
         return _fail(command, str(error))
+
+
+def _check_node(snapshot: ClusterSnapshot, node: str | None) -> None:
+    """``--node`` must name a node of the cluster: one with a Node object or a pod on it (a
+    typo would otherwise explain a node that enforces nothing)."""
+    if node is None:
+        return
+    known = {n.name for n in snapshot.nodes}
+    known |= {p.node_name for p in snapshot.pods if p.node_name}
+    known |= {p.node_name for p in snapshot.unreadable_pods if p.node_name}
+    if node not in known:
+        raise ExplainError(f"no node {node} (nodes: {', '.join(sorted(known)) or 'none'})")
 
 
 def _fail(command: str, message: str) -> int:

@@ -152,8 +152,7 @@ class _Walk:
         dst_at = {n: self.party(self.destination, n) for n in nodes}
         host = self._from_own_node()
         egress = ingress = None
-        egress_refs: tuple[RuleRef, ...] = ()
-        ingress_refs: tuple[RuleRef, ...] = ()
+        decided_by: tuple[RuleRef, ...] = ()
         reason = Reason.NOT_ISOLATED
         denied = False
         for at in nodes:
@@ -163,13 +162,13 @@ class _Walk:
             node_egress, node_ingress, node_reason, refs = self._at_node(at, src, dst, staged)
             if self.src_enforced and at == self.src_home and egress is None:
                 egress = node_egress
-                egress_refs = refs[0]
             if self.dst_enforced and at == self.dst_home and ingress is None:
                 reached = not denied and node_reason is not Reason.DENIED_EGRESS
                 ingress = _reached(node_ingress, reached)
-                if not denied:
-                    ingress_refs = refs[1]
             if not denied:
+                # What this node records, whichever of its pods it decided for (with a shared
+                # address, the source's node may hold the destination's address too).
+                decided_by += refs[0] + refs[1]
                 if node_reason in DENIALS:
                     reason, denied = node_reason, True
                 elif node_reason is Reason.ALLOWED:
@@ -185,7 +184,7 @@ class _Walk:
                     reason = Reason.HOST if reason is Reason.NOT_ISOLATED else reason
             else:
                 ingress = _not_enforced(Direction.INGRESS, dst_home_party, self.node)
-        return Verdicts(reason, egress, ingress, egress_refs, ingress_refs)
+        return Verdicts(reason, egress, ingress, decided_by)
 
     def _from_own_node(self) -> bool:
         """The source is the destination pod's own node: always allowed, before any table

@@ -59,6 +59,8 @@ def find_endpoint(snapshot: ClusterSnapshot, text: str, family: int | None = Non
     wanted = [a for a in ips if a.version == (family or 4)]
     if family is None and not wanted:
         wanted = list(ips)
+    elif ips and not wanted:
+        raise ExplainError(f"pod {text} has no IPv{family} address ({', '.join(map(str, ips))})")
     address = wanted[0] if wanted else None
     if pod is not None:
         return Endpoint(pod=pod, address=address)
@@ -174,21 +176,17 @@ class Verdicts:
     reason: Reason
     egress: DirectionExplanation
     ingress: DirectionExplanation
-    egress_refs: tuple[RuleRef, ...]
-    """What the dataplane records for the egress side (empty when not enforced)."""
-    ingress_refs: tuple[RuleRef, ...]
-    """Likewise for ingress; empty when the packet never reaches it."""
+    decided_by: tuple[RuleRef, ...]
+    """What the nodes on the way record (flow records' ``decided_by``): each node's refs, the
+    source's node first, up to the first that denies (a packet it drops goes no further)."""
 
     @property
     def allowed(self) -> bool:
         return VERDICTS[self.reason].accepted
 
-    @property
-    def decided_by(self) -> tuple[RuleRef, ...]:
-        return self.egress_refs + self.ingress_refs
-
     def outcome(self) -> Outcome:
-        return Outcome(self.reason, self.egress_refs, self.ingress_refs, VERDICTS[self.reason])
+        """As an :class:`Outcome`, to compare with the staged one (enforcement/staged.py)."""
+        return Outcome(self.reason, self.decided_by, (), VERDICTS[self.reason])
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,8 @@ class Party:
     """The unreadable pod that owns the address: labels unknown, matched by no selector."""
     namespace_labels: Labels | None = None
     """The labels of ``pod``'s namespace."""
+    host_pod: str = ""
+    """``namespace/name`` of the hostNetwork pod named for this end (it is its node)."""
 
     @property
     def name(self) -> str:
@@ -74,6 +76,8 @@ class Party:
             return self.pod.key
         if self.unreadable is not None:
             return self.unreadable.key
+        if self.address is None:
+            return f"{self.host_pod or '?'} (hostNetwork: its node)"
         return str(self.address)
 
     @property
@@ -100,7 +104,7 @@ class Cluster:
         if isinstance(pod, UnreadablePod):
             return Party(address, unreadable=pod)
         if pod.host_network:
-            return Party(address)
+            return Party(address, host_pod=pod.key)
         return Party(address, pod, namespace_labels=self.labels_of(pod.namespace))
 
     def owner(self, address: IPAddress, node: str | None, *, local_first: bool = True) -> Party:

@@ -624,7 +624,10 @@ class Lab:
         reads one consistent state without taking the lab's lock."""
         if not self.exists():
             raise LabError(f"lab {self.name} does not exist (start it with 'netpol-agent lab up')")
-        _revision, objects = self._read_objects()
+        try:
+            _revision, objects = self._read_objects()
+        except (OSError, ValueError) as error:
+            raise LabError(f"cannot read the lab's store: {error}") from error
         return list(objects.values())
 
     def agent_logs(self) -> dict[str, str]:

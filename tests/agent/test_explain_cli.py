@@ -189,6 +189,16 @@ def test_describe(manifest: Path, capsys: pytest.CaptureFixture[str]) -> None:
             "neither namespace/name",
             id="bad-endpoint",
         ),
+        pytest.param(
+            ("--from", "shop/frontend", "--to", "shop/backend", "--port", "80", "--family", "6"),
+            "pod shop/frontend has no IPv6 address (10.244.1.2)",
+            id="no-address-of-the-family",
+        ),
+        pytest.param(
+            ("--from", "shop/frontend", "--to", "shop/backend", "--port", "80", "--node", "n1"),
+            "no node n1 (nodes: node-1, node-2)",
+            id="unknown-node",
+        ),
     ],
 )
 def test_explain_errors(
@@ -251,3 +261,31 @@ def test_lab_explain_reads_the_lab_store(
         capsys, "lab", "explain", "--lab", "nolab", "--from", "a/b", "--to", "a/c", "--port", "1"
     )
     assert code == 1 and "does not exist" in err
+    (lab / "store.json").write_text('{"revision": 4, "objects": [')  # cut short
+    code, _, err = run(capsys, "lab", "describe", "--lab", "demo", "policy", "no-lab")
+    assert code == 1 and "cannot read the lab's store" in err and "Traceback" not in err
+
+
+def test_a_host_network_pod_is_its_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        CLUSTER
+        + """---
+apiVersion: v1
+kind: Pod
+metadata: {name: exporter, namespace: lab}
+spec: {nodeName: node-2, hostNetwork: true, containers: [{name: c, image: x}]}
+"""
+    )
+    code, out, _ = run(
+        capsys, *explain_args(path, "lab/exporter", "shop/backend", "--port", "8080", "-o", "json")
+    )
+    data = json.loads(out)
+    assert code == 0 and data["src"] == {
+        "name": "lab/exporter (hostNetwork: its node)",
+        "address": None,
+        "pod": False,
+        "node": None,
+    }
+    assert data["egress"]["enforced"] is False
+    assert data["reason"] == "host"  # node-2 to its own pod: always allowed
