@@ -54,6 +54,8 @@ from enforcement.explanation import (
 from enforcement.matching import Cluster, Party, ports_check
 from enforcement.model import ClusterSnapshot, Direction, Pod
 from enforcement.tiers import (
+    CLUSTER_NETWORK_POLICY_KIND,
+    NETWORK_POLICY_KIND,
     NETWORK_POLICY_TIER,
     cluster_rule_ref,
     network_policy_isolation_ref,
@@ -262,7 +264,7 @@ class _Walk:
         name = direction.value.lower()
         if decided is None:
             if any(tier.result == RuleAction.PASS.value for tier in tiers):
-                summary = "allowed: a Pass left the Admin tier and nothing later decides"
+                summary = "allowed: a Pass left its tier and nothing later decides"
             elif any(tier.policies for tier in tiers):
                 summary = "allowed: no rule matches, and the default allows"
             else:
@@ -315,7 +317,7 @@ class _Walk:
                     break
             steps.append(
                 PolicyStep(
-                    "ClusterNetworkPolicy",
+                    CLUSTER_NETWORK_POLICY_KIND,
                     None,
                     policy.name,
                     policy.priority,
@@ -354,7 +356,7 @@ class _Walk:
                     first = step.ref
             steps.append(
                 PolicyStep(
-                    "NetworkPolicy",
+                    NETWORK_POLICY_KIND,
                     policy.namespace,
                     policy.name,
                     None,
