@@ -60,10 +60,24 @@ def _with_files(parser: argparse.ArgumentParser) -> None:
 
 
 def _with_flow(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from", dest="source", required=True, metavar="NS/POD|IP")
-    parser.add_argument("--to", dest="destination", required=True, metavar="NS/POD|IP")
-    parser.add_argument("--port", type=_port, required=True, help="destination port")
-    parser.add_argument("--protocol", type=_protocol, default="TCP", help="TCP, UDP or SCTP")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="NS/POD|IP",
+        help="the source: namespace/name of a pod, or an address (an external host, a node)",
+    )
+    parser.add_argument(
+        "--to",
+        dest="destination",
+        required=True,
+        metavar="NS/POD|IP",
+        help="the destination: namespace/name of a pod, or an address",
+    )
+    parser.add_argument("--port", type=_port, required=True, help="the destination port")
+    parser.add_argument(
+        "--protocol", type=_protocol, default="TCP", help="TCP (default), UDP or SCTP"
+    )
     parser.add_argument(
         "--family",
         type=int,
