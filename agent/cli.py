@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import explain_cli
 from agent.bench import add_bench_parser, run_bench
 from agent.health import DEFAULT_HEALTH_PORT
 from enforcement.eventpump import DEFAULT_RATE as DEFAULT_RECORD_RATE
@@ -160,6 +159,8 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     logs = with_lab(verbs.add_parser("logs", help="print the agents' logs"))
     logs.add_argument("--tail", type=int, default=50, help="lines per node (0: all)")
     verbs.add_parser("list", help="list the labs on this machine")
+    from agent import explain_cli
+
     explain_cli.add_lab_parsers(verbs, with_lab)
 
 
@@ -357,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(commands)
     _add_lab_parsers(commands)
     add_bench_parser(commands)
+    from agent import explain_cli
+
     explain_cli.add_parsers(commands)
     cleanup = commands.add_parser(
         "cleanup",
@@ -375,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "bench":
         raise SystemExit(run_bench(args))
     if args.command in ("explain", "describe"):
+        from agent import explain_cli
+
         raise SystemExit(explain_cli.run(args))
     if args.command == "cleanup":
         from enforcement.firewall import Firewall, FirewallConfig
@@ -563,6 +568,8 @@ def _lab(args: argparse.Namespace) -> int:
         elif args.verb == "flows":
             _lab_flows(lab, args)
         elif args.verb in ("explain", "describe"):
+            from agent import explain_cli
+
             return explain_cli.run_lab(args, lab.objects())
         elif args.verb == "logs":
             for node, text in lab.agent_logs().items():
