@@ -159,6 +159,9 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
     logs = with_lab(verbs.add_parser("logs", help="print the agents' logs"))
     logs.add_argument("--tail", type=int, default=50, help="lines per node (0: all)")
     verbs.add_parser("list", help="list the labs on this machine")
+    from agent import explain_cli
+
+    explain_cli.add_lab_parsers(verbs, with_lab)
 
 
 def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -355,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(commands)
     _add_lab_parsers(commands)
     add_bench_parser(commands)
+    from agent import explain_cli
+
+    explain_cli.add_parsers(commands)
     cleanup = commands.add_parser(
         "cleanup",
         help="remove the agent's rules and address sets from this network namespace",
@@ -371,6 +377,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(_lab(args))
     if args.command == "bench":
         raise SystemExit(run_bench(args))
+    if args.command in ("explain", "describe"):
+        from agent import explain_cli
+
+        raise SystemExit(explain_cli.run(args))
     if args.command == "cleanup":
         from enforcement.firewall import Firewall, FirewallConfig
 
@@ -557,6 +567,10 @@ def _lab(args: argparse.Namespace) -> int:
                 print(format_matrix(matrix))
         elif args.verb == "flows":
             _lab_flows(lab, args)
+        elif args.verb in ("explain", "describe"):
+            from agent import explain_cli
+
+            return explain_cli.run_lab(args, lab.objects())
         elif args.verb == "logs":
             for node, text in lab.agent_logs().items():
                 lines = text.splitlines()

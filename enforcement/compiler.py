@@ -49,13 +49,13 @@ unknown, or a local pod shares the address) it is isolated both ways by tables t
 nothing, and ``evaluate`` answers UNKNOWN_ENDPOINT for every flow that touches it; elsewhere it
 is a peer that no selector matches and only ipBlocks admit.
 
-:func:`explain` is the slow path for humans: a plain walk over the policies, sharing nothing
-with the tables but model.py, that says why a flow is allowed or denied.
+Why a flow is allowed or denied, for people, is not worked out here: enforcement/explain.py
+walks the policies itself, sharing nothing with the tables but model.py, so each checks the
+other.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,12 +64,10 @@ from typing import Generic, TypeVar
 
 from enforcement.clusterpolicy import ClusterNetworkPolicy
 from enforcement.model import (
-    PROTOCOL_NAMES,
     PROTOCOL_NUMBERS,
     ClusterSnapshot,
     ContainerPort,
     Direction,
-    IPAddress,
     IPBlock,
     Labels,
     LabelSelector,
@@ -100,7 +98,6 @@ from enforcement.tables import (
     TierPlans,
 )
 from enforcement.tiers import TierCompiler
-from enforcement.verdict import Reason
 
 METADATA_NAME_LABEL = "kubernetes.io/metadata.name"
 
@@ -779,207 +776,3 @@ def block_ranges(block: IPBlock) -> tuple[tuple[int, int], ...]:
     if cursor <= last:
         ranges.append((cursor, last))
     return tuple(ranges)
-
-
-# --- explain: the slow path for humans ------------------------------------------------------
-
-
-def explain(
-    snapshot: ClusterSnapshot,
-    node_name: str,
-    src: bytes | str | IPAddress,
-    dst: bytes | str | IPAddress,
-    protocol: int,
-    dst_port: int | None,
-) -> list[str]:
-    """Say, line by line, what node ``node_name`` decides for a new flow and why.
-
-    Names the endpoints, the policies that isolate each local one, and the rules (policy,
-    direction, rule index) that allow the flow, or for each rule why it does not. The last line
-    is the verdict, the same as ``compile_tables(snapshot, node_name).evaluate(...)``.
-    A plain walk over every policy: slow, meant for ``--trace`` and for people.
-    """
-    source, destination = _address(src), _address(dst)
-    ns_labels = namespace_labels(snapshot)
-    owners = _pods_by_address(snapshot, node_name)
-    source_owner, destination_owner = owners.get(source), owners.get(destination)
-    port_text = "" if dst_port is None else f"/{dst_port}"
-    protocol_text = PROTOCOL_NAMES.get(protocol, str(protocol))
-    lines = [f"flow {source} -> {destination} {protocol_text}{port_text} on node {node_name}"]
-    lines.append(f"source {source}: {_describe(source_owner, node_name)}")
-    lines.append(f"destination {destination}: {_describe(destination_owner, node_name)}")
-    unknown_local = [
-        owner[0].key
-        for owner in (source_owner, destination_owner)
-        if owner is not None and isinstance(owner[0], UnreadablePod) and owner[1]
-    ]
-    if unknown_local:
-        lines.append(
-            f"{' and '.join(unknown_local)}: unreadable pod on this node, all its traffic is "
-            "denied (fail-closed)"
-        )
-        lines.append(f"verdict: {Reason.UNKNOWN_ENDPOINT.value}")
-        return lines
-    # From here on an unreadable pod is a remote peer: it matches no selector.
-    source_pod = _readable(source_owner)
-    destination_pod = _readable(destination_owner)
-
-    verdict: Reason | None = None
-    enforced = False
-    checks = (
-        (Direction.EGRESS, source_pod, destination_pod, destination, Reason.DENIED_EGRESS),
-        (Direction.INGRESS, destination_pod, source_pod, source, Reason.DENIED_INGRESS),
-    )
-    for direction, subject, peer_pod, peer_address, denial in checks:
-        name = direction.value.lower()
-        if subject is None or subject.node_name != node_name:
-            where = "not a pod" if subject is None else f"on node {subject.node_name}"
-            lines.append(f"{name}: not enforced on this node ({where})")
-            continue
-        isolating = [
-            policy
-            for policy in snapshot.policies
-            if policy.namespace == subject.namespace
-            and direction in policy.policy_types
-            and policy.pod_selector.matches(subject.labels)
-        ]
-        if not isolating:
-            lines.append(f"{name}: {subject.key} is not isolated for {name}")
-            continue
-        enforced = True
-        keys = ", ".join(policy.key for policy in isolating)
-        lines.append(f"{name}: {subject.key} is isolated for {name} by {keys}")
-        destination_of_flow = peer_pod if direction is Direction.EGRESS else subject
-        allowing: list[str] = []
-        for policy in isolating:
-            rules = policy.rules(direction)
-            if not rules:
-                lines.append(f"  {policy.key} {name}: no rules (allows nothing)")
-            for number, rule in enumerate(rules):
-                peer_ok = _rule_peer_matches(
-                    policy, rule, peer_address, peer_pod, ns_labels, node_name
-                )
-                port_ok = _rule_port_matches(rule, protocol, dst_port, destination_of_flow)
-                if peer_ok and port_ok:
-                    allowing.append(f"{policy.key} {name} rule #{number}")
-                    lines.append(f"  {policy.key} {name} rule #{number}: allows")
-                else:
-                    why = [] if peer_ok else ["peer does not match"]
-                    why += [] if port_ok else ["protocol/port does not match"]
-                    lines.append(f"  {policy.key} {name} rule #{number}: {'; '.join(why)}")
-        if allowing:
-            lines.append(f"{name}: allowed by {', '.join(allowing)}")
-        else:
-            lines.append(f"{name}: no rule allows this flow")
-            if verdict is None:
-                verdict = denial
-    if verdict is None:
-        verdict = Reason.ALLOWED if enforced else Reason.NOT_ISOLATED
-    lines.append(f"verdict: {verdict.value}")
-    return lines
-
-
-def _address(value: bytes | str | IPAddress) -> IPAddress:
-    if isinstance(value, bytes | str):
-        return ipaddress.ip_address(value)
-    return value
-
-
-_Owner = tuple[Pod | UnreadablePod, bool]
-"""The pod an address stands for, and whether it is local (enforced on this node)."""
-
-
-def _pods_by_address(snapshot: ClusterSnapshot, node_name: str) -> dict[IPAddress, _Owner]:
-    owners: dict[IPAddress, _Owner] = {}
-    for pod in snapshot.pods:
-        if pod.host_network:
-            continue
-        for address in pod.ips:
-            current = owners.get(address)
-            local = pod.node_name == node_name
-            if (
-                current is None
-                or (local and not current[1])
-                or (local == current[1] and pod.key < current[0].key)
-            ):
-                owners[address] = (pod, local)
-    # An address an unreadable pod claims is unknown, local when any claimant is local.
-    for unreadable in snapshot.unreadable_pods:
-        for address in unreadable.ips:
-            current = owners.get(address)
-            local = unreadable.runs_on(node_name) or (current is not None and current[1])
-            owner: Pod | UnreadablePod = unreadable
-            if (
-                current is not None
-                and isinstance(current[0], UnreadablePod)
-                and current[0].key < unreadable.key
-            ):
-                owner = current[0]
-            owners[address] = (owner, local)
-    return owners
-
-
-def _readable(owner: _Owner | None) -> Pod | None:
-    return owner[0] if owner is not None and isinstance(owner[0], Pod) else None
-
-
-def _describe(owner: _Owner | None, node_name: str) -> str:
-    if owner is None:
-        return "not a pod (an address outside the cluster, a node, or a hostNetwork pod)"
-    pod, local = owner
-    where = "local" if local else f"remote, node {pod.node_name}"
-    if isinstance(pod, UnreadablePod):
-        return f"unreadable pod {pod.key} ({where}; labels unknown: matches no selector)"
-    return f"pod {pod.key} ({where})"
-
-
-def _rule_peer_matches(
-    policy: NetworkPolicy,
-    rule: Rule,
-    address: IPAddress,
-    pod: Pod | None,
-    ns_labels: Mapping[str, Labels],
-    node_name: str,
-) -> bool:
-    if not rule.peers:
-        return True
-    for peer in rule.peers:
-        if peer.ip_block is not None:
-            if peer.ip_block.contains(address):
-                return True
-            continue
-        if pod is None or (peer.pod_selector is None and peer.namespace_selector is None):
-            continue
-        if peer.namespace_selector is None:
-            namespace_ok = pod.namespace == policy.namespace
-        else:
-            namespace_ok = peer.namespace_selector.matches(ns_labels.get(pod.namespace, Labels()))
-        pods_ok = peer.pod_selector is None or peer.pod_selector.matches(pod.labels)
-        if namespace_ok and pods_ok:
-            return True
-    return False
-
-
-def _rule_port_matches(
-    rule: Rule, protocol: int, dst_port: int | None, destination: Pod | None
-) -> bool:
-    if not rule.ports:
-        return True
-    if dst_port is None:
-        return False
-    for policy_port in rule.ports:
-        if PROTOCOL_NUMBERS[policy_port.protocol] != protocol:
-            continue
-        wanted = policy_port.port
-        if wanted is None:
-            return True
-        if isinstance(wanted, str):
-            if destination is not None and (
-                destination.named_port(wanted, policy_port.protocol) == dst_port
-            ):
-                return True
-            continue
-        last = wanted if policy_port.end_port is None else policy_port.end_port
-        if wanted <= dst_port <= last:
-            return True
-    return False

@@ -617,6 +617,19 @@ class Lab:
         """The lab's record: nodes, pods with their namespaces and addresses, processes."""
         return self._load()
 
+    def objects(self) -> list[dict[str, Any]]:
+        """Every object of the lab's store, as its agents read it (Pods with their node and
+        addresses, the Nodes, the policies; Deployments and ExternalHosts too), for offline
+        tools (``lab explain``, ``lab describe``). The store is replaced atomically, so this
+        reads one consistent state without taking the lab's lock."""
+        if not self.exists():
+            raise LabError(f"lab {self.name} does not exist (start it with 'netpol-agent lab up')")
+        try:
+            _revision, objects = self._read_objects()
+        except (OSError, ValueError) as error:
+            raise LabError(f"cannot read the lab's store: {error}") from error
+        return list(objects.values())
+
     def agent_logs(self) -> dict[str, str]:
         return {
             path.stem.removeprefix("agent-"): path.read_text(errors="replace")
@@ -730,7 +743,6 @@ class Lab:
         metadata = obj["metadata"]
         namespace = metadata.get("namespace") or "default"
         spec = obj.get("spec") or {}
-        template = spec.get("template") or {}
         replicas = spec.get("replicas", 1)
         deployment = {
             "apiVersion": "apps/v1",
@@ -740,22 +752,7 @@ class Lab:
         }
         if objects_only:
             return [deployment]
-        pods = []
-        for index in range(replicas):
-            pods.append(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {
-                        "name": f"{metadata['name']}-{index}",
-                        "namespace": namespace,
-                        "labels": dict((template.get("metadata") or {}).get("labels") or {}),
-                        "ownerReferences": [{"kind": "Deployment", "name": metadata["name"]}],
-                    },
-                    "spec": copy.deepcopy(template.get("spec") or {}),
-                }
-            )
-        return [deployment, *pods]
+        return [deployment, *deployment_pods(obj)]
 
     def _merge(self, objects: dict[ObjectId, dict[str, Any]], obj: dict[str, Any]) -> None:
         identity = object_id(obj)
@@ -1322,6 +1319,29 @@ class Lab:
             f"lab {self.name} already exists: use 'lab apply' to change it or "
             f"'lab down --lab {self.name}' first"
         )
+
+
+def deployment_pods(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pods a (validated) apps/v1 Deployment stands for: ``NAME-0``, ``NAME-1``, ...,
+    each with the template's labels and spec, owned by the Deployment."""
+    metadata = obj["metadata"]
+    namespace = metadata.get("namespace") or "default"
+    spec = obj.get("spec") or {}
+    template = spec.get("template") or {}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{metadata['name']}-{index}",
+                "namespace": namespace,
+                "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+                "ownerReferences": [{"kind": "Deployment", "name": metadata["name"]}],
+            },
+            "spec": copy.deepcopy(template.get("spec") or {}),
+        }
+        for index in range(spec.get("replicas", 1))
+    ]
 
 
 def place_object(record: LabRecord, pod: LabPod | LabHostPod, obj: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from enforcement.compiler import block_ranges, compile_tables, explain, port_match
+from enforcement.compiler import block_ranges, compile_tables, port_match
 from enforcement.model import (
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
@@ -740,38 +740,6 @@ def test_semantics(snapshot: ClusterSnapshot, node: str, flow: Flow) -> None:
     assert allowed == (flow.expected in (A, N))
 
 
-@pytest.mark.parametrize(("snapshot", "node", "flow"), _rows())
-def test_explain_verdict_matches(snapshot: ClusterSnapshot, node: str, flow: Flow) -> None:
-    lines = explain(snapshot, node, flow.src, flow.dst, flow.protocol, flow.port)
-    assert lines[-1] == f"verdict: {flow.expected.value}"
-
-
-def test_explain_names_policies_and_rules() -> None:
-    snapshot = base(
-        make_policy("prod", "a", selector(app="api"), [rule(peer(pods=selector(app="db")))]),
-        make_policy(
-            "prod",
-            "b",
-            selector(app="api"),
-            [rule(ports=[port(53, "UDP")]), rule(peer(pods=selector(app="web")))],
-        ),
-    )
-    lines = explain(snapshot, "node-1", ip(WEB), ip(API), TCP, 80)
-    text = "\n".join(lines)
-    assert "prod/api is isolated for ingress by prod/a, prod/b" in text
-    assert "prod/b ingress rule #1: allows" in text
-    assert "prod/a ingress rule #0: peer does not match" in text
-    assert "prod/b ingress rule #0: protocol/port does not match" in text
-    assert "egress: prod/web is not isolated for egress" in text
-    assert lines[-1] == "verdict: allowed"
-
-    denied = explain(snapshot, "node-1", DEV_WEB, API, TCP, 80)
-    assert "ingress: no rule allows this flow" in denied
-    assert denied[-1] == "verdict: denied-ingress"
-    remote = explain(snapshot, "node-1", REMOTE_WEB, OUTSIDE, TCP, 80)
-    assert "egress: not enforced on this node (on node node-2)" in remote
-
-
 @pytest.mark.parametrize(
     ("ports", "protocol", "number", "allowed"),
     [
@@ -838,11 +806,3 @@ def test_unreadable_local_pod_addresses_are_queued() -> None:
     assert local is not None and local.unknown and local.key == "prod/bad" and local.local
     assert remote is not None and remote.unknown and not remote.local
     assert not remote.ingress_isolated and not remote.egress_isolated
-
-
-def test_explain_names_the_unreadable_pod() -> None:
-    snapshot = base(unreadable=(make_unreadable_pod("prod", "bad", UNREADABLE),))
-    lines = explain(snapshot, "node-1", WEB, UNREADABLE, TCP, 80)
-    assert f"destination {UNREADABLE}: unreadable pod prod/bad" in lines[2]
-    assert "all its traffic is denied" in lines[-2]
-    assert lines[-1] == f"verdict: {U.value}"

@@ -47,7 +47,7 @@ from enforcement.clusterpolicy import (
     RuleAction,
     Tier,
 )
-from enforcement.compiler import compile_tables, explain
+from enforcement.compiler import compile_tables
 from enforcement.model import (
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
@@ -614,19 +614,6 @@ def test_single_cluster_rule_clusters_agree_with_reference(
     snapshot: ClusterSnapshot, node: str, large_selection: int | None
 ) -> None:
     check_against_reference(snapshot, node, large_selection)
-
-
-@settings(PROFILE, max_examples=max(1, PROFILE.max_examples // 4))
-@given(data=st.data(), snapshot=snapshot_st(cluster_policies=False), node=st.sampled_from(NODES))
-def test_explain_agrees_with_tables(
-    data: st.DataObject, snapshot: ClusterSnapshot, node: str
-) -> None:
-    tables = compile_tables(snapshot, node)
-    flows = all_flows(snapshot)
-    for flow in data.draw(st.lists(st.sampled_from(flows), min_size=1, max_size=30)):
-        verdict = tables.evaluate(flow.packed_src, flow.packed_dst, flow.protocol, flow.port)
-        lines = explain(snapshot, node, flow.src, flow.dst, flow.protocol, flow.port)
-        assert lines[-1] == f"verdict: {verdict.value}", (flow, lines)
 
 
 @settings(PROFILE, max_examples=max(1, PROFILE.max_examples // 4))

@@ -81,6 +81,13 @@ Addresses = dict[str, dict[int, IPAddress]]
 def compile_example(example: Example, stage: Sequence[str]) -> tuple[AllowTables, Addresses]:
     """node-1's tables with the policy files of ``stage`` in force, and every endpoint's
     addresses (pods as the lab numbers them, external hosts as declared)."""
+    snapshot, addresses = example_snapshot(example, stage)
+    return compile_tables(snapshot, NODE), addresses
+
+
+def example_snapshot(example: Example, stage: Sequence[str]) -> tuple[ClusterSnapshot, Addresses]:
+    """The cluster state with the policy files of ``stage`` in force, as the lab holds it, and
+    every endpoint's addresses."""
     objects = list(example.objects)
     objects += expand_deployments(load_objects(example.stage_paths(stage)))
     namespaces: list[Namespace] = []
@@ -107,7 +114,7 @@ def compile_example(example: Example, stage: Sequence[str]) -> tuple[AllowTables
     snapshot = ClusterSnapshot(
         tuple(namespaces), tuple(pods), tuple(policies), cluster_policies=tuple(cluster_policies)
     )
-    return compile_tables(snapshot, NODE), addresses
+    return snapshot, addresses
 
 
 def compiled_matrix(example: Example, probe: Probe) -> Matrix:
