@@ -13,7 +13,11 @@ Queue mechanics (nfnetlink_queue, net/netfilter/nfnetlink_queue.c):
   first, so per-packet mode pays once per up-to-64 KiB super-packet, not per 1448-byte segment.
 - ``NFQA_CFG_F_FAIL_OPEN`` with ``--fail-open``: a full queue accepts instead of dropping.
   netfilterqueue exposes neither flag, so the worker sends the NFQNL_MSG_CONFIG message itself on
-  the queue's own netlink socket (the kernel only lets the socket that bound a queue configure it).
+  the queue's own netlink socket (the kernel only lets the socket that bound a queue configure it)
+  and reads the kernel's answer (``enforcement.nfqueue``). A refusal is logged and counted, and
+  the worker goes on deciding: without the flags the kernel segments GSO packets before queueing
+  them (slower, same verdicts) and a full queue drops (fail-closed), so a refusal can cost speed
+  or turn a full queue's accept into a drop, never open anything.
 
 Threading: ``QueueWorker.serve`` runs on one thread and owns the flow table. New tables arrive by
 the runner swapping ``TablesHolder.current`` (one reference assignment, atomic under the GIL), so
@@ -23,13 +27,12 @@ the packet path never waits for a lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pickle
 import select
 import signal
-import socket
-import struct
 import threading
 import time
 from bisect import bisect_left
@@ -51,42 +54,25 @@ from enforcement.latency import (
     release_gradually,
 )
 from enforcement.model import ClusterSnapshot
+from enforcement.nfqueue import (
+    NFQA_CFG_F_FAIL_OPEN,
+    NFQA_CFG_F_GSO,
+    QUEUE_FLAGS_MASK,
+    AnswerWatcher,
+    QueueBindError,
+    config_request,
+)
 from enforcement.packets import MalformedPacket, PacketInfo, parse_packet
 from enforcement.tables import OUTCOMES, AllowTables, Outcome
 from enforcement.verdict import VERDICTS, Reason, Verdict
 
 if TYPE_CHECKING:
-    from netfilterqueue import Packet
+    from netfilterqueue import NetfilterQueue, Packet
 
 log = logging.getLogger(__name__)
 
-# linux/netfilter/nfnetlink.h, nfnetlink_queue.h, netlink.h
-_NFNL_SUBSYS_QUEUE = 3
-_NFQNL_MSG_CONFIG = 2
-_NLM_F_REQUEST = 0x1
-_NFQA_CFG_MASK = 4
-_NFQA_CFG_FLAGS = 5
-NFQA_CFG_F_FAIL_OPEN = 0x1
-NFQA_CFG_F_GSO = 0x4
-
-
-def _attribute(kind: int, payload: bytes) -> bytes:
-    """A netlink attribute (struct nlattr, host byte order) padded to 4 bytes."""
-    data = struct.pack("=HH", 4 + len(payload), kind) + payload
-    return data + b"\0" * (-len(data) % 4)
-
-
-def queue_flags_message(queue_num: int, flags: int, mask: int, sequence: int = 1) -> bytes:
-    """The NFQNL_MSG_CONFIG request that sets ``flags`` (under ``mask``) on a bound queue.
-
-    nfgenmsg's res_id carries the queue number in network byte order; NFQA_CFG_MASK and
-    NFQA_CFG_FLAGS are big-endian u32 (nfnetlink_queue.c, nfqnl_recv_config).
-    """
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue_num))
-    body += _attribute(_NFQA_CFG_MASK, struct.pack("!I", mask))
-    body += _attribute(_NFQA_CFG_FLAGS, struct.pack("!I", flags))
-    message_type = (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG
-    return struct.pack("=IHHII", 16 + len(body), message_type, _NLM_F_REQUEST, sequence, 0) + body
+EXIT_BIND_REFUSED = 3
+"""Exit code of a worker process whose queue the kernel would not bind (counted by the runner)."""
 
 
 class TablesHolder:
@@ -118,7 +104,10 @@ class QueueStats:
     )
     """Decisions per bucket of ``DECISION_BUCKETS_NS`` (not cumulative); the last is +Inf."""
     kinds: Counter[tuple[Reason, int, int]] = field(default_factory=Counter)
-    """Parsed packets by (reason, protocol number, IP family), for the packet metrics."""
+    """Packets by (reason, protocol number, IP family), for the packet metrics; (reason, -1, 0)
+    for a packet that could not be parsed."""
+    config_refused: int = 0
+    """Times the kernel refused the queue's configuration (GSO and fail-open flags)."""
 
 
 class QueueWorker:
@@ -156,6 +145,8 @@ class QueueWorker:
         self.trace_all = trace_all
         self.audit = audit
         self.stats = QueueStats()
+        self.queue_flags = NFQA_CFG_F_GSO | (NFQA_CFG_F_FAIL_OPEN if fail_open else 0)
+        """The ``NFQA_CFG_F_*`` flags the worker sets on its queue once bound."""
         self._clock = clock
         self._default = VERDICTS[Reason.FAIL_OPEN if fail_open else Reason.FAIL_CLOSED]
         self._next_housekeeping = 0.0
@@ -222,6 +213,8 @@ class QueueWorker:
         stats.decision_buckets[bisect_left(DECISION_BUCKETS_NS, elapsed)] += 1
         if info is not None:
             stats.kinds[(verdict.reason, info.protocol, info.family)] += 1
+        else:
+            stats.kinds[(verdict.reason, -1, 0)] += 1
         audited = self.audit and verdict.reason in POLICY_DENIALS
         events = self.events
         if events is not None and (self.trace_all or verdict.reason not in QUIET_REASONS):
@@ -244,22 +237,49 @@ class QueueWorker:
         else:
             packet.accept()
 
+    def _configure(self, queue: NetfilterQueue) -> None:
+        """Set the queue's flags and read the kernel's answer; packets queued meanwhile are
+        decided as usual (``enforcement.nfqueue.AnswerWatcher``)."""
+        flags = self.queue_flags
+        with AnswerWatcher(os.dup(queue.get_fd())) as watcher:
+            watcher.send(config_request(self.queue_num, flags, flags | QUEUE_FLAGS_MASK))
+            queue.run_socket(watcher)
+        answer = watcher.answer
+        if answer is None:
+            log.warning(
+                "no answer from the kernel to the queue's configuration",
+                extra={"fields": {"queue": self.queue_num, "flags": flags, "lost": watcher.lost}},
+            )
+        elif answer:
+            self.stats.config_refused += 1
+            error = errno.errorcode.get(answer, str(answer))
+            where = {"fields": {"queue": self.queue_num, "flags": flags, "error": error}}
+            log.error(
+                "the kernel refused the queue's configuration; deciding on without it "
+                "(GSO packets are segmented first, a full queue drops)",
+                extra=where,
+            )
+
     def serve(self, stop: threading.Event) -> None:
         """Bind the queue and decide packets until ``stop`` is set, then unbind."""
         from netfilterqueue import NetfilterQueue  # the only import of the queue library
 
         queue = NetfilterQueue()
-        queue.bind(self.queue_num, self._callback, max_len=self.max_len, range=self.copy_range)
-        fd = queue.get_fd()
-        flags = NFQA_CFG_F_GSO | (NFQA_CFG_F_FAIL_OPEN if self.fail_open else 0)
-        with socket.socket(fileno=os.dup(fd)) as control:
-            control.send(
-                queue_flags_message(self.queue_num, flags, NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN)
-            )
-        self.bound.set()
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
         try:
+            queue.bind(self.queue_num, self._callback, max_len=self.max_len, range=self.copy_range)
+        except OSError as error:
+            log.error(
+                "the kernel refused to bind the queue",
+                extra={"fields": {"queue": self.queue_num, "error": str(error)}},
+            )
+            raise QueueBindError(
+                error.errno, f"binding NFQUEUE {self.queue_num}: {error}"
+            ) from None
+        try:
+            self._configure(queue)
+            self.bound.set()
+            poller = select.poll()
+            poller.register(queue.get_fd(), select.POLLIN)
             while not stop.is_set():
                 if poller.poll(200):
                     queue.run(block=False)  # drains what is ready, then returns on EAGAIN
@@ -385,6 +405,7 @@ class WorkerReport:
     evictions: int
     kinds: dict[tuple[Reason, int, int], int]
     events: EventCounts
+    config_refused: int = 0
 
 
 def worker_process_main(settings: WorkerSettings, connection: Connection) -> None:
@@ -447,7 +468,9 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
                     events.suppressed,
                     events.dropped,
                     events.folded,
+                    events.events,
                 ),
+                stats.config_refused,
             )
         )
 
@@ -477,7 +500,10 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
     threading.Thread(target=reporter, name="reports", daemon=True).start()
     if pump is not None:
         threading.Thread(target=pump.run, args=(stop,), name="events", daemon=True).start()
-    worker.serve(stop)
+    try:
+        worker.serve(stop)
+    except QueueBindError:  # logged by serve; the runner counts it by the exit code
+        raise SystemExit(EXIT_BIND_REFUSED) from None
 
 
 class _FlowCounts:
@@ -617,6 +643,7 @@ class RemoteWorker:
             self.stats.decision_buckets = report.decision_buckets
             self.stats.packets = report.packets
             self.stats.kinds = Counter(report.kinds)
+            self.stats.config_refused = report.config_refused
             self.event_counts = report.events
             self.flows.size = report.flows
             self.flows.evictions = report.evictions

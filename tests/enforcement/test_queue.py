@@ -1,4 +1,4 @@
-"""The queue loop's sans-I/O parts: deciding raw bytes, the default verdict, the config message.
+"""The queue loop's sans-I/O parts: deciding raw bytes, the default verdict, the reports.
 
 Binding a real queue is covered end to end in tests/e2e (it needs root and a namespace).
 """
@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import struct
 import threading
 import time
 
@@ -21,8 +19,6 @@ from enforcement.events import EventBuffer
 from enforcement.flows import FlowTable
 from enforcement.queue import (
     DECISION_BUCKETS_NS,
-    NFQA_CFG_F_FAIL_OPEN,
-    NFQA_CFG_F_GSO,
     PUBLICATION_CHUNK,
     Publication,
     QueueWorker,
@@ -31,7 +27,6 @@ from enforcement.queue import (
     TablesHolder,
     WorkerSettings,
     publication_messages,
-    queue_flags_message,
     receive_publication,
 )
 from enforcement.tables import AllowTables
@@ -84,19 +79,6 @@ def test_an_internal_error_gets_the_default_verdict(fail_open: bool, expected: R
     _info, verdict = subject.decide_payload(SYN_A_TO_B, mark=0)
     assert verdict.reason is expected
     assert subject.stats.errors == 1
-
-
-def test_queue_flags_message_layout() -> None:
-    message = queue_flags_message(1000, NFQA_CFG_F_GSO, NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN, 7)
-    length, kind, flags, sequence, port = struct.unpack_from("=IHHII", message)
-    assert (length, kind, flags, sequence, port) == (len(message), (3 << 8) | 2, 1, 7, 0)
-    family, version, queue = struct.unpack_from("=BBH", message, 16)
-    assert (family, version, socket.ntohs(queue)) == (socket.AF_UNSPEC, 0, 1000)
-    # NFQA_CFG_MASK (4) then NFQA_CFG_FLAGS (5), each a big-endian u32 in an 8-byte attribute.
-    assert struct.unpack_from("=HH", message, 20) == (8, 4)
-    assert struct.unpack_from("!I", message, 24)[0] == NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN
-    assert struct.unpack_from("=HH", message, 28) == (8, 5)
-    assert struct.unpack_from("!I", message, 32)[0] == NFQA_CFG_F_GSO
 
 
 def test_decision_buckets_are_increasing_1_2_5_steps() -> None:
