@@ -72,6 +72,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agent import kinds
 from agent.kinds import KindSpec
+from agent.logs import fields
 from agent.state import ClusterState, Kind, PodRanges
 
 log = logging.getLogger(__name__)
@@ -356,7 +357,7 @@ class _KindLoop:
             except _Gone as gone:
                 if stop.is_set():
                     break
-                log.info("%s: %s; relisting", self.kind, gone)
+                log.info("relisting", extra=fields(kind=self.kind, reason=str(gone)))
                 need_list = True
             except Exception as error:
                 if stop.is_set():
@@ -387,7 +388,7 @@ class _KindLoop:
     def _connected(self, sink: _Sink) -> None:
         if self._down:
             self._down = False
-            log.info("%s: reached the API server again", self.kind)
+            log.info("reached the API server again", extra=fields(kind=self.kind))
             sink.reached()
 
     def _list(self, sink: _Sink, stop: threading.Event) -> None:
@@ -401,7 +402,10 @@ class _KindLoop:
                 if error.status != GONE or token is None or restarts >= MAX_LIST_RESTARTS:
                     raise
                 restarts += 1
-                log.info("%s: list continue token expired (410); restarting the list", self.kind)
+                log.info(
+                    "list continue token expired (410); restarting the list",
+                    extra=fields(kind=self.kind),
+                )
                 items, token = [], None
                 continue
             if stop.is_set():
@@ -427,11 +431,8 @@ class _KindLoop:
         self._set_version(version)
         self._count(lists=1, relists=0 if first else 1)
         log.info(
-            "%s: %s %d objects at resourceVersion %s",
-            self.kind,
             "listed" if first else "relisted",
-            len(items),
-            version,
+            extra=fields(kind=self.kind, objects=len(items), resource_version=version),
         )
 
     def _get_page(self, token: str | None, stop: threading.Event) -> dict[str, Any]:
@@ -492,10 +493,10 @@ class _KindLoop:
             if stop.is_set():
                 return True
             log.info(
-                "%s: watch connection lost (%s); resuming from resourceVersion %s",
-                self.kind,
-                _describe(error),
-                self._version,
+                "watch connection lost; resuming",
+                extra=fields(
+                    kind=self.kind, error=_describe(error), resource_version=self._version
+                ),
             )
             if not applied:  # nothing came through: back off, the server may be failing
                 raise _Dropped(_describe(error)) from error
