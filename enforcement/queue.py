@@ -272,9 +272,7 @@ class QueueWorker:
                 "the kernel refused to bind the queue",
                 extra={"fields": {"queue": self.queue_num, "error": str(error)}},
             )
-            raise QueueBindError(
-                error.errno, f"binding NFQUEUE {self.queue_num}: {error}"
-            ) from None
+            raise QueueBindError(f"binding NFQUEUE {self.queue_num}: {error}") from None
         try:
             self._configure(queue)
             self.bound.set()
