@@ -515,13 +515,19 @@ class _KindLoop:
             event = json.loads(line)
         except ValueError:
             self._count(errors=1)
-            log.warning("%s: ignoring an undecodable watch event line: %.200r", self.kind, line)
+            log.warning(
+                "ignoring an undecodable watch event line",
+                extra=fields(kind=self.kind, line=repr(line[:200])),
+            )
             return False
         obj = event.get("object") if isinstance(event, dict) else None
         event_type = event.get("type") if isinstance(event, dict) else None
         if not isinstance(obj, dict) or not isinstance(event_type, str):
             self._count(errors=1)
-            log.warning("%s: ignoring a malformed watch event: %.200r", self.kind, line)
+            log.warning(
+                "ignoring a malformed watch event",
+                extra=fields(kind=self.kind, line=repr(line[:200])),
+            )
             return False
         if event_type == "ERROR":
             code = obj.get("code")
@@ -543,7 +549,10 @@ class _KindLoop:
             log.debug("%s: DELETED %s", self.kind, _name(obj))
         else:
             self._count(errors=1)
-            log.warning("%s: ignoring a watch event of unknown type %r", self.kind, event_type)
+            log.warning(
+                "ignoring a watch event of unknown type",
+                extra=fields(kind=self.kind, type=repr(event_type)[:200]),
+            )
             return False
         if version is not None:
             self._set_version(version)
@@ -713,7 +722,7 @@ class _NodeRanges:
             return
         self._reported = ranges
         if problem is None:
-            log.info("Node %s: pod ranges %s", self.node_name, ", ".join(self._cidrs))
+            log.info("the node's pod ranges", extra=fields(node=self.node_name, cidrs=self._cidrs))
         elif self._access_problem is not None or self._malformed:
             log.error("%s", problem)
         else:
@@ -1017,7 +1026,10 @@ class KubernetesSource:
             if thread.is_alive():
                 # Blocked before a response arrived; it times out on its own and, seeing stop
                 # set, writes nothing more into the cache.
-                log.warning("%s did not stop within %.0f s", thread.name, STOP_GRACE)
+                log.warning(
+                    "a list/watch thread did not stop in time",
+                    extra=fields(thread=thread.name, seconds=STOP_GRACE),
+                )
 
     def _sink(self, kind: SourceKind, state: ClusterState) -> _Sink:
         cache = _CacheSink(state, kind, optional=kind in OPTIONAL_KINDS)
@@ -1037,5 +1049,5 @@ class KubernetesSource:
                 else:
                     loop.run(sink, stop)
             except Exception:  # a bug in the loop itself: log it, wait, start over
-                log.exception("%s: list/watch loop failed; restarting it", loop.kind)
+                log.exception("list/watch loop failed; restarting it", extra=fields(kind=loop.kind))
                 stop.wait(self.backoff_max)
