@@ -48,8 +48,9 @@ from enforcement.firewall import Firewall, FirewallConfig, FirewallError
 from enforcement.latency import compile_quietly, pieces_of, prefer_decisions, release_gradually
 from enforcement.model import ClusterSnapshot
 from enforcement.nflog import NflogReader
-from enforcement.queue import Publication, QueueWorker, RemoteWorker, TablesHolder
+from enforcement.queue import QueueWorker, TablesHolder
 from enforcement.tables import AllowTables
+from enforcement.workerprocess import Publication, RemoteWorker
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,8 @@ from typing import TYPE_CHECKING, Any
 from agent.logs import fields
 from enforcement.flows import FlowTable
 from enforcement.nfqueue import QueueBindError
-from enforcement.queue import (
-    EXIT_BIND_REFUSED,
-    Publication,
-    QueueWorker,
-    RemoteWorker,
-    TablesHolder,
-    WorkerSettings,
-)
+from enforcement.queue import QueueWorker, TablesHolder
+from enforcement.workerprocess import EXIT_BIND_REFUSED, Publication, RemoteWorker, WorkerSettings
 
 if TYPE_CHECKING:
     from agent.runner import AgentConfig, AgentStatus

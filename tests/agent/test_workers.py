@@ -16,13 +16,8 @@ from agent.runner import Agent, AgentConfig
 from agent.sources.lab_store import LabStoreSource
 from agent.workers import WorkerSlot
 from enforcement.flows import FlowTable
-from enforcement.queue import (
-    EXIT_BIND_REFUSED,
-    Publication,
-    QueueWorker,
-    RemoteWorker,
-    WorkerSettings,
-)
+from enforcement.queue import QueueWorker
+from enforcement.workerprocess import EXIT_BIND_REFUSED, Publication, RemoteWorker, WorkerSettings
 from tests.agent.test_metrics import Samples, value
 from tests.builders import cluster, make_namespace
 
