@@ -312,7 +312,18 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "others are closed without an answer. The node itself is always allowed. Default: "
         "any source. A NetworkPolicy cannot protect this port: it is on the host network",
     )
-    run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument(
+        "--policy-metrics",
+        action="store_true",
+        help="expose connections per policy on /metrics (kind, namespace, name, tier, action, "
+        "direction, verdict; at most 1000 series, the rest summed as '_other')",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text: 'message key=value ...' lines; json: one object per line, fields as keys",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -354,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="netpol-agent",
         description="A Kubernetes NetworkPolicy enforcer on NFQUEUE, with a one-machine lab.",
     )
+    from agent.metrics import version
+
+    parser.add_argument("--version", action="version", version=f"netpol-agent {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_parser(commands)
     _add_lab_parsers(commands)
@@ -456,6 +470,7 @@ def _run(args: argparse.Namespace) -> int:
         record_rate=args.flow_log_rate,
         trace=args.trace,
         audit=args.audit,
+        policy_metrics=args.policy_metrics,
     )
     if args.anti_spoofing and not args.pod_interface:
         log.warning(

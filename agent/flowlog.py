@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from agent.logs import fields, json_fields
 from enforcement.eventpump import RecordBatch
 from enforcement.events import format_time
 
@@ -76,7 +77,7 @@ class FlowLogWriter:
                 if self.errors == 1 or self.errors % 1000 == 0:
                     log.error(
                         "cannot write the flow log",
-                        extra={"fields": {"target": self.target, "error": str(error)}},
+                        extra=fields(target=self.target, error=str(error)),
                     )
 
     def close(self) -> None:
@@ -91,11 +92,11 @@ class TraceWriter:
     def __call__(self, batch: RecordBatch) -> None:
         for record in batch.records:
             data = record.as_dict()
-            trace_log.info(format_trace(data), extra={"fields": data})
+            trace_log.info(format_trace(data), extra=json_fields(data))
         if batch.suppressed or batch.dropped:
             trace_log.warning(
                 "trace incomplete",
-                extra={"fields": {"records": batch.suppressed, "events_dropped": batch.dropped}},
+                extra=fields(records=batch.suppressed, events_dropped=batch.dropped),
             )
 
 

@@ -1,7 +1,7 @@
 """HTTP endpoints of the daemon: liveness (/healthz), readiness (/readyz), Prometheus (/metrics).
 
-Metrics are collected at scrape time from counters the agent keeps anyway (a custom collector), so
-the packet path pays nothing for them: it never touches a Prometheus object.
+Metrics are collected at scrape time from counters the agent keeps anyway (``agent.metrics``),
+so the packet path pays nothing for them: it never touches a Prometheus object.
 
 The port is on the node's network (the agent runs with ``hostNetwork``), so every pod can reach
 it and no NetworkPolicy can protect it (policies select pods, and the agent is not one the CNI
@@ -19,25 +19,22 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
+from agent.logs import fields
+from agent.metrics import agent_registry
 from enforcement.model import IPNetwork
-from enforcement.queue import DECISION_BUCKETS_NS
-from enforcement.verdict import VERDICTS
 
 if TYPE_CHECKING:
     from agent.runner import Agent
 
 log = logging.getLogger(__name__)
 
-PREFIX = "netpol_agent"
 STALE_AFTER = 30.0
 """Seconds without a turn of the sync loop after which the agent reports itself unhealthy."""
 DEFAULT_HEALTH_PORT = 9877
@@ -56,135 +53,6 @@ LINGER = 1.0
 """Seconds a connection is kept after its response, reading until the client closes."""
 MAX_REQUEST_HEAD = 8192
 """Bytes of request line and headers read at most; a longer head is answered 431."""
-
-
-class AgentCollector(Collector):
-    """Reads an ``Agent``'s counters when Prometheus scrapes."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    def collect(self) -> Iterator[Any]:
-        agent = self.agent
-        packets = CounterMetricFamily(
-            f"{PREFIX}_packets",
-            "Packets decided, by verdict and reason.",
-            labels=["queue", "action", "reason"],
-        )
-        errors = CounterMetricFamily(
-            f"{PREFIX}_decision_errors",
-            "Packets that got the default (fail-open/closed) verdict because deciding failed.",
-            labels=["queue"],
-        )
-        decision_seconds = HistogramMetricFamily(
-            f"{PREFIX}_decision_seconds",
-            "Time the agent took to decide a queued packet, from the callback's start to its "
-            "verdict (parsing included).",
-            labels=["queue"],
-        )
-        flows = GaugeMetricFamily(
-            f"{PREFIX}_flows", "Connections in the agent's flow table.", labels=["queue"]
-        )
-        evictions = CounterMetricFamily(
-            f"{PREFIX}_flow_evictions",
-            "Flows evicted because the flow table was full.",
-            labels=["queue"],
-        )
-        restarts = CounterMetricFamily(
-            f"{PREFIX}_queue_worker_restarts",
-            "Times the queue's worker (thread or process) was restarted after it ended.",
-            labels=["queue"],
-        )
-        up = GaugeMetricFamily(
-            f"{PREFIX}_queue_worker_up",
-            "1 while the queue's worker is deciding, 0 while it is down or restarting.",
-            labels=["queue"],
-        )
-        for slot in list(agent.slots):
-            worker = slot.worker
-            queue = str(worker.queue_num)
-            restarts.add_metric([queue], slot.restarts)
-            deciding = slot.down_since is None and worker.bound.is_set()
-            up.add_metric([queue], 1.0 if deciding else 0.0)
-            stats = worker.stats
-            for reason, count in list(stats.verdicts.items()):
-                action = VERDICTS[reason].action.value
-                packets.add_metric([queue, action, reason.value], count)
-            errors.add_metric([queue], stats.errors)
-            cumulative, buckets = 0, []
-            for bound, count in zip(
-                (*DECISION_BUCKETS_NS, None), stats.decision_buckets, strict=True
-            ):
-                cumulative += count
-                buckets.append(("+Inf" if bound is None else repr(bound / 1e9), cumulative))
-            decision_seconds.add_metric([queue], buckets, sum_value=stats.decision_ns_total / 1e9)
-            flows.add_metric([queue], len(worker.flows))
-            evictions.add_metric([queue], worker.flows.evictions)
-        yield from (packets, errors, decision_seconds, flows, evictions, restarts, up)
-
-        status = agent.status
-        for name, text, value in (
-            ("ready", "1 when enforcement is active.", 1.0 if agent.ready.is_set() else 0.0),
-            ("generation", "Generation of the tables in force.", status.generation),
-            ("pods", "Pods known in the cluster.", status.pods),
-            (
-                "unreadable_pods",
-                "Pods whose objects could not be read, enforced as unknown endpoints (all "
-                "their traffic denied on their node).",
-                status.unreadable_pods,
-            ),
-            ("local_addresses", "Addresses of this node's pods.", status.local_pods),
-            (
-                "isolated_addresses",
-                "Addresses of this node's pods that a policy isolates (queued).",
-                status.isolated_addresses,
-            ),
-            ("policies", "NetworkPolicies known in the cluster.", status.policies),
-            (
-                "pod_cidrs",
-                "This node's pod ranges guarded against unknown (too new) pods; 0: guard off.",
-                len(status.pod_cidrs),
-            ),
-            ("object_errors", "Objects taken with an error (see the log).", len(status.errors)),
-            ("last_sync_seconds", "Duration of the last firewall sync.", status.last_sync_seconds),
-            ("last_compile_seconds", "Duration of the last compile.", status.compile_seconds),
-        ):
-            yield GaugeMetricFamily(f"{PREFIX}_{name}", text, value=float(value))
-        yield CounterMetricFamily(
-            f"{PREFIX}_syncs", "Compiles published to the dataplane.", value=status.syncs
-        )
-        yield CounterMetricFamily(
-            f"{PREFIX}_revoked_connections",
-            "Established connections cut because a policy change denied them.",
-            value=status.revoked,
-        )
-        yield CounterMetricFamily(
-            f"{PREFIX}_spoofed_packets",
-            "Packets dropped because their source address does not belong to the interface they "
-            "came from (--anti-spoofing; read from the rules' counters every few seconds).",
-            value=status.spoofed_packets,
-        )
-        yield from self._source_metrics()
-
-    def _source_metrics(self) -> Iterator[Any]:
-        """List/watch counters of the Kubernetes source (absent for the lab's store)."""
-        stats = getattr(self.agent.source, "stats", None)
-        if stats is None:
-            return
-        families = {
-            name: CounterMetricFamily(f"{PREFIX}_source_{name}", text, labels=["kind"])
-            for name, text in (
-                ("lists", "Complete lists of a kind (the first and every relist)."),
-                ("relists", "Lists after the first (410 Gone, ERROR events, failed lists)."),
-                ("watches", "Watch requests the API server accepted."),
-                ("events", "Watch events applied to the state cache."),
-                ("errors", "Failed requests, dropped connections and undecodable events."),
-            )
-        }
-        for kind, counters in stats().items():
-            for name, family in families.items():
-                family.add_metric([kind], getattr(counters, name))
-        yield from families.values()
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +112,7 @@ class HealthServer:
 
     def __init__(self, agent: Agent, config: HealthConfig | None = None) -> None:
         self.config = config or HealthConfig()
-        registry = CollectorRegistry()
-        registry.register(AgentCollector(agent))
+        registry = agent_registry(agent)
         self._agent = agent
         self._registry = registry
         family = socket.AF_INET6 if ":" in self.config.address else socket.AF_INET
@@ -269,7 +136,10 @@ class HealthServer:
     def start(self) -> HealthServer:
         self.thread.start()
         allowed = ", ".join(map(str, self.config.allow)) or "any source"
-        log.info("health and metrics on %s port %d (%s)", self.config.address, self.port, allowed)
+        log.info(
+            "serving health and metrics",
+            extra=fields(address=self.config.address, port=self.port, allow=allowed),
+        )
         return self
 
     def close(self) -> None:
@@ -329,7 +199,7 @@ class HealthServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:  # EMFILE and friends: keep serving what is open
-                log.warning("health: accept failed: %s", error)
+                log.warning("health: accept failed", extra=fields(error=str(error)))
                 return
             if not self._allowed(sock, peer[0]):
                 self.refused += 1

@@ -10,11 +10,12 @@ One thread per source and per queue worker; this loop is the only writer of tabl
   more, and never compiles more often than that.
 - Publishing: new tables are published to the queue workers by swapping one reference before the
   address sets change, so a packet that newly reaches the queue always meets tables that know why.
-- Supervision: a queue worker (thread or process) that ends is reported down (``/readyz`` and
-  ``/healthz`` answer 503 naming its queue) and restarted with the current snapshot after a
-  backoff that doubles while it keeps dying. Meanwhile its queue has no listener, and the kernel
-  drops what it queues there (fail-closed) or accepts it (``--fail-open``, the queue's bypass
-  flag). Publishing to a dead worker never raises out of the loop.
+- Supervision (``agent.workers``): a queue worker (thread or process) that ends is reported down
+  (``/readyz`` and ``/healthz`` answer 503 naming its queue) and restarted with the current
+  snapshot after a backoff that doubles while it keeps dying. Meanwhile its queue has no
+  listener, and the kernel drops what it queues there (fail-closed) or accepts it
+  (``--fail-open``, the queue's bypass flag). Publishing to a dead worker never raises out of
+  the loop.
 - Latency: compiles run with the cycle collector paused and freeze what they build, and the
   previous tables are freed record by record (``enforcement.latency``), so a packet queued
   meanwhile waits a switch interval, not a collection of the whole heap.
@@ -33,35 +34,28 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.logs import fields
+from agent.metrics import DelayHistogram
 from agent.sources import Source
 from agent.state import ClusterState, PodRanges, StateView
+from agent.workers import RESTART_BACKOFF, WorkerSlot, WorkerSupervision
 from enforcement.clusterpolicy import describe_tie, priority_ties
 from enforcement.compiler import compile_tables
 from enforcement.conntrack import Revoker
 from enforcement.eventpump import DEFAULT_RATE, EventCounts, EventPump, RecordBatch, Sink
 from enforcement.events import EventBuffer, kernel_decided, revoked_in_kernel
 from enforcement.firewall import Firewall, FirewallConfig, FirewallError
-from enforcement.flows import FlowTable
 from enforcement.latency import compile_quietly, pieces_of, prefer_decisions, release_gradually
 from enforcement.model import ClusterSnapshot
 from enforcement.nflog import NflogReader
-from enforcement.queue import (
-    Publication,
-    QueueWorker,
-    RemoteWorker,
-    TablesHolder,
-    WorkerSettings,
-)
+from enforcement.queue import QueueWorker, TablesHolder
 from enforcement.tables import AllowTables
+from enforcement.workerprocess import Publication, RemoteWorker
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF = 0.5
-"""Seconds before a dead queue worker's first restart; doubled for each further failure."""
-RESTART_BACKOFF_MAX = 30.0
-"""The longest wait between restarts (the kubelet's own back-off starts at 10 s, caps at 5 min)."""
-STABLE_AFTER = 60.0
-"""Seconds a restarted worker must stay bound before its back-off starts from the beginning."""
+__all__ = ["RESTART_BACKOFF", "Agent", "AgentConfig", "AgentStatus", "WorkerSlot"]
+"""``RESTART_BACKOFF`` and ``WorkerSlot`` live in ``agent.workers``; named here as before."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +80,8 @@ class AgentConfig:
     """Every packet's verdict is logged with what decided it (slow; for people)."""
     audit: bool = False
     """Decide and report, enforce nothing that policy denies (``--audit``)."""
+    policy_metrics: bool = False
+    """Expose connections per policy (``--policy-metrics``; bounded cardinality)."""
 
     @property
     def removes_rules_on_exit(self) -> bool:
@@ -156,40 +152,7 @@ class AgentStatus:
         }
 
 
-@dataclass(slots=True)
-class WorkerSlot:
-    """One queue and the worker deciding it, as the runner supervises it."""
-
-    worker: QueueWorker | RemoteWorker
-    thread: threading.Thread | None = None
-    """The thread serving the queue (single-queue mode); None for a worker process."""
-    error: str | None = None
-    """Why the thread ended (its exception), for the health message."""
-    down_since: float | None = None
-    """Monotonic time the worker was found dead; None while it is up (or starting)."""
-    restart_at: float = 0.0
-    """Monotonic time of the next restart, while down."""
-    failures: int = 0
-    """Deaths since the worker last stayed up for ``STABLE_AFTER`` seconds (the back-off)."""
-    restarts: int = 0
-    """Restarts of this queue's worker since the agent started."""
-    started: float = 0.0
-    """Monotonic time of the last (re)start."""
-    reason: str = ""
-    """How the worker last ended."""
-
-    @property
-    def queue_num(self) -> int:
-        return self.worker.queue_num
-
-    @property
-    def alive(self) -> bool:
-        if isinstance(self.worker, RemoteWorker):
-            return not self.worker.exited.is_set() and self.worker.process.is_alive()
-        return self.thread is not None and self.thread.is_alive()
-
-
-class Agent:
+class Agent(WorkerSupervision):
     def __init__(
         self,
         config: AgentConfig,
@@ -218,6 +181,8 @@ class Agent:
             rate=None if config.trace else config.record_rate,
         )
         self.status = AgentStatus()
+        self.programming_delay = DelayHistogram()
+        """Seconds from a change the state took to its rules in force, per sync (metrics)."""
         self._dirty = threading.Event()
         self.state = ClusterState(on_change=self._dirty.set)
         self.tables = TablesHolder(compile_tables(ClusterSnapshot(), config.node_name, 0))
@@ -239,15 +204,13 @@ class Agent:
         return [slot.worker for slot in self.slots]
 
     def event_counts(self) -> list[EventCounts]:
-        """The verdict-event counters of every pump (metrics): the runner's own pump in
-        single-queue mode, each worker process's otherwise."""
-        if self.config.firewall.queue_count > 1:
-            return [
-                slot.worker.event_counts
-                for slot in self.slots
-                if isinstance(slot.worker, RemoteWorker)
-            ]
-        return [self.pump.counts]
+        """The verdict-event counters of every pump (metrics): the runner's own (the queue
+        thread's events with one queue; with any number, the connections the kernel passes
+        alone and the revocations), and each worker process's."""
+        remote = [
+            slot.worker.event_counts for slot in self.slots if isinstance(slot.worker, RemoteWorker)
+        ]
+        return [self.pump.counts, *remote]
 
     def _watch_kernel_decisions(self, stop: threading.Event) -> None:
         """Offer an event for every connection the kernel passes without the queue (pods no
@@ -259,7 +222,7 @@ class Agent:
             log.error(
                 "cannot read the packets the firewall logs: connections between pods that no "
                 "policy isolates are left out of the flow log",
-                extra={"fields": {"nflog_group": group, "error": str(error)}},
+                extra=fields(nflog_group=group, error=str(error)),
             )
             return
         try:
@@ -285,22 +248,6 @@ class Agent:
                 sink(batch)
             except Exception:
                 log.exception("a verdict-record consumer failed")
-
-    def workers_down(self) -> list[str]:
-        """One line per queue whose worker is not deciding (read by the health endpoints)."""
-        now = time.monotonic()
-        lines = []
-        for slot in list(self.slots):
-            if slot.down_since is not None:
-                lines.append(
-                    f"queue {slot.queue_num}: worker down ({slot.reason}), restart "
-                    f"{slot.restarts + 1} in {max(0.0, slot.restart_at - now):.1f}s"
-                )
-            elif slot.restarts and not slot.worker.bound.is_set():
-                lines.append(
-                    f"queue {slot.queue_num}: worker restarted ({slot.reason}), not bound yet"
-                )
-        return lines
 
     def run(self, stop: threading.Event) -> None:
         """Enforce until ``stop`` is set. Raises only for set-up failures (no rules, no queue)."""
@@ -364,155 +311,11 @@ class Agent:
                 raise RuntimeError(f"could not bind NFQUEUE {slot.queue_num}")
         self._publish(view, tables)
         self.ready.set()
-        log.info("enforcing on node %s", self.config.node_name)
+        log.info(
+            "enforcing",
+            extra=fields(node=self.config.node_name, queues=[s.queue_num for s in self.slots]),
+        )
         return view.revision
-
-    def _start_worker_thread(self) -> None:
-        config = self.config.firewall
-        worker = QueueWorker(
-            config.queue_num,
-            self.tables,
-            FlowTable(max_flows=self.config.max_flows),
-            fail_open=config.fail_open,
-            fast_path=config.mode == "fast",
-            max_len=self.config.queue_max_len,
-            events=self.events,
-            trace_all=self.config.trace,
-            audit=self.config.audit,
-        )
-        slot = WorkerSlot(worker)
-        self.slots.append(slot)
-        self._serve_in_thread(slot)
-
-    def _serve_in_thread(self, slot: WorkerSlot) -> None:
-        worker = slot.worker
-        assert isinstance(worker, QueueWorker)
-
-        def serve() -> None:
-            try:
-                worker.serve(self._stop)
-            except Exception as error:  # reported and restarted by the sync loop
-                slot.error = f"{type(error).__name__}: {error}"
-                log.exception("the queue %d thread failed", worker.queue_num)
-            else:
-                slot.error = "returned"
-            finally:
-                self._dirty.set()  # wakes the sync loop, which notices the thread is gone
-
-        slot.error = None
-        slot.started = time.monotonic()
-        slot.thread = threading.Thread(target=serve, name=f"queue-{worker.queue_num}", daemon=True)
-        slot.thread.start()
-
-    def _start_worker_processes(self, first: Publication) -> None:
-        config = self.config.firewall
-        for offset in range(config.queue_count):
-            settings = WorkerSettings(
-                queue_num=config.queue_num + offset,
-                fail_open=config.fail_open,
-                fast_path=config.mode == "fast",
-                max_len=self.config.queue_max_len,
-                copy_range=512,
-                max_flows=self.config.max_flows,
-                node_name=self.config.node_name,
-                trace_all=self.config.trace,
-                audit=self.config.audit,
-                record_rate=None if self.config.trace else self.config.record_rate,
-            )
-            slot = WorkerSlot(
-                RemoteWorker(
-                    settings, first, on_exit=self._dirty.set, on_records=self._dispatch_records
-                )
-            )
-            slot.started = time.monotonic()
-            self.slots.append(slot)
-
-    def _supervise(self) -> None:
-        """Notice dead workers and restart those whose back-off has passed (sync loop only)."""
-        now = time.monotonic()
-        for slot in self.slots:
-            if self._stop.is_set():
-                return
-            if slot.down_since is None:
-                if slot.alive:
-                    if slot.failures and now - slot.started >= STABLE_AFTER:
-                        slot.failures = 0
-                    continue
-                slot.reason = self._how_it_ended(slot)
-                slot.failures += 1
-                slot.down_since = now
-                delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (slot.failures - 1))
-                slot.restart_at = now + delay
-                log.error(
-                    "queue %d worker %s; its queue has no listener (%s) until it restarts in %.1fs",
-                    slot.queue_num,
-                    slot.reason,
-                    "accepted" if self.config.firewall.fail_open else "dropped",
-                    delay,
-                )
-            elif now >= slot.restart_at:
-                self._restart(slot)
-        states = tuple(
-            (slot.queue_num, slot.restarts, slot.down_since is None, slot.worker.bound.is_set())
-            for slot in self.slots
-        )
-        if states != self._worker_states:  # written when a worker dies, restarts or binds
-            self._worker_states = states
-            self.status.workers_down = self.workers_down()
-            self.status.workers = self._worker_summaries()
-            self._write_status()
-
-    def _worker_summaries(self) -> list[dict[str, Any]]:
-        summaries = []
-        for slot in self.slots:
-            worker = slot.worker
-            summaries.append(
-                {
-                    "queue": slot.queue_num,
-                    "pid": worker.pid if isinstance(worker, RemoteWorker) else os.getpid(),
-                    "up": slot.down_since is None and worker.bound.is_set(),
-                    "restarts": slot.restarts,
-                    "generation": worker.generation
-                    if isinstance(worker, RemoteWorker)
-                    else self.tables.current.generation,
-                }
-            )
-        return summaries
-
-    def _how_it_ended(self, slot: WorkerSlot) -> str:
-        if isinstance(slot.worker, RemoteWorker):
-            return f"process {slot.worker.pid} {slot.worker.exit_description()}"
-        return f"thread ended: {slot.error or 'unknown'}"
-
-    def _restart(self, slot: WorkerSlot) -> None:
-        slot.restarts += 1
-        self.status.worker_restarts += 1
-        log.warning("restarting the queue %d worker (restart %d)", slot.queue_num, slot.restarts)
-        old = slot.worker
-        if isinstance(old, RemoteWorker):
-            old.stop(timeout=1.0)
-            try:
-                slot.worker = RemoteWorker(
-                    old.settings,
-                    self._published,
-                    on_exit=self._dirty.set,
-                    on_records=self._dispatch_records,
-                )
-            except OSError as error:  # no process could start: try again after the back-off
-                slot.reason = f"could not start a process: {error}"
-                slot.restart_at = time.monotonic() + RESTART_BACKOFF_MAX
-                return
-            slot.started = time.monotonic()
-        else:
-            self._serve_in_thread(slot)
-        slot.down_since = None
-
-    def _next_wait(self) -> float:
-        """Seconds the sync loop may sleep: until the next restart is due, at most 0.5."""
-        due = [slot.restart_at for slot in self.slots if slot.down_since is not None]
-        if not due:
-            return 0.5
-        return max(0.01, min(0.5, min(due) - time.monotonic()))
 
     def _sync_loop(self, stop: threading.Event, applied: int) -> None:
         """Compile and publish every change after revision ``applied`` (the one in force).
@@ -525,7 +328,10 @@ class Agent:
             if self.heartbeat >= next_check:
                 next_check = self.heartbeat + self.config.jump_check_interval
                 for where in self.firewall.ensure_first():
-                    log.warning("another rule had been put above the agent's jump in %s", where)
+                    log.warning(
+                        "another rule had been put above the agent's jump",
+                        extra=fields(chain=where),
+                    )
                 if self.config.firewall.anti_spoofing:
                     spoofed = self.firewall.spoofed_drops()
                     if spoofed != self.status.spoofed_packets:
@@ -571,9 +377,14 @@ class Agent:
                 and slot.down_since is None
                 and not worker.wait_generation(tables.generation, timeout=30)
             ):
-                what = "exited before taking" if worker.exited.is_set() else "did not take"
-                log.error("queue worker %d %s generation %d", worker.queue_num, what,
-                          tables.generation)  # fmt: skip
+                log.error(
+                    "queue worker did not take the new tables",
+                    extra=fields(
+                        queue=worker.queue_num,
+                        generation=tables.generation,
+                        exited=worker.exited.is_set(),
+                    ),
+                )
         self._supervise()
         isolated = tables.isolated_local_addresses()
         self.firewall.sync(isolated, self._known(view, tables))
@@ -586,7 +397,10 @@ class Agent:
                 tables, view.snapshot, self.firewall.config.pod_cidrs
             )
             if revocation.cut:
-                log.info("cut %d established connections the change denies", revocation.cut)
+                log.info(
+                    "cut established connections the change denies",
+                    extra=fields(connections=revocation.cut, generation=tables.generation),
+                )
             now = time.time()
             for entry in revocation.denied:
                 self.events.offer(revoked_in_kernel(entry, tables, now))
@@ -605,22 +419,39 @@ class Agent:
         status.errors = [error.message for error in self.state.errors()]
         status.workers_down = self.workers_down()
         status.workers = self._worker_summaries()
-        for message in status.errors:
-            log.warning("%s", message)
+        for error in self.state.errors():
+            log.warning(
+                "object taken with an error",
+                extra=fields(
+                    kind=error.kind,
+                    namespace=error.key[0],
+                    name=error.key[1],
+                    error=error.message,
+                ),
+            )
         warnings = [describe_tie(group) for group in priority_ties(view.snapshot.cluster_policies)]
         for message in warnings:
             if message not in status.warnings:  # once, not at every sync
-                log.warning("%s", message)
+                log.warning("cluster policies tie in priority", extra=fields(detail=message))
         status.warnings = warnings
         status.pod_cidrs = list(self.firewall.config.pod_cidrs)
         if ranges_problem is not None:  # already logged where it was found
             status.errors.append(ranges_problem)
+        delay = None
+        if view.changed_at is not None:  # observed before the status file says it is done
+            delay = time.monotonic() - view.changed_at
+            self.programming_delay.observe(delay)
         self._write_status()
         log.info(
-            "in force: generation %d, source version %s, %d isolated addresses",
-            tables.generation,
-            view.source_version,
-            len(isolated),
+            "tables in force",
+            extra=fields(
+                generation=tables.generation,
+                source_version=view.source_version,
+                isolated_addresses=len(isolated),
+                compile_seconds=round(status.compile_seconds, 6),
+                sync_seconds=round(status.last_sync_seconds, 6),
+                programming_seconds=None if delay is None else round(delay, 6),
+            ),
         )
 
     def _known(self, view: StateView, tables: AllowTables) -> frozenset[bytes]:
@@ -655,9 +486,12 @@ class Agent:
         the guard only ever adds drops, so going on never opens what policies close."""
         try:
             if self.firewall.set_pod_cidrs(ranges.cidrs):
-                log.info("new-pod guard on the pod ranges: %s", ", ".join(ranges.cidrs) or "none")
+                log.info("new-pod guard on the pod ranges", extra=fields(cidrs=list(ranges.cidrs)))
         except (FirewallError, ValueError) as error:
-            log.error("could not set the pod ranges %s: %s", ", ".join(ranges.cidrs), error)
+            log.error(
+                "could not set the pod ranges",
+                extra=fields(cidrs=list(ranges.cidrs), error=str(error)),
+            )
             return f"could not set the pod ranges {', '.join(ranges.cidrs)}: {error}"
         return ranges.problem
 

@@ -38,6 +38,7 @@ serves every kind.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -90,6 +91,10 @@ class StateView:
     pod_ranges: PodRanges | None = None
     """This node's pod ranges from its Node object; None when the source does not read Nodes
     (the lab's store, or ``--pod-cidr`` given)."""
+    changed_at: float | None = None
+    """Monotonic time (time.monotonic) at which the cache took the earliest change that no
+    earlier view held; None when nothing changed since the previous view. The runner measures
+    the policy-programming delay from it (change seen to rules in force)."""
 
 
 def object_key(obj: Mapping[str, Any]) -> ObjectKey:
@@ -114,6 +119,8 @@ class ClusterState:
         self._source_version: str | None = None
         self._pod_ranges: PodRanges | None = None
         self._on_change = on_change
+        self._unviewed_since: float | None = None
+        """When the earliest change not yet in any view was taken (see ``StateView``)."""
 
     # -- writers (sources) -------------------------------------------------------------------
 
@@ -187,8 +194,12 @@ class ClusterState:
             return list(self._errors.values())
 
     def view(self) -> StateView:
-        """The current revision and an immutable snapshot of it, taken atomically."""
+        """The current revision and an immutable snapshot of it, taken atomically.
+
+        Views are for one consumer, the runner: each carries when its first new change arrived
+        (``changed_at``), and the next view starts counting after it."""
         with self._lock:
+            changed_at, self._unviewed_since = self._unviewed_since, None
             pods = self._tables[kinds.POD.kind].values()
             snapshot = ClusterSnapshot(
                 namespaces=self._records(kinds.NAMESPACE.kind, Namespace),
@@ -200,7 +211,9 @@ class ClusterState:
                 ),
                 nodes=self._records(kinds.NODE.kind, Node),
             )
-            return StateView(self._revision, snapshot, self._source_version, self._pod_ranges)
+            return StateView(
+                self._revision, snapshot, self._source_version, self._pod_ranges, changed_at
+            )
 
     # -- internals (lock held) ------------------------------------------------------------
 
@@ -242,5 +255,7 @@ class ClusterState:
 
     def _changed(self) -> None:
         self._revision += 1
+        if self._unviewed_since is None:
+            self._unviewed_since = time.monotonic()
         if self._on_change is not None:
             self._on_change()

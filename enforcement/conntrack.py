@@ -420,7 +420,10 @@ def _report_skipped(netlink: CtNetlink) -> None:
     if netlink.skipped:
         # Unparseable entries cannot be judged nor named for deletion; the kernel's format is
         # fixed ABI, so this means a bug here, worth an error in the log.
-        log.error("%d conntrack entries could not be parsed and were not judged", netlink.skipped)
+        log.error(
+            "conntrack entries could not be parsed and were not judged",
+            extra={"fields": {"entries": netlink.skipped}},
+        )
 
 
 @dataclass(frozen=True, slots=True)

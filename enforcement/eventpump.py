@@ -3,11 +3,11 @@
 One pump runs beside each queue worker (a thread in the runner, or in the worker's process),
 waking every ``interval`` seconds. Per drained event it
 
-1. counts the connection for metrics (every event, before anything is held back, by its
-   interned outcome: labels are made when metrics are scraped);
-2. folds denied packets of one connection within ``fold_window`` seconds: the first is
+1. folds denied packets of one connection within ``fold_window`` seconds: the first is
    recorded at once, the rest are counted and recorded as one ``repeat`` when the window ends
    (a refused client retransmits its SYN; a flood repeats a packet millions of times);
+2. counts the connection for metrics (every event not folded, before anything is held back by
+   the rate limit, by its interned outcome: labels are made when metrics are scraped);
 3. admits records under a rate limit (a token bucket of ``rate`` records a second, bursts up to
    ``burst``); what it holds back is counted as suppressed, before any name is looked up;
 4. turns the admitted events into records and hands them, in one :class:`RecordBatch`, to its
@@ -47,14 +47,15 @@ DEFAULT_RATE = 1000.0
 """Records a second admitted by default, per worker."""
 DEFAULT_BURST = 10000
 POLICY_SERIES_MAX = 1000
-"""Distinct (policy, rule action, verdict) series the per-policy counters keep; further
-policies are counted under the name ``_other`` (bounded cardinality for Prometheus)."""
+"""Distinct (policy, rule action, direction, verdict) series the per-policy counters keep;
+further policies are counted under the name ``_other`` (bounded cardinality for Prometheus)."""
 OTHER_POLICY = "_other"
 
 ConnectionKey = tuple[str, str, str, str, int]
 """(verdict, reason, direction, protocol, family): the labels of the connection counter."""
-PolicyKey = tuple[str, str, str, str, str, str]
-"""(kind, namespace, name, tier, action, verdict): the labels of the per-policy counter."""
+PolicyKey = tuple[str, str, str, str, str, str, str]
+"""(kind, namespace, name, tier, action, direction, verdict): the labels of the per-policy
+counter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,8 @@ class EventCounts:
     dropped: int = 0
     folded: int = 0
     """Denied packets folded into a ``repeat`` record instead of a record of their own."""
+    events: int = 0
+    """Events drained from the buffer (every packet's with ``--trace``)."""
 
 
 def direction_label(outcome: Outcome) -> str:
@@ -118,27 +121,37 @@ def connection_series(counts: Iterable[EventCounts]) -> Counter[ConnectionKey]:
 def policy_series(
     counts: Iterable[EventCounts], limit: int = POLICY_SERIES_MAX
 ) -> Counter[PolicyKey]:
-    """Connections each policy decided, by (kind, namespace, name, tier, action, verdict).
+    """Connections each policy decided, by (kind, namespace, name, tier, action, direction,
+    verdict); ``direction`` is the one the policy's rule decided (``egress`` of the source,
+    ``ingress`` of the destination).
 
     At most ``limit`` series, the busiest kept by name; the rest are summed under the name
-    ``_other`` per kind, tier, action and verdict (bounded cardinality, whatever the number
-    of policies).
+    ``_other`` (namespace empty) per kind, tier, action, direction and verdict: bounded
+    cardinality whatever the number of policies, at most ``limit`` plus those sums.
     """
     exact: Counter[PolicyKey] = Counter()
     for each in counts:
         for (outcome, _, _, revoked), number in list(each.outcomes.items()):
             verdict = "allowed" if outcome.verdict.accepted and not revoked else "denied"
-            for ref in outcome.refs:
-                exact[(ref.kind, ref.namespace or "", ref.name, ref.tier, ref.action, verdict)] += (
-                    number
-                )
+            for direction, refs in (("egress", outcome.egress), ("ingress", outcome.ingress)):
+                for ref in refs:
+                    key = (
+                        ref.kind,
+                        ref.namespace or "",
+                        ref.name,
+                        ref.tier,
+                        ref.action,
+                        direction,
+                        verdict,
+                    )
+                    exact[key] += number
     if len(exact) <= limit:
         return exact
     kept: Counter[PolicyKey] = Counter(dict(exact.most_common(limit)))
     for key, number in exact.items():
         if key not in kept:
-            kind, _, _, tier, action, verdict = key
-            kept[(kind, "", OTHER_POLICY, tier, action, verdict)] += number
+            kind, _, _, tier, action, direction, verdict = key
+            kept[(kind, "", OTHER_POLICY, tier, action, direction, verdict)] += number
     return kept
 
 
@@ -190,11 +203,11 @@ class EventPump:
         """One turn: drain, count, fold, limit, convert, hand over. Returns the batch."""
         events = self.buffer.drain()
         counts = self.counts
+        counts.events += len(events)
         records: list[VerdictRecord] = []
         suppressed = 0
         self._refill(now)
         for event in events:
-            self._count(event)
             # Only denials are folded, so only they need the connection's key.
             key = None if event.outcome.verdict.accepted else _connection_key(event)
             if key is not None:
@@ -202,7 +215,8 @@ class EventPump:
                 if fold is not None and now < fold.until:
                     fold.folded += 1
                     counts.folded += 1
-                    continue
+                    continue  # a retransmission of a connection counted already
+            self._count(event)
             if self._tokens < 1:
                 suppressed += 1
                 continue

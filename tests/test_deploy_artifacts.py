@@ -653,7 +653,7 @@ def exposed_metric_names() -> set[str]:
     """Names as scraped: a counter family ``x`` is exposed as ``x_total``."""
     from kubernetes.client import ApiClient
 
-    from agent.health import AgentCollector
+    from agent.metrics import AgentCollector
     from agent.runner import Agent, AgentConfig
     from agent.sources.kubernetes import KubernetesSource
 

@@ -45,14 +45,9 @@ from enforcement.latency import (
     release_gradually,
 )
 from enforcement.model import ClusterSnapshot
-from enforcement.queue import (
-    Publication,
-    QueueWorker,
-    TablesHolder,
-    publication_messages,
-    receive_publication,
-)
+from enforcement.queue import QueueWorker, TablesHolder
 from enforcement.tables import AllowTables
+from enforcement.workerprocess import Publication, publication_messages, receive_publication
 
 TICK = 0.001
 """Seconds between the ticker's timestamps (one queued packet each)."""

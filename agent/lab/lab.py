@@ -1156,6 +1156,7 @@ class Lab:
             "--anti-spoofing", "--pod-interface", f"{topology.POD_VETH_PREFIX}+",
             *(["--trace"] if record.trace else []),
             *(["--audit"] if record.audit else []),
+            "--policy-metrics",  # a lab has few policies: their series cost nothing
             # Lab agents log their flows: `lab flows` reads them.
             *(["--flow-log", str(self.flow_log_path(node.name))] if record.flow_log else []),
         ]  # fmt: skip

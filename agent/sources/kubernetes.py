@@ -72,6 +72,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agent import kinds
 from agent.kinds import KindSpec
+from agent.logs import fields
 from agent.state import ClusterState, Kind, PodRanges
 
 log = logging.getLogger(__name__)
@@ -356,7 +357,7 @@ class _KindLoop:
             except _Gone as gone:
                 if stop.is_set():
                     break
-                log.info("%s: %s; relisting", self.kind, gone)
+                log.info("relisting", extra=fields(kind=self.kind, reason=str(gone)))
                 need_list = True
             except Exception as error:
                 if stop.is_set():
@@ -387,7 +388,7 @@ class _KindLoop:
     def _connected(self, sink: _Sink) -> None:
         if self._down:
             self._down = False
-            log.info("%s: reached the API server again", self.kind)
+            log.info("reached the API server again", extra=fields(kind=self.kind))
             sink.reached()
 
     def _list(self, sink: _Sink, stop: threading.Event) -> None:
@@ -401,7 +402,10 @@ class _KindLoop:
                 if error.status != GONE or token is None or restarts >= MAX_LIST_RESTARTS:
                     raise
                 restarts += 1
-                log.info("%s: list continue token expired (410); restarting the list", self.kind)
+                log.info(
+                    "list continue token expired (410); restarting the list",
+                    extra=fields(kind=self.kind),
+                )
                 items, token = [], None
                 continue
             if stop.is_set():
@@ -427,11 +431,8 @@ class _KindLoop:
         self._set_version(version)
         self._count(lists=1, relists=0 if first else 1)
         log.info(
-            "%s: %s %d objects at resourceVersion %s",
-            self.kind,
             "listed" if first else "relisted",
-            len(items),
-            version,
+            extra=fields(kind=self.kind, objects=len(items), resource_version=version),
         )
 
     def _get_page(self, token: str | None, stop: threading.Event) -> dict[str, Any]:
@@ -492,10 +493,10 @@ class _KindLoop:
             if stop.is_set():
                 return True
             log.info(
-                "%s: watch connection lost (%s); resuming from resourceVersion %s",
-                self.kind,
-                _describe(error),
-                self._version,
+                "watch connection lost; resuming",
+                extra=fields(
+                    kind=self.kind, error=_describe(error), resource_version=self._version
+                ),
             )
             if not applied:  # nothing came through: back off, the server may be failing
                 raise _Dropped(_describe(error)) from error
@@ -514,13 +515,19 @@ class _KindLoop:
             event = json.loads(line)
         except ValueError:
             self._count(errors=1)
-            log.warning("%s: ignoring an undecodable watch event line: %.200r", self.kind, line)
+            log.warning(
+                "ignoring an undecodable watch event line",
+                extra=fields(kind=self.kind, line=repr(line[:200])),
+            )
             return False
         obj = event.get("object") if isinstance(event, dict) else None
         event_type = event.get("type") if isinstance(event, dict) else None
         if not isinstance(obj, dict) or not isinstance(event_type, str):
             self._count(errors=1)
-            log.warning("%s: ignoring a malformed watch event: %.200r", self.kind, line)
+            log.warning(
+                "ignoring a malformed watch event",
+                extra=fields(kind=self.kind, line=repr(line[:200])),
+            )
             return False
         if event_type == "ERROR":
             code = obj.get("code")
@@ -542,7 +549,10 @@ class _KindLoop:
             log.debug("%s: DELETED %s", self.kind, _name(obj))
         else:
             self._count(errors=1)
-            log.warning("%s: ignoring a watch event of unknown type %r", self.kind, event_type)
+            log.warning(
+                "ignoring a watch event of unknown type",
+                extra=fields(kind=self.kind, type=repr(event_type)[:200]),
+            )
             return False
         if version is not None:
             self._set_version(version)
@@ -712,7 +722,7 @@ class _NodeRanges:
             return
         self._reported = ranges
         if problem is None:
-            log.info("Node %s: pod ranges %s", self.node_name, ", ".join(self._cidrs))
+            log.info("the node's pod ranges", extra=fields(node=self.node_name, cidrs=self._cidrs))
         elif self._access_problem is not None or self._malformed:
             log.error("%s", problem)
         else:
@@ -1016,7 +1026,10 @@ class KubernetesSource:
             if thread.is_alive():
                 # Blocked before a response arrived; it times out on its own and, seeing stop
                 # set, writes nothing more into the cache.
-                log.warning("%s did not stop within %.0f s", thread.name, STOP_GRACE)
+                log.warning(
+                    "a list/watch thread did not stop in time",
+                    extra=fields(thread=thread.name, seconds=STOP_GRACE),
+                )
 
     def _sink(self, kind: SourceKind, state: ClusterState) -> _Sink:
         cache = _CacheSink(state, kind, optional=kind in OPTIONAL_KINDS)
@@ -1036,5 +1049,5 @@ class KubernetesSource:
                 else:
                     loop.run(sink, stop)
             except Exception:  # a bug in the loop itself: log it, wait, start over
-                log.exception("%s: list/watch loop failed; restarting it", loop.kind)
+                log.exception("list/watch loop failed; restarting it", extra=fields(kind=loop.kind))
                 stop.wait(self.backoff_max)

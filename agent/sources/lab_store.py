@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from agent.logs import fields
 from agent.state import KINDS, ClusterState, Kind
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class LabStoreSource:
         try:
             revision, objects = read_store(self.path)
         except (OSError, ValueError) as error:
-            log.error("ignoring unreadable lab store: %s", error)
+            log.error("ignoring an unreadable lab store", extra=fields(error=str(error)))
             return
         by_kind: dict[Kind, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
         for obj in objects:
@@ -66,4 +67,4 @@ class LabStoreSource:
             if kind in by_kind:
                 by_kind[kind].append(obj)
         state.replace_all(by_kind, source_version=str(revision))
-        log.info("loaded lab store revision %d (%d objects)", revision, len(objects))
+        log.info("loaded the lab store", extra=fields(revision=revision, objects=len(objects)))

@@ -81,3 +81,23 @@ def test_a_bad_discovery_interval_is_refused(
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert "--discovery-interval" in error and message in error
+
+
+def test_version_is_the_package_s(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"netpol-agent {metadata.version('netpol-agent')}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param((), False, id="off-by-default"),
+        pytest.param(("--policy-metrics",), True, id="on"),
+    ],
+)
+def test_policy_metrics_flag(args: tuple[str, ...], expected: bool) -> None:
+    assert build_parser().parse_args(run_args(*args)).policy_metrics is expected

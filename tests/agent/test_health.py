@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
-import logging
 import socket
 import threading
 import time
@@ -24,7 +22,6 @@ from agent.health import (
     HealthServer,
     parse_allow,
 )
-from agent.logs import JsonFormatter
 from agent.runner import Agent, AgentConfig, WorkerSlot
 from agent.sources.lab_store import LabStoreSource
 
@@ -106,15 +103,6 @@ def test_decision_time_is_a_histogram(served: tuple[Agent, str]) -> None:
 
 def test_unknown_path_is_404(served: tuple[Agent, str]) -> None:
     assert get(f"{served[1]}/nope")[0] == 404
-
-
-def test_json_logs_are_one_object_per_line() -> None:
-    record = logging.LogRecord("agent.x", logging.WARNING, __file__, 1, "a %s", ("b",), None)
-    entry = json.loads(JsonFormatter().format(record))
-    assert (
-        entry["level"] == "warning" and entry["message"] == "a b" and entry["logger"] == "agent.x"
-    )
-    assert entry["time"].endswith("Z")
 
 
 # -- a worker that is down ---------------------------------------------------------------------

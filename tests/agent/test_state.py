@@ -469,3 +469,27 @@ def test_readiness_waits_for_every_kind_served() -> None:
     assert state.ready
     with pytest.raises(ValueError, match="not a kind"):
         state.set_served("CiliumNetworkPolicy", False)
+
+
+# -- when changes arrived (the policy-programming delay) ---------------------------------------
+
+
+def test_a_view_says_when_its_earliest_new_change_arrived() -> None:
+    state = ClusterState()
+    assert state.view().changed_at is None, "nothing changed yet"
+    before = time.monotonic()
+    state.upsert("Namespace", k8s_namespace("prod"))
+    first = time.monotonic()
+    time.sleep(0.01)
+    state.upsert("Pod", k8s_pod())
+    view = state.view()
+    assert view.changed_at is not None and before <= view.changed_at <= first, "the earliest"
+    assert state.view().changed_at is None, "already taken by the previous view"
+
+
+def test_a_change_that_changes_nothing_has_no_time() -> None:
+    state = ClusterState()
+    state.upsert("Namespace", k8s_namespace("prod"))
+    state.view()
+    state.upsert("Namespace", k8s_namespace("prod"))  # the same record: no change
+    assert state.view().changed_at is None

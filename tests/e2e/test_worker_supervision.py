@@ -141,7 +141,7 @@ def test_killed_workers_are_noticed_restarted_and_enforce_later_changes(
         assert load.attempts > 0
         log = lab.logs()
         for queue in QUEUES:
-            assert f"queue {queue} worker process" in log and "killed by SIGKILL" in log, log
+            assert f'queue={queue} reason="process ' in log and "killed by SIGKILL" in log, log
         # A change after the restarts: applied by the same agent, in force in both workers.
         lab.delete(B_FROM_A_ANY)
         lab.apply(DENY_INGRESS_B)

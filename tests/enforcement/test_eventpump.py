@@ -72,6 +72,12 @@ def test_denials_of_one_connection_are_folded_within_the_window() -> None:
     buffer.offer(_event(tables, _tcp(C, B)))  # after the window: a new first record
     pump.pump(106.0)
     assert sink.records[3:] == [(EventKind.CONNECTION, "x/c", "x/b", "denied", 1)]
+    # Metrics count the connection once per window, not its retransmissions: two denied
+    # connections (before and after the window) and one allowed.
+    assert connection_series([pump.counts]) == {
+        ("denied", "denied-ingress", "ingress", "TCP", 4): 2,
+        ("allowed", "allowed", "ingress", "TCP", 4): 1,
+    }
 
 
 def test_another_source_port_is_another_connection() -> None:
@@ -109,6 +115,7 @@ def test_the_rate_limit_counts_what_it_holds_back() -> None:
     batch = pump.pump(0.2)  # 0.2 s at 10 a second: two more tokens
     assert len(batch.records) == 2 and batch.suppressed == 3
     assert pump.counts.suppressed == 5 and pump.counts.records == 5
+    assert pump.counts.events == 10
     # Metrics count every connection, held back or not.
     assert sum(connection_series([pump.counts]).values()) == 10
 
@@ -164,8 +171,8 @@ def test_policy_series_are_bounded() -> None:
     pump.pump(0.0)
     exact = policy_series([pump.counts])
     assert exact == {
-        ("NetworkPolicy", "x", "only-a", "NetworkPolicy", "Allow", "allowed"): 1,
-        ("NetworkPolicy", "x", "only-a", "NetworkPolicy", "Isolate", "denied"): 1,
+        ("NetworkPolicy", "x", "only-a", "NetworkPolicy", "Allow", "ingress", "allowed"): 1,
+        ("NetworkPolicy", "x", "only-a", "NetworkPolicy", "Isolate", "ingress", "denied"): 1,
     }
     bounded = policy_series([pump.counts], limit=1)
     assert len(bounded) == 2 and sum(bounded.values()) == 2

@@ -1,39 +1,17 @@
-"""The queue loop's sans-I/O parts: deciding raw bytes, the default verdict, the config message.
+"""The queue loop's sans-I/O parts: deciding raw bytes, the default verdict, the reports.
 
 Binding a real queue is covered end to end in tests/e2e (it needs root and a namespace).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import struct
-import threading
-import time
-
 import pytest
 from scapy.all import IP, TCP
 
-from agent.lab.netns import entered
 from enforcement.compiler import compile_tables
 from enforcement.events import EventBuffer
 from enforcement.flows import FlowTable
-from enforcement.queue import (
-    DECISION_BUCKETS_NS,
-    NFQA_CFG_F_FAIL_OPEN,
-    NFQA_CFG_F_GSO,
-    PUBLICATION_CHUNK,
-    Publication,
-    QueueWorker,
-    RemoteWorker,
-    SnapshotPart,
-    TablesHolder,
-    WorkerSettings,
-    publication_messages,
-    queue_flags_message,
-    receive_publication,
-)
+from enforcement.queue import DECISION_BUCKETS_NS, QueueWorker, TablesHolder
 from enforcement.tables import AllowTables
 from enforcement.verdict import Reason
 from tests.builders import cluster, make_namespace, make_pod, make_policy, selector
@@ -86,79 +64,9 @@ def test_an_internal_error_gets_the_default_verdict(fail_open: bool, expected: R
     assert subject.stats.errors == 1
 
 
-def test_queue_flags_message_layout() -> None:
-    message = queue_flags_message(1000, NFQA_CFG_F_GSO, NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN, 7)
-    length, kind, flags, sequence, port = struct.unpack_from("=IHHII", message)
-    assert (length, kind, flags, sequence, port) == (len(message), (3 << 8) | 2, 1, 7, 0)
-    family, version, queue = struct.unpack_from("=BBH", message, 16)
-    assert (family, version, socket.ntohs(queue)) == (socket.AF_UNSPEC, 0, 1000)
-    # NFQA_CFG_MASK (4) then NFQA_CFG_FLAGS (5), each a big-endian u32 in an 8-byte attribute.
-    assert struct.unpack_from("=HH", message, 20) == (8, 4)
-    assert struct.unpack_from("!I", message, 24)[0] == NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN
-    assert struct.unpack_from("=HH", message, 28) == (8, 5)
-    assert struct.unpack_from("!I", message, 32)[0] == NFQA_CFG_F_GSO
-
-
 def test_decision_buckets_are_increasing_1_2_5_steps() -> None:
     assert list(DECISION_BUCKETS_NS) == sorted(DECISION_BUCKETS_NS)
     assert DECISION_BUCKETS_NS[0] == 1_000 and DECISION_BUCKETS_NS[-1] == 5_000_000
-
-
-# -- a worker process that dies (real NFQUEUE, in a namespace of the test's own) ---------------
-
-
-@pytest.mark.root
-def test_a_dead_worker_process_is_noticed_and_publishing_to_it_never_raises(
-    scratch_netns: str,
-) -> None:
-    """Finding 7: publishing to a killed worker raised BrokenPipeError and killed the agent."""
-    first = Publication(
-        cluster(make_namespace("x"), make_pod("x", "a", "10.244.1.2", labels={"pod": "a"})), 1
-    )
-    settings = WorkerSettings(
-        queue_num=1000, fail_open=False, fast_path=True, max_len=64, copy_range=512,
-        max_flows=1024, node_name="node-1",
-    )  # fmt: skip
-    exited = threading.Event()
-    with entered(scratch_netns):  # the process is started, and binds its queue, in the namespace
-        remote = RemoteWorker(settings, first, on_exit=exited.set)
-    try:
-        assert remote.bound.wait(60), "the worker did not bind its queue"
-        assert remote.wait_generation(1, timeout=60)
-        assert remote.pid is not None
-        os.kill(remote.pid, signal.SIGKILL)
-        assert exited.wait(30), "the death went unnoticed"
-        assert remote.exited.is_set() and not remote.bound.is_set()
-        assert remote.exit_description() == "killed by SIGKILL"
-        for generation in (2, 3):  # the pipe is closed now: no BrokenPipeError, just False
-            assert remote.publish(Publication(first.snapshot, generation)) is False
-        started = time.monotonic()
-        assert remote.wait_generation(2, timeout=30) is False
-        assert time.monotonic() - started < 10, "waited for a generation a dead worker never takes"
-    finally:
-        remote.stop(timeout=5)
-
-
-def test_a_publication_crosses_the_pipe_in_chunks_and_arrives_whole() -> None:
-    import multiprocessing
-
-    pods = [make_pod("x", f"p{i}", f"10.244.{i // 250}.{i % 250 + 1}") for i in range(2500)]
-    snapshot = cluster(make_namespace("x"), *pods, make_policy("x", "p", selector(pod="b")))
-    messages = list(publication_messages(Publication(snapshot, 7)))
-    assert [type(m).__name__ for m in messages].count("SnapshotPart") == 1 + 3 + 1
-    assert all(len(m.records) <= PUBLICATION_CHUNK for m in messages if isinstance(m, SnapshotPart))
-    sender, receiver = multiprocessing.Pipe()
-    writer = threading.Thread(
-        target=lambda: [sender.send(m) for m in [*messages, *messages, None]], daemon=True
-    )
-    writer.start()
-    for _ in range(2):
-        received = receive_publication(receiver)
-        assert received == Publication(snapshot, 7)
-    assert receive_publication(receiver) is None, "None tells the worker to stop"
-    sender.close()
-    assert receive_publication(receiver) is None, "so does the end of the pipe"
-    writer.join(timeout=5)
 
 
 def _with_events(*, audit: bool = False, trace_all: bool = False) -> QueueWorker:
