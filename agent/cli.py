@@ -91,6 +91,12 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         help="the agents report what policy denies but let it through ('lab flows' shows it)",
     )
     up.add_argument(
+        "--no-verdict-cache",
+        action="store_true",
+        help="fast mode: the agents ask the queue for every new connection (see 'netpol-agent "
+        "run --help'); to measure what the cache saves",
+    )
+    up.add_argument(
         "--no-flow-log",
         action="store_true",
         help="the agents write no flow log ('lab flows' shows nothing); to measure its cost",
@@ -211,6 +217,14 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="fast (default): only each connection's first packet is decided in userspace and "
         "the kernel passes the rest; per-packet: every packet of isolated pods is decided "
         "against the agent's own flow table",
+    )
+    run.add_argument(
+        "--no-verdict-cache",
+        action="store_true",
+        help="fast mode: ask the queue for every new connection. By default the kernel "
+        "remembers each allow verdict by (source, destination, protocol, destination port) "
+        "and admits the next connection of the same tuple without asking, until the next "
+        "change (docs/design-verdict-cache.md)",
     )
     run.add_argument(
         "--pod-cidr",
@@ -438,6 +452,7 @@ def _run(args: argparse.Namespace) -> int:
             pod_interfaces=tuple(args.pod_interface),
             fail_open=args.fail_open,
             mode=args.mode,
+            verdict_cache=not args.no_verdict_cache,
         ),
         max_flows=args.max_flows,
         queue_max_len=args.queue_max_len,
@@ -521,6 +536,7 @@ def _lab(args: argparse.Namespace) -> int:
                 trace=args.trace,
                 audit=args.audit,
                 flow_log=not args.no_flow_log,
+                verdict_cache=not args.no_verdict_cache,
                 ipv6=not args.no_ipv6,
                 agents=not args.no_agent,
                 timeout=args.timeout,

@@ -39,8 +39,14 @@ from enforcement.clusterpolicy import describe_tie, priority_ties
 from enforcement.compiler import compile_tables
 from enforcement.conntrack import Revoker
 from enforcement.eventpump import DEFAULT_RATE, EventCounts, EventPump, RecordBatch, Sink
-from enforcement.events import EventBuffer, kernel_decided, revoked_in_kernel
-from enforcement.firewall import Firewall, FirewallConfig, FirewallError
+from enforcement.events import EventBuffer, cache_decided, kernel_decided, revoked_in_kernel
+from enforcement.firewall import (
+    CACHE_LIVENESS,
+    CACHED_PREFIX,
+    Firewall,
+    FirewallConfig,
+    FirewallError,
+)
 from enforcement.flows import FlowTable
 from enforcement.latency import compile_quietly, pieces_of, prefer_decisions, release_gradually
 from enforcement.model import ClusterSnapshot
@@ -268,8 +274,11 @@ class Agent:
                 if not packets:
                     continue
                 tables, now = self.tables.current, time.time()
-                for packet in packets:
-                    event = kernel_decided(packet, tables, now)
+                for each in packets:
+                    if each.prefix == CACHED_PREFIX:
+                        self.events.offer(cache_decided(each.packet, tables, now))
+                        continue
+                    event = kernel_decided(each.packet, tables, now)
                     if event is not None:
                         self.events.offer(event)
         except OSError:
@@ -379,6 +388,7 @@ class Agent:
             events=self.events,
             trace_all=self.config.trace,
             audit=self.config.audit,
+            verdict_cache=config.uses_cache,
         )
         slot = WorkerSlot(worker)
         self.slots.append(slot)
@@ -417,6 +427,7 @@ class Agent:
                 node_name=self.config.node_name,
                 trace_all=self.config.trace,
                 audit=self.config.audit,
+                verdict_cache=config.uses_cache,
                 record_rate=None if self.config.trace else self.config.record_rate,
             )
             slot = WorkerSlot(
@@ -520,8 +531,15 @@ class Agent:
         Not the state's revision when the loop starts: a change that landed while the first
         tables were being installed would count as applied and wait for the next one."""
         next_check = time.monotonic() + self.config.jump_check_interval
+        next_alive = 0.0
         while not stop.is_set():
             self.heartbeat = time.monotonic()
+            if self.heartbeat >= next_alive:
+                next_alive = self.heartbeat + CACHE_LIVENESS / 3
+                try:
+                    self.firewall.keep_cache_alive()
+                except FirewallError as error:  # the cache lapses: connections ask the queue
+                    log.warning("could not keep the verdict cache alive: %s", error)
             if self.heartbeat >= next_check:
                 next_check = self.heartbeat + self.config.jump_check_interval
                 for where in self.firewall.ensure_first():
@@ -542,6 +560,9 @@ class Agent:
                 continue
             tables = self._compile(view)
             previous = self.tables.current
+            # No connection is admitted by an older generation's cached verdict from here on;
+            # ``_publish`` lets the cache answer again once every worker decides with these.
+            self.firewall.retire_cached_verdicts()
             self.tables.current = tables
             self._published = Publication(view.snapshot, tables.generation)
             for slot in self.slots:
@@ -577,6 +598,7 @@ class Agent:
         self._supervise()
         isolated = tables.isolated_local_addresses()
         self.firewall.sync(isolated, self._known(view, tables))
+        self.firewall.cache_generation(tables.generation)
         ranges_problem = None if view.pod_ranges is None else self._guard(view.pod_ranges)
         status = self.status
         if self.config.firewall.mode == "fast":

@@ -73,6 +73,8 @@ class VerdictEvent:
     """False when ``--audit`` let through what the policies deny."""
     revoked: bool = False
     """A tracked connection cut by a policy change (``outcome`` names the denying rules)."""
+    cached: bool = False
+    """Admitted by the kernel's verdict cache (docs/design-verdict-cache.md), not the queue."""
 
 
 class EventBuffer:
@@ -198,6 +200,9 @@ class VerdictRecord:
     """Packets this record stands for (more than one for a folded ``repeat``)."""
     staged: StagedReport | None = None
     """Present when staged policies exist: what they would decide."""
+    cached: bool = False
+    """Admitted by the kernel's verdict cache: an earlier connection of the same tuple was
+    allowed by the same tables."""
 
     @property
     def flow_key(self) -> tuple[str, str, int | None, str, int | None]:
@@ -227,6 +232,8 @@ class VerdictRecord:
         }
         if self.staged is not None:
             data["staged"] = self.staged.as_dict()
+        if self.cached:
+            data["cached"] = True
         return data
 
 
@@ -249,6 +256,14 @@ def kernel_decided(packet: PacketInfo, tables: AllowTables, now: float) -> Verdi
     ):
         return None
     return VerdictEvent(now, packet, OUTCOMES[Reason.NOT_ISOLATED], tables)
+
+
+def cache_decided(packet: PacketInfo, tables: AllowTables, now: float) -> VerdictEvent:
+    """The event of a connection the kernel's verdict cache admitted, from the first packet the
+    firewall logged (``CACHED_PREFIX``): the cache only holds allow verdicts of the tables in
+    force for this tuple, so the tables name the same rules the queue would have."""
+    outcome = tables.outcome(packet.src, packet.dst, packet.protocol, packet.dst_port)
+    return VerdictEvent(now, packet, outcome, tables, cached=True)
 
 
 def revoked_in_kernel(
@@ -337,4 +352,5 @@ def record_of(event: VerdictEvent, node: str) -> VerdictRecord:
         decided_by=outcome.refs,
         enforced=event.enforced,
         staged=None if revoked else staged_report(packet, outcome, tables),
+        cached=event.cached,
     )

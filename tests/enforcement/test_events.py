@@ -9,6 +9,7 @@ from enforcement.events import (
     EventBuffer,
     EventKind,
     VerdictEvent,
+    cache_decided,
     format_time,
     kernel_decided,
     record_of,
@@ -137,6 +138,14 @@ def test_kernel_decided_connections_are_those_no_policy_isolates() -> None:
     assert kernel_decided(_entry(OUTSIDE, "192.0.2.10"), tables, 5.0) is None
     assert kernel_decided(_entry(OUTSIDE, REMOTE), tables, 5.0) is None
     assert kernel_decided(_entry(OUTSIDE, C), tables, 5.0) is not None
+
+
+def test_a_connection_the_cache_admitted_names_the_rule_the_queue_would_have() -> None:
+    tables = _tables()
+    queued = record_of(_event(tables, _tcp(A, B)), "node-1").as_dict()
+    cached = record_of(cache_decided(_tcp(A, B), tables, 1_700_000_000.25), "node-1").as_dict()
+    assert cached.pop("cached") is True and "cached" not in queued
+    assert cached == queued
 
 
 def test_times_are_rfc3339_utc() -> None:
