@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.bench import add_bench_parser, run_bench
+from agent.bench.command import add_bench_parser, run_bench
 from agent.health import DEFAULT_HEALTH_PORT
 from enforcement.eventpump import DEFAULT_RATE as DEFAULT_RECORD_RATE
 

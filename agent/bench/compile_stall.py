@@ -1,12 +1,12 @@
 """How long a queued packet waits behind a compile in the same process (run by hand).
 
 ``python -m agent.bench.compile_stall PODS [--old]`` (no root, no network). A synthetic
-cluster of PODS pods (:func:`agent.bench.scale.generate_cluster`, one policy per ten pods, one
-namespace per hundred) is compiled three times on the main thread, the way the runner (single
-queue) or a worker process's receive thread does it, while a second thread stands for the queue
-thread: it waits in ``poll`` on a socket without the interpreter lock, and a separate process
-writes a timestamp to that socket every millisecond, as the kernel queues packets. For every
-tick the thread receives it, decides a SYN with the real ``QueueWorker.decide_payload`` and
+cluster of PODS pods (:func:`agent.bench.scale.cluster.generate_cluster`, one policy per ten
+pods, one namespace per hundred) is compiled three times on the main thread, the way the runner
+(single queue) or a worker process's receive thread does it, while a second thread stands for
+the queue thread: it waits in ``poll`` on a socket without the interpreter lock, and a separate
+process writes a timestamp to that socket every millisecond, as the kernel queues packets. For
+every tick the thread receives it, decides a SYN with the real ``QueueWorker.decide_payload`` and
 records how long after its timestamp the decision was done: the packet's wait.
 
 Phases, each printed with its compile time and the waits' median, 99th percentile and maximum:
@@ -33,7 +33,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from agent.bench.scale import Size, generate_cluster, percentile
+from agent.bench.scale.cluster import generate_cluster
+from agent.bench.scale.sizes import Size
+from agent.bench.stats import percentile
 from enforcement.compiler import compile_tables
 from enforcement.flows import FlowTable
 from enforcement.latency import (

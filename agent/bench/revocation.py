@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import socket
-import statistics
 import subprocess
 import time
 from collections.abc import Iterator
 
-from enforcement.compiler import compile_tables
+from agent.bench.stats import median
+from enforcement.compiler import METADATA_NAME_LABEL, compile_tables
 from enforcement.conntrack import Revoker
 from enforcement.ctnetlink import CtNetlink, TupleEnds
 from enforcement.firewall import MARK_ACCEPTED
@@ -70,7 +70,7 @@ def cluster(
     ``denied``: that local pod's policy admits nothing; ``other``: one more policy in another
     namespace; ``relabelled``: the namespace has one more label.
     """
-    labels = {"kubernetes.io/metadata.name": "bench"}
+    labels = {METADATA_NAME_LABEL: "bench"}
     if relabelled:
         labels["touched"] = "yes"
     pods = [
@@ -154,7 +154,7 @@ def main() -> int:
                     if name.endswith((": judged", ": cut")):
                         print(f"  {name:34} {int(values[0])}")
                     else:
-                        print(f"  {name:34} {statistics.median(values) * 1000:9.1f} ms")
+                        print(f"  {name:34} {median(values) * 1000:9.1f} ms")
     finally:
         subprocess.run(["ip", "netns", "del", NAMESPACE], check=False)
     return 0

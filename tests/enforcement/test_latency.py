@@ -18,7 +18,8 @@ from collections.abc import Iterator
 import pytest
 from scapy.all import IP, TCP
 
-from agent.bench.scale import Size, generate_cluster
+from agent.bench.scale.cluster import generate_cluster
+from agent.bench.scale.sizes import Size
 from enforcement.compiler import compile_tables
 from enforcement.flows import FlowTable
 from enforcement.latency import (

@@ -1,4 +1,4 @@
-"""The kernel peer (enforcement/kernel_peer.py): rendered rules, and real packets in a lab.
+"""The kernel peer (agent/bench/kernel_peer.py): rendered rules, and real packets in a lab.
 
 The unit tests read the rendered ``iptables-restore`` payload; the root test builds a lab without
 an agent, installs the kernel peer's rules in its node namespace after every change, probes the
@@ -13,15 +13,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from enforcement.compiler import compile_tables
-from enforcement.decide import ACCEPTING
-from enforcement.kernel_peer import (
+from agent.bench.kernel_peer import (
     MARK_ALLOW,
     KernelPeerConfig,
     KernelPeerRules,
     compile_kernel_peer,
     kernel_peer_rules,
 )
+from enforcement.compiler import compile_tables
+from enforcement.decide import ACCEPTING
+from enforcement.firewall import MARK_MASK
 from enforcement.model import (
     PROTOCOL_NUMBERS,
     ClusterSnapshot,
@@ -45,6 +46,15 @@ from tests.builders import (
 from tests.e2e.test_netpol_cases_lab import LabCluster
 
 MARK = f"0x{MARK_ALLOW:x}"
+
+
+def test_the_allow_mark_is_one_bit_clear_of_the_agents_marks() -> None:
+    # The agent ORs MARK_MASK bits into packets and connmarks; a shared bit would let one
+    # enforcer's mark read as the other's.
+    assert MARK_ALLOW & MARK_MASK == 0
+    assert MARK_ALLOW.bit_count() == 1
+    assert MARK_ALLOW <= 0xFFFF_FFFF
+    assert MARK_ALLOW & 0xFF00 == 0  # kube-proxy's 0x4000/0x8000, Cilium's 0x0f00
 
 
 def server_cluster(
@@ -431,7 +441,7 @@ class _Installed:
 
     def sync(self) -> ClusterSnapshot:
         """Replace the rules with those of the lab's current state; that snapshot."""
-        from agent.bench.throughput import snapshot_from_store
+        from agent.bench.throughput.lab import snapshot_from_store
         from agent.lab.lab import Lab
         from agent.lab.netns import run
 

@@ -5,7 +5,7 @@ what ``netpol-agent bench`` measures netpol-agent against: a policy enforced ent
 kernel, rule by rule, with no userspace on the packet path. It shares nothing with the compiler
 and the allow tables except the model (``enforcement/model.py``) and the namespace-label
 defaulting, so it is also an independent second opinion on the semantics (the root test in
-``tests/enforcement/test_kernel_peer.py`` probes a lab enforced by these rules and compares).
+``tests/agent/bench/test_kernel_peer.py`` probes a lab enforced by these rules and compares).
 
 Pure, like the compiler: a :class:`ClusterSnapshot` and a node name in, the text of an
 ``iptables-restore --noflush`` transaction out; no I/O.
@@ -39,9 +39,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from enforcement.compiler import namespace_labels
+from enforcement.firewall import FAMILIES, MARK_MASK, Family
 from enforcement.model import (
     ClusterSnapshot,
     Direction,
@@ -56,12 +56,12 @@ from enforcement.model import (
     Rule,
 )
 
-Family = Literal[4, 6]
-FAMILIES: tuple[Family, ...] = (4, 6)
-
-MARK_ALLOW = 0x0080_0000
-"""The packet-mark bit an except chain sets for "allowed"; clear of the agent's bits
-(``enforcement.firewall.MARK_MASK``), kube-proxy's and Cilium's."""
+MARK_ALLOW = 1 << MARK_MASK.bit_length()
+"""The packet-mark bit an except chain sets for "allowed": the bit just above every bit the agent
+uses (``enforcement.firewall.MARK_MASK``), so the two never share one even where the agent's set
+grows; above kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00 too."""
+if MARK_ALLOW > 0xFFFF_FFFF:  # the packet mark is 32 bits (skb->mark)
+    raise ImportError("the agent's mark bits leave no bit above them for the kernel peer")
 
 HOOKS = ("FORWARD", "INPUT")
 """Built-in chains the kernel peer hooks into."""
