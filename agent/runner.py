@@ -39,7 +39,13 @@ from enforcement.clusterpolicy import describe_tie, priority_ties
 from enforcement.compiler import compile_tables
 from enforcement.conntrack import Revoker
 from enforcement.eventpump import DEFAULT_RATE, EventCounts, EventPump, RecordBatch, Sink
-from enforcement.events import EventBuffer, cache_decided, kernel_decided, revoked_in_kernel
+from enforcement.events import (
+    EventBuffer,
+    TupleOutcomes,
+    cache_decided,
+    kernel_decided,
+    revoked_in_kernel,
+)
 from enforcement.firewall import (
     CACHE_LIVENESS,
     CACHED_PREFIX,
@@ -268,6 +274,7 @@ class Agent:
                 extra={"fields": {"nflog_group": group, "error": str(error)}},
             )
             return
+        outcomes = TupleOutcomes()
         try:
             while not stop.is_set():
                 packets = logged.receive()
@@ -276,7 +283,7 @@ class Agent:
                 tables, now = self.tables.current, time.time()
                 for each in packets:
                     if each.prefix == CACHED_PREFIX:
-                        self.events.offer(cache_decided(each.packet, tables, now))
+                        self.events.offer(cache_decided(each.packet, tables, now, outcomes))
                         continue
                     event = kernel_decided(each.packet, tables, now)
                     if event is not None:

@@ -258,11 +258,36 @@ def kernel_decided(packet: PacketInfo, tables: AllowTables, now: float) -> Verdi
     return VerdictEvent(now, packet, OUTCOMES[Reason.NOT_ISOLATED], tables)
 
 
-def cache_decided(packet: PacketInfo, tables: AllowTables, now: float) -> VerdictEvent:
+class TupleOutcomes:
+    """The outcomes of (source, destination, protocol, destination port) under one generation
+    of tables, remembered: connections the verdict cache admits repeat the same few tuples
+    (that is why they were cached), so each is asked of the tables once per generation."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._tables: AllowTables | None = None
+        self._outcomes: dict[tuple[bytes, bytes, int, int | None], Outcome] = {}
+
+    def of(self, packet: PacketInfo, tables: AllowTables) -> Outcome:
+        if tables is not self._tables or len(self._outcomes) >= self.limit:
+            self._tables, self._outcomes = tables, {}
+        key = (packet.src, packet.dst, packet.protocol, packet.dst_port)
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            outcome = self._outcomes[key] = tables.outcome(*key)
+        return outcome
+
+
+def cache_decided(
+    packet: PacketInfo, tables: AllowTables, now: float, outcomes: TupleOutcomes | None = None
+) -> VerdictEvent:
     """The event of a connection the kernel's verdict cache admitted, from the first packet the
     firewall logged (``CACHED_PREFIX``): the cache only holds allow verdicts of the tables in
     force for this tuple, so the tables name the same rules the queue would have."""
-    outcome = tables.outcome(packet.src, packet.dst, packet.protocol, packet.dst_port)
+    if outcomes is None:
+        outcome = tables.outcome(packet.src, packet.dst, packet.protocol, packet.dst_port)
+    else:
+        outcome = outcomes.of(packet, tables)
     return VerdictEvent(now, packet, outcome, tables, cached=True)
 
 
