@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 from agent.bench.command import add_bench_parser, run_bench
 from agent.health import DEFAULT_HEALTH_PORT
+from agent.signals import stop_on_signals
 from enforcement.eventpump import DEFAULT_RATE as DEFAULT_RECORD_RATE
 
 PROBE_PROTOCOLS = ("TCP", "UDP")
@@ -489,13 +489,7 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("audit mode: connections that policy denies are let through and reported")
     agent = Agent(config, source, record_sinks=tuple(sinks))
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stop)
     health = None
     try:
         if args.health_port:

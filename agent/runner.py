@@ -126,6 +126,9 @@ class AgentStatus:
     revoked: int = 0
     """Accepted connections cut because a change denied them (fast path)."""
     spoofed_packets: int = 0
+    cached_connections: int = 0
+    """New connections the kernel's verdict cache admitted without asking the queue (read from
+    the cache rule's counter every few seconds)."""
     """Packets the anti-spoofing rules dropped (read from their counters every few seconds)."""
     pod_cidrs: list[str] = field(default_factory=list)
     """This node's pod ranges the new-pod guard covers (``--pod-cidr`` or the Node's); empty:
@@ -158,6 +161,7 @@ class AgentStatus:
             "syncs": self.syncs,
             "revoked": self.revoked,
             "spoofed_packets": self.spoofed_packets,
+            "cached_connections": self.cached_connections,
             "pod_cidrs": self.pod_cidrs,
             "errors": self.errors,
             "warnings": self.warnings,
@@ -230,6 +234,8 @@ class Agent:
             rate=None if config.trace else config.record_rate,
         )
         self.status = AgentStatus()
+        self._cached_reading = 0
+        """The cache rule's counter at the last reading (``_count_cached``)."""
         self._dirty = threading.Event()
         self.state = ClusterState(on_change=self._dirty.set)
         self.tables = TablesHolder(compile_tables(ClusterSnapshot(), config.node_name, 0))
@@ -556,6 +562,8 @@ class Agent:
                     if spoofed != self.status.spoofed_packets:
                         self.status.spoofed_packets = spoofed
                         self._write_status()
+                if self.config.firewall.uses_cache:
+                    self._count_cached()
             self._supervise()
             if not self._dirty.wait(self._next_wait()):
                 continue
@@ -582,6 +590,16 @@ class Agent:
             records = pieces_of(previous)
             del previous
             release_gradually(records)
+
+    def _count_cached(self) -> None:
+        """Add what the cache rule's counter gained since the last reading (a counter that went
+        down was reset by rewritten rules: all of it is new)."""
+        reading = self.firewall.cached_admissions()
+        gained = reading - self._cached_reading if reading >= self._cached_reading else reading
+        self._cached_reading = reading
+        if gained:
+            self.status.cached_connections += gained
+            self._write_status()
 
     def _compile(self, view: StateView) -> AllowTables:
         started = time.perf_counter()

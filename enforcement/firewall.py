@@ -669,10 +669,21 @@ class Firewall:
 
     def spoofed_drops(self) -> int:
         """Packets the anti-spoofing rules dropped so far (both families; 0 when off)."""
+        return self._counted("raw", ANTI_SPOOFING_CHAIN, "DROP")
+
+    def cached_admissions(self) -> int:
+        """New connections the verdict cache admitted since the rules were last written (both
+        families; 0 when off): the packet counter of the cache chain's last rule. Rewriting the
+        rules (``install``, ``set_pod_cidrs``) starts it from 0 again."""
+        return self._counted("filter", CACHED_CHAIN, self.config.chain("ACCEPT"))
+
+    def _counted(self, table: str, name: str, last_word: str) -> int:
+        """The summed packet counters of chain ``name``'s rules whose text ends in
+        ``last_word``, both families; 0 for a chain that does not exist."""
         total = 0
-        chain = self.config.chain(ANTI_SPOOFING_CHAIN)
+        chain = self.config.chain(name)
         for family in FAMILIES:
-            command = [self.config.command(family), "-t", "raw", "-S", chain, "-v"]
+            command = [self.config.command(family), "-t", table, "-S", chain, "-v"]
             try:
                 listing = self._run(command, None)
             except FirewallError:
@@ -680,7 +691,7 @@ class Firewall:
             for line in listing.splitlines():
                 # "-A NETPOL-AGENT-ANTISPOOF -i np+ -m rpfilter --invert -c 3 180 -j DROP"
                 words = line.split()
-                if words[:2] == ["-A", chain] and "-c" in words and words[-1] == "DROP":
+                if words[:2] == ["-A", chain] and "-c" in words and words[-1] == last_word:
                     total += int(words[words.index("-c") + 1])
         return total
 

@@ -50,6 +50,18 @@ def _cache_members(netns: str) -> str:
     return "\n".join(ipset(netns, "list", name) for name in live_cache_members(netns))
 
 
+def _cached_connections(lab: LabDriver) -> int:
+    """The agent's count of connections the cache admitted, once it has read the counter (every
+    few seconds: the jump check's interval)."""
+    path = Lab(lab.name).dir / "status-node-1.json"
+    deadline = time.monotonic() + 10
+    while True:
+        count: int = json.loads(path.read_text()).get("cached_connections", 0)
+        if count or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)
+
+
 def _pods(lab: LabDriver) -> tuple[LabPod, LabPod, str]:
     record = Lab(lab.name).record()
     a, b = record.pods["x/a"], record.pods["x/b"]
@@ -73,11 +85,13 @@ def test_the_next_connection_of_an_allowed_tuple_is_admitted_by_the_cache(
             assert echoes(second)
             queued = _record_of(lab, a, b, first.getsockname()[1])
             cached = _record_of(lab, a, b, second.getsockname()[1])
+            counted = _cached_connections(lab)
             first.close()
             second.close()
         finally:
             server.close()
     assert "cached" not in queued and cached["cached"] is True
+    assert counted >= 1, "the agent's status counts connections the cache admitted"
     for record in (queued, cached):
         assert record["verdict"] == "allowed" and record["dst_port"] == PORT
         assert [(ref["name"], ref["rule"]) for ref in record["decided_by"]] == [("b-from-a-any", 0)]
