@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 from agent.bench.command import add_bench_parser, run_bench
 from agent.health import DEFAULT_HEALTH_PORT
+from agent.signals import stop_on_signals
 from enforcement.eventpump import DEFAULT_RATE as DEFAULT_RECORD_RATE
 
 PROBE_PROTOCOLS = ("TCP", "UDP")
@@ -89,6 +89,12 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "--audit",
         action="store_true",
         help="the agents report what policy denies but let it through ('lab flows' shows it)",
+    )
+    up.add_argument(
+        "--no-verdict-cache",
+        action="store_true",
+        help="fast mode: the agents ask the queue for every new connection (see 'netpol-agent "
+        "run --help'); to measure what the cache saves",
     )
     up.add_argument(
         "--no-flow-log",
@@ -214,6 +220,14 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="fast (default): only each connection's first packet is decided in userspace and "
         "the kernel passes the rest; per-packet: every packet of isolated pods is decided "
         "against the agent's own flow table",
+    )
+    run.add_argument(
+        "--no-verdict-cache",
+        action="store_true",
+        help="fast mode: ask the queue for every new connection. By default the kernel "
+        "remembers each allow verdict by (source, destination, protocol, destination port) "
+        "and admits the next connection of the same tuple without asking, until the next "
+        "change (docs/design-verdict-cache.md)",
     )
     run.add_argument(
         "--pod-cidr",
@@ -462,6 +476,7 @@ def _run(args: argparse.Namespace) -> int:
             pod_interfaces=tuple(args.pod_interface),
             fail_open=args.fail_open,
             mode=args.mode,
+            verdict_cache=not args.no_verdict_cache,
         ),
         max_flows=args.max_flows,
         queue_max_len=args.queue_max_len,
@@ -499,13 +514,7 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("audit mode: connections that policy denies are let through and reported")
     agent = Agent(config, source, record_sinks=tuple(sinks))
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stop)
     health = None
     try:
         if args.health_port:
@@ -546,6 +555,7 @@ def _lab(args: argparse.Namespace) -> int:
                 trace=args.trace,
                 audit=args.audit,
                 flow_log=not args.no_flow_log,
+                verdict_cache=not args.no_verdict_cache,
                 ipv6=not args.no_ipv6,
                 agents=not args.no_agent,
                 timeout=args.timeout,

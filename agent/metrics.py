@@ -178,8 +178,8 @@ class AgentCollector(Collector):
             f"{PREFIX}_connections",
             "Connections decided, by verdict, reason, direction (whose policies decided), "
             "protocol and IP family. Connections the kernel passes alone (nothing isolates "
-            "either side) are counted only while the NFLOG log chain is on (a flow log or "
-            "--trace).",
+            "either side) or admits from its verdict cache are counted only while the NFLOG "
+            "log chain is on (a flow log or --trace).",
             labels=["verdict", "reason", "direction", "protocol", "family"],
         )
         for (verdict, reason, direction, protocol, family), number in connection_series(
@@ -319,6 +319,12 @@ class AgentCollector(Collector):
             "Packets dropped because their source address does not belong to the interface they "
             "came from (--anti-spoofing; read from the rules' counters every few seconds).",
             value=status.spoofed_packets,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_cached_connections",
+            "New connections the kernel's verdict cache admitted without asking the queue "
+            "(fast path; read from the cache rule's counter every few seconds).",
+            value=status.cached_connections,
         )
         delay = agent.programming_delay
         programming = HistogramMetricFamily(

@@ -43,8 +43,20 @@ from enforcement.clusterpolicy import describe_tie, priority_ties
 from enforcement.compiler import compile_tables
 from enforcement.conntrack import Revoker
 from enforcement.eventpump import DEFAULT_RATE, EventCounts, EventPump, RecordBatch, Sink
-from enforcement.events import EventBuffer, kernel_decided, revoked_in_kernel
-from enforcement.firewall import Firewall, FirewallConfig, FirewallError
+from enforcement.events import (
+    EventBuffer,
+    TupleOutcomes,
+    cache_decided,
+    kernel_decided,
+    revoked_in_kernel,
+)
+from enforcement.firewall import (
+    CACHE_LIVENESS,
+    CACHED_PREFIX,
+    Firewall,
+    FirewallConfig,
+    FirewallError,
+)
 from enforcement.latency import compile_quietly, pieces_of, prefer_decisions, release_gradually
 from enforcement.model import ClusterSnapshot
 from enforcement.nflog import NflogReader
@@ -110,6 +122,9 @@ class AgentStatus:
     revoked: int = 0
     """Accepted connections cut because a change denied them (fast path)."""
     spoofed_packets: int = 0
+    cached_connections: int = 0
+    """New connections the kernel's verdict cache admitted without asking the queue (read from
+    the cache rule's counter every few seconds)."""
     """Packets the anti-spoofing rules dropped (read from their counters every few seconds)."""
     pod_cidrs: list[str] = field(default_factory=list)
     """This node's pod ranges the new-pod guard covers (``--pod-cidr`` or the Node's); empty:
@@ -142,6 +157,7 @@ class AgentStatus:
             "syncs": self.syncs,
             "revoked": self.revoked,
             "spoofed_packets": self.spoofed_packets,
+            "cached_connections": self.cached_connections,
             "pod_cidrs": self.pod_cidrs,
             "errors": self.errors,
             "warnings": self.warnings,
@@ -183,6 +199,8 @@ class Agent(WorkerSupervision):
         self.status = AgentStatus()
         self.programming_delay = DelayHistogram()
         """Seconds from a change the state took to its rules in force, per sync (metrics)."""
+        self._cached_reading = 0
+        """The cache rule's counter at the last reading (``_count_cached``)."""
         self._dirty = threading.Event()
         self.state = ClusterState(on_change=self._dirty.set)
         self.tables = TablesHolder(compile_tables(ClusterSnapshot(), config.node_name, 0))
@@ -225,14 +243,18 @@ class Agent(WorkerSupervision):
                 extra=fields(nflog_group=group, error=str(error)),
             )
             return
+        outcomes = TupleOutcomes()
         try:
             while not stop.is_set():
                 packets = logged.receive()
                 if not packets:
                     continue
                 tables, now = self.tables.current, time.time()
-                for packet in packets:
-                    event = kernel_decided(packet, tables, now)
+                for each in packets:
+                    if each.prefix == CACHED_PREFIX:
+                        self.events.offer(cache_decided(each.packet, tables, now, outcomes))
+                        continue
+                    event = kernel_decided(each.packet, tables, now)
                     if event is not None:
                         self.events.offer(event)
         except OSError:
@@ -323,8 +345,15 @@ class Agent(WorkerSupervision):
         Not the state's revision when the loop starts: a change that landed while the first
         tables were being installed would count as applied and wait for the next one."""
         next_check = time.monotonic() + self.config.jump_check_interval
+        next_alive = 0.0
         while not stop.is_set():
             self.heartbeat = time.monotonic()
+            if self.heartbeat >= next_alive:
+                next_alive = self.heartbeat + CACHE_LIVENESS / 3
+                try:
+                    self.firewall.keep_cache_alive()
+                except FirewallError as error:  # the cache lapses: connections ask the queue
+                    log.warning("could not keep the verdict cache alive: %s", error)
             if self.heartbeat >= next_check:
                 next_check = self.heartbeat + self.config.jump_check_interval
                 for where in self.firewall.ensure_first():
@@ -337,6 +366,8 @@ class Agent(WorkerSupervision):
                     if spoofed != self.status.spoofed_packets:
                         self.status.spoofed_packets = spoofed
                         self._write_status()
+                if self.config.firewall.uses_cache:
+                    self._count_cached()
             self._supervise()
             if not self._dirty.wait(self._next_wait()):
                 continue
@@ -348,6 +379,9 @@ class Agent(WorkerSupervision):
                 continue
             tables = self._compile(view)
             previous = self.tables.current
+            # No connection is admitted by an older generation's cached verdict from here on;
+            # ``_publish`` lets the cache answer again once every worker decides with these.
+            self.firewall.retire_cached_verdicts()
             self.tables.current = tables
             self._published = Publication(view.snapshot, tables.generation)
             for slot in self.slots:
@@ -360,6 +394,16 @@ class Agent(WorkerSupervision):
             records = pieces_of(previous)
             del previous
             release_gradually(records)
+
+    def _count_cached(self) -> None:
+        """Add what the cache rule's counter gained since the last reading (a counter that went
+        down was reset by rewritten rules: all of it is new)."""
+        reading = self.firewall.cached_admissions()
+        gained = reading - self._cached_reading if reading >= self._cached_reading else reading
+        self._cached_reading = reading
+        if gained:
+            self.status.cached_connections += gained
+            self._write_status()
 
     def _compile(self, view: StateView) -> AllowTables:
         started = time.perf_counter()
@@ -388,6 +432,7 @@ class Agent(WorkerSupervision):
         self._supervise()
         isolated = tables.isolated_local_addresses()
         self.firewall.sync(isolated, self._known(view, tables))
+        self.firewall.cache_generation(tables.generation)
         ranges_problem = None if view.pod_ranges is None else self._guard(view.pod_ranges)
         status = self.status
         if self.config.firewall.mode == "fast":

@@ -123,6 +123,7 @@ class WorkerSupervision:
             events=self.events,
             trace_all=self.config.trace,
             audit=self.config.audit,
+            verdict_cache=config.uses_cache,
         )
         slot = WorkerSlot(worker)
         self.slots.append(slot)
@@ -164,6 +165,7 @@ class WorkerSupervision:
                 node_name=self.config.node_name,
                 trace_all=self.config.trace,
                 audit=self.config.audit,
+                verdict_cache=config.uses_cache,
                 record_rate=None if self.config.trace else self.config.record_rate,
             )
             slot = WorkerSlot(

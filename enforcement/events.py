@@ -73,6 +73,8 @@ class VerdictEvent:
     """False when ``--audit`` let through what the policies deny."""
     revoked: bool = False
     """A tracked connection cut by a policy change (``outcome`` names the denying rules)."""
+    cached: bool = False
+    """Admitted by the kernel's verdict cache (docs/design-verdict-cache.md), not the queue."""
 
 
 class EventBuffer:
@@ -198,6 +200,9 @@ class VerdictRecord:
     """Packets this record stands for (more than one for a folded ``repeat``)."""
     staged: StagedReport | None = None
     """Present when staged policies exist: what they would decide."""
+    cached: bool = False
+    """Admitted by the kernel's verdict cache: an earlier connection of the same tuple was
+    allowed by the same tables."""
 
     @property
     def flow_key(self) -> tuple[str, str, int | None, str, int | None]:
@@ -227,6 +232,8 @@ class VerdictRecord:
         }
         if self.staged is not None:
             data["staged"] = self.staged.as_dict()
+        if self.cached:
+            data["cached"] = True
         return data
 
 
@@ -249,6 +256,39 @@ def kernel_decided(packet: PacketInfo, tables: AllowTables, now: float) -> Verdi
     ):
         return None
     return VerdictEvent(now, packet, OUTCOMES[Reason.NOT_ISOLATED], tables)
+
+
+class TupleOutcomes:
+    """The outcomes of (source, destination, protocol, destination port) under one generation
+    of tables, remembered: connections the verdict cache admits repeat the same few tuples
+    (that is why they were cached), so each is asked of the tables once per generation."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._tables: AllowTables | None = None
+        self._outcomes: dict[tuple[bytes, bytes, int, int | None], Outcome] = {}
+
+    def of(self, packet: PacketInfo, tables: AllowTables) -> Outcome:
+        if tables is not self._tables or len(self._outcomes) >= self.limit:
+            self._tables, self._outcomes = tables, {}
+        key = (packet.src, packet.dst, packet.protocol, packet.dst_port)
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            outcome = self._outcomes[key] = tables.outcome(*key)
+        return outcome
+
+
+def cache_decided(
+    packet: PacketInfo, tables: AllowTables, now: float, outcomes: TupleOutcomes | None = None
+) -> VerdictEvent:
+    """The event of a connection the kernel's verdict cache admitted, from the first packet the
+    firewall logged (``CACHED_PREFIX``): the cache only holds allow verdicts of the tables in
+    force for this tuple, so the tables name the same rules the queue would have."""
+    if outcomes is None:
+        outcome = tables.outcome(packet.src, packet.dst, packet.protocol, packet.dst_port)
+    else:
+        outcome = outcomes.of(packet, tables)
+    return VerdictEvent(now, packet, outcome, tables, cached=True)
 
 
 def revoked_in_kernel(
@@ -337,4 +377,5 @@ def record_of(event: VerdictEvent, node: str) -> VerdictRecord:
         decided_by=outcome.refs,
         enforced=event.enforced,
         staged=None if revoked else staged_report(packet, outcome, tables),
+        cached=event.cached,
     )

@@ -1,6 +1,6 @@
 """Stage: the firewall. Which packets the kernel hands to the agent, installed atomically.
 
-The agent owns a few chains of its own (``NETPOL-AGENT-*``) and two ipsets of addresses; it never
+The agent owns a few chains of its own (``NETPOL-AGENT-*``) and a few ipsets; it never
 edits anyone else's rules except for one jump per built-in chain. Everything is written with
 ``iptables-restore --noflush`` (one atomic transaction per family) and ``ipset restore`` with a
 swap (RFC-free but kernel-atomic: ``ipset swap`` exchanges two sets in one netlink call), so a
@@ -28,6 +28,14 @@ Two modes:
   hook, the mark is saved into the connection (CONNMARK), and the kernel passes every later
   packet of that connection, replies included, without asking (the first rule of each chain).
   Policy changes that deny such a connection delete its conntrack entry (``conntrack.py``).
+  The *verdict cache* (``verdict_cache``, on by default) spares the round trip for most new
+  connections: an allow the tables gave by the tuple alone comes back with a cache bit of its
+  generation's parity (``MARK_CACHE``), the kernel adds (source, protocol:destination port,
+  destination) to that parity's ``hash:ip,port,ip`` set as the packet re-enters, and a later new
+  connection whose tuple is in the live set is admitted like a queued one, without asking. Every
+  change empties the live set before the new tables are published and makes the new
+  generation's (flushed) set live once every worker decides with them
+  (docs/design-verdict-cache.md).
 - ``per-packet``: every packet of an isolated pod is decided in userspace against the agent's
   own flow table (for teaching, tracing and measuring).
 
@@ -85,8 +93,30 @@ MARK_UNKNOWN = 0x0080_0000
 MARK_LOGGED = 0x0100_0000
 """Flow log: a connection the kernel passes alone whose first packet was logged (connmark), so
 that its later packets are not (conntrack calls a connection NEW until it sees a reply)."""
-MARK_MASK = MARK_HOST | MARK_KERNEL_REPLY | MARK_ACCEPTED | MARK_UNKNOWN | MARK_LOGGED
+MARK_CACHE_EVEN = 0x0200_0000
+MARK_CACHE_ODD = 0x0400_0000
+"""Fast path, verdict cache: the agent allowed this packet by its 4-tuple alone (a new
+connection's policy verdict) with tables of an even (odd) generation; as the packet re-enters
+the hook the kernel adds the tuple to that parity's cache set. Never saved in the connmark."""
+MARK_CACHE = (MARK_CACHE_EVEN, MARK_CACHE_ODD)
+"""The cache bit of a generation, by its parity (``MARK_CACHE[generation & 1]``)."""
+MARK_MASK = (
+    MARK_HOST | MARK_KERNEL_REPLY | MARK_ACCEPTED | MARK_UNKNOWN | MARK_LOGGED | MARK_CACHE_EVEN
+    | MARK_CACHE_ODD
+)  # fmt: skip
 """All bits the agent uses. Chosen clear of kube-proxy's 0x4000/0x8000 and Cilium's 0x0f00."""
+
+CACHE_TIMEOUT = 60
+"""Seconds a cached verdict lives without a change flushing it first; the next connection of
+the tuple after that asks the queue again (and caches it again)."""
+CACHE_LIVENESS = 3
+"""Seconds the live cache answers after the agent last said it is alive
+(``keep_cache_alive``): an agent that dies or hangs leaves every new connection to the queue
+again (fail-closed or fail-open, as configured) this long after, not ``CACHE_TIMEOUT``."""
+CACHE_MAX = 65536
+"""Tuples a cache set holds at most; a full set refuses new ones (those go to the queue)."""
+CACHED_PREFIX = "cached"
+"""NFLOG prefix of connections admitted by the verdict cache (with a flow log)."""
 
 Mode = Literal["fast", "per-packet"]
 MODES: tuple[Mode, ...] = ("fast", "per-packet")
@@ -124,6 +154,10 @@ class FirewallConfig:
     """This node's pod interfaces, in iptables' ``-i`` syntax (a trailing ``+`` is a wildcard:
     ``cali+`` for Calico, ``veth+`` for kindnet). With ``anti_spoofing``, every packet that
     comes in on one is checked, whatever its source."""
+    verdict_cache: bool = True
+    """Fast mode: let the kernel remember, per (source, destination, protocol, destination
+    port), the queue's allow verdicts for new connections, and admit the next connection of the
+    same tuple without asking (docs/design-verdict-cache.md); flushed at every change."""
     log_unqueued: bool = False
     """End each chain with an NFLOG rule (group ``log_group``) for the first packet of a
     connection of a local pod that nothing queued: the flow log's view of what the kernel
@@ -148,6 +182,19 @@ class FirewallConfig:
     def local_set(self, family: Family) -> str:
         return f"{self.set_prefix}-local-v{family}"
 
+    @property
+    def uses_cache(self) -> bool:
+        return self.verdict_cache and self.mode == "fast"
+
+    def cache_set(self, family: Family, generation: int) -> str:
+        """The set that remembers the verdicts of tables of ``generation``'s parity."""
+        return f"{self.set_prefix}-cache-{'odd' if generation & 1 else 'even'}-v{family}"
+
+    def live_cache_set(self, family: Family) -> str:
+        """The ``list:set`` the lookup rules match: it holds the cache set of the generation in
+        force, or nothing while a change is being made."""
+        return f"{self.set_prefix}-cache-v{family}"
+
     def pod_cidr_set(self, family: Family) -> str:
         return f"{self.set_prefix}-podcidr-v{family}"
 
@@ -162,9 +209,11 @@ class FirewallConfig:
 
 
 HOOKS = ("FORWARD", "INPUT", "OUTPUT")
+"""Built-in chains of the filter table that jump to the agent's chain of the same name."""
 LOG_CHAIN = "LOG"
 """The chain (``log_unqueued``) that logs the first packet of connections nothing queued."""
-"""Built-in chains of the filter table that jump to the agent's chain of the same name."""
+CACHED_CHAIN = "CACHED"
+"""The chain (``verdict_cache``) that admits a new connection whose tuple the cache holds."""
 
 ANTI_SPOOFING_HOOK = "PREROUTING"
 """The built-in chain of the raw table that jumps to the anti-spoofing chain (xt_rpfilter is
@@ -217,6 +266,8 @@ def render_rules(config: FirewallConfig, family: Family) -> str:
                 # The first packet, back from the queue with an NF_REPEAT verdict.
                 f"-A {chain} -m mark --mark {accepted} -j {accept}",
             ]
+        if config.uses_cache:
+            lines += _cache_adds(config, family, accept)
         lines += [
             f"-A {accept} -j CONNMARK --save-mark --nfmask {saved} --ctmask {saved}",
             f"-A {accept} -j ACCEPT",
@@ -233,6 +284,9 @@ def render_rules(config: FirewallConfig, family: Family) -> str:
             f"-A {unknown} -j MARK --or-mark 0x{MARK_UNKNOWN:x}",
             f"-A {unknown} -j {queue}",
         ]
+    if config.uses_cache:
+        lines[1:1] = [f":{config.chain(CACHED_CHAIN)} - [0:0]"]
+        lines += _cache_lookups(config, family, (forward, input_), accept)
     lines += [
         f"-A {forward} -m set --match-set {isolated} src -j {queue}",
         f"-A {forward} -m set --match-set {isolated} dst -j {queue}",
@@ -266,6 +320,76 @@ def _log_rules(config: FirewallConfig, family: Family, hooks: Sequence[str]) -> 
         f"-A {chain} -m connmark --mark {logged} "
         f"-j NFLOG --nflog-group {config.log_group} --nflog-size {COPY_RANGE}",
     ]
+
+
+def _cache_adds(config: FirewallConfig, family: Family, accept: str) -> list[str]:
+    """Where an allowed first packet, back from the queue, leaves its tuple in the cache set of
+    the parity of the tables that decided it (``MARK_CACHE``)."""
+    return [
+        f"-A {accept} -m mark --mark 0x{bit:x}/0x{bit:x} "
+        f"-j SET --add-set {config.cache_set(family, parity)} src,dst,dst --exist"
+        for parity, bit in enumerate(MARK_CACHE)
+    ]
+
+
+def _cache_lookups(
+    config: FirewallConfig, family: Family, hooks: Sequence[str], accept: str
+) -> list[str]:
+    """A new connection whose tuple the live cache holds is admitted as if the queue had: with
+    ``MARK_ACCEPTED`` saved into its connmark. Only the original direction of a connection
+    conntrack has not confirmed (a reply of a connection the kernel confirmed alone is judged
+    by its reversed tuple, and its connmark would admit both directions), and not in OUTPUT
+    (the node's own traffic is allowed anyway; a pod that forges the node's address must not
+    inherit its verdicts)."""
+    cached, live = config.chain(CACHED_CHAIN), config.live_cache_set(family)
+    lines = [
+        f"-A {hook} -m conntrack --ctstate NEW --ctdir ORIGINAL "
+        f"-m set --match-set {live} src,dst,dst -j {cached}"
+        for hook in hooks
+    ]
+    if config.log_unqueued:
+        lines.append(
+            f"-A {cached} -j NFLOG --nflog-group {config.log_group} "
+            f"--nflog-prefix {CACHED_PREFIX} --nflog-size {COPY_RANGE}"
+        )
+    return [
+        *lines,
+        f"-A {cached} -j MARK --or-mark 0x{MARK_ACCEPTED:x}",
+        f"-A {cached} -j {accept}",
+    ]
+
+
+def render_cache_sets(config: FirewallConfig, family: Family) -> str:
+    """The ``ipset restore`` payload that creates the cache sets, empty."""
+    ipset_family = "inet" if family == 4 else "inet6"
+    kind = (
+        f"hash:ip,port,ip family {ipset_family} hashsize 1024 maxelem {CACHE_MAX} "
+        f"timeout {CACHE_TIMEOUT}"
+    )
+    sets = [config.cache_set(family, parity) for parity in (0, 1)]
+    live = config.live_cache_set(family)
+    lines = [f"create {name} {kind} -exist" for name in sets]
+    lines.append(f"create {live} list:set size 8 timeout {CACHE_LIVENESS} -exist")
+    # What an earlier run left (rules stay in place after a fail-closed exit) is forgotten: it
+    # came from tables that may no longer be the ones in force.
+    lines += [f"flush {live}", *(f"flush {name}" for name in sets), ""]
+    return "\n".join(lines)
+
+
+def render_cache_generation(config: FirewallConfig, family: Family, generation: int) -> str:
+    """The ``ipset restore`` payload that makes the cache answer for tables of ``generation``:
+    forget what its parity's set learnt from tables two generations back, and make that set the
+    live one (docs/design-verdict-cache.md). Not atomic as a whole, and needs not be: while the
+    live list is empty every new connection asks the queue."""
+    live, current = config.live_cache_set(family), config.cache_set(family, generation)
+    return "\n".join((f"flush {live}", f"flush {current}", f"add {live} {current}", ""))
+
+
+def render_cache_liveness(config: FirewallConfig, family: Family, generation: int) -> str:
+    """The ``ipset restore`` payload that gives the live cache's member another
+    ``CACHE_LIVENESS`` seconds (re-adding an element with ``-exist`` resets its timeout)."""
+    live, current = config.live_cache_set(family), config.cache_set(family, generation)
+    return f"add {live} {current} -exist\n"
 
 
 def render_anti_spoofing(config: FirewallConfig, family: Family) -> str:
@@ -378,6 +502,8 @@ class Firewall:
         self._run = run
         self._members: dict[str, frozenset[bytes]] = {}
         """What each set the agent fills holds now (by set name)."""
+        self._cache_generation: int | None = None
+        """The generation whose verdicts the live cache holds (None: none, it is empty)."""
 
     def install(self) -> None:
         """Create the sets (empty if new), the chains and the jumps; idempotent."""
@@ -391,6 +517,8 @@ class Firewall:
             sets += [f"create {ranges} {_set_type(family, 'hash:net')} -exist", f"flush {ranges}"]
             sets += [f"add {ranges} {cidr}" for cidr in self.config.family_pod_cidrs(family)]
             self._run(["ipset", "restore"], "\n".join(sets) + "\n")
+            if config.uses_cache:
+                self._run(["ipset", "restore"], render_cache_sets(config, family))
             self._run(
                 [self.config.restore_command(family), "--noflush"],
                 render_rules(self.config, family),
@@ -429,6 +557,31 @@ class Firewall:
                 self._members[name] = members
                 changed = True
         return changed
+
+    def retire_cached_verdicts(self) -> None:
+        """Stop admitting connections by cached verdicts (empty the live list): call it before
+        publishing new tables, then ``cache_generation`` once they decide every packet."""
+        if self.config.uses_cache:
+            payload = "".join(f"flush {self.config.live_cache_set(f)}\n" for f in FAMILIES)
+            self._run(["ipset", "restore"], payload)
+            self._cache_generation = None
+
+    def cache_generation(self, generation: int) -> None:
+        """Admit connections by the verdicts that tables of ``generation`` give from now on,
+        forgetting older ones; call it once every queue worker decides with those tables."""
+        if self.config.uses_cache and generation != self._cache_generation:
+            payload = "".join(render_cache_generation(self.config, f, generation) for f in FAMILIES)
+            self._run(["ipset", "restore"], payload)
+            self._cache_generation = generation
+
+    def keep_cache_alive(self) -> None:
+        """Say the agent is alive: the live cache answers ``CACHE_LIVENESS`` more seconds. The
+        runner calls it every second; without it the kernel stops answering from the cache by
+        itself, so a dead agent's cached verdicts do not outlive it by more than that."""
+        generation = self._cache_generation
+        if self.config.uses_cache and generation is not None:
+            payload = "".join(render_cache_liveness(self.config, f, generation) for f in FAMILIES)
+            self._run(["ipset", "restore"], payload)
 
     def set_pod_cidrs(self, cidrs: Iterable[str]) -> bool:
         """Make this node's pod ranges (the new-pod guard) exactly ``cidrs``, after ``install``;
@@ -469,18 +622,23 @@ class Firewall:
             command = self.config.command(family)
             for hook in self._present_jumps(family, "filter"):
                 self._try([command, "-D", hook, "-j", self.config.chain(hook)])
-            own = (*HOOKS, "UNKNOWN", "QUEUE", "ACCEPT", LOG_CHAIN)
-            for chain in (self.config.chain(name) for name in own):
-                self._try([command, "-F", chain])
-                self._try([command, "-X", chain])
+            own = (*HOOKS, "UNKNOWN", "QUEUE", "ACCEPT", LOG_CHAIN, CACHED_CHAIN)
+            # All flushed before any is deleted: a chain still jumped to cannot be deleted.
+            for action in ("-F", "-X"):
+                for chain in (self.config.chain(name) for name in own):
+                    self._try([command, action, chain])
             self._remove_table(family, "raw")
+            # The live list first: a set cannot be destroyed while a list holds it.
             for name in (
                 self.config.isolated_set(family),
                 self.config.local_set(family),
                 self.config.pod_cidr_set(family),
+                self.config.live_cache_set(family),
+                *(self.config.cache_set(family, parity) for parity in (0, 1)),
             ):
                 self._try(["ipset", "destroy", name])
                 self._members.pop(name, None)
+        self._cache_generation = None
 
     def ensure_first(self) -> list[str]:
         """Put each jump back at the top of its built-in chain if something got above it.
@@ -511,10 +669,21 @@ class Firewall:
 
     def spoofed_drops(self) -> int:
         """Packets the anti-spoofing rules dropped so far (both families; 0 when off)."""
+        return self._counted("raw", ANTI_SPOOFING_CHAIN, "DROP")
+
+    def cached_admissions(self) -> int:
+        """New connections the verdict cache admitted since the rules were last written (both
+        families; 0 when off): the packet counter of the cache chain's last rule. Rewriting the
+        rules (``install``, ``set_pod_cidrs``) starts it from 0 again."""
+        return self._counted("filter", CACHED_CHAIN, self.config.chain("ACCEPT"))
+
+    def _counted(self, table: str, name: str, last_word: str) -> int:
+        """The summed packet counters of chain ``name``'s rules whose text ends in
+        ``last_word``, both families; 0 for a chain that does not exist."""
         total = 0
-        chain = self.config.chain(ANTI_SPOOFING_CHAIN)
+        chain = self.config.chain(name)
         for family in FAMILIES:
-            command = [self.config.command(family), "-t", "raw", "-S", chain, "-v"]
+            command = [self.config.command(family), "-t", table, "-S", chain, "-v"]
             try:
                 listing = self._run(command, None)
             except FirewallError:
@@ -522,7 +691,7 @@ class Firewall:
             for line in listing.splitlines():
                 # "-A NETPOL-AGENT-ANTISPOOF -i np+ -m rpfilter --invert -c 3 180 -j DROP"
                 words = line.split()
-                if words[:2] == ["-A", chain] and "-c" in words and words[-1] == "DROP":
+                if words[:2] == ["-A", chain] and "-c" in words and words[-1] == last_word:
                     total += int(words[words.index("-c") + 1])
         return total
 

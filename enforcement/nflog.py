@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from dataclasses import dataclass
 
 from enforcement.ctnetlink import (
     NETLINK_NETFILTER,
@@ -51,6 +52,7 @@ NFULA_CFG_QTHRESH = 5
 NFULNL_CFG_CMD_BIND = 1
 NFULNL_COPY_PACKET = 2
 NFULA_PAYLOAD = 9
+NFULA_PREFIX = 10
 
 COPY_RANGE = 128
 """Bytes of each packet copied: the IP header, its extension headers and the ports."""
@@ -87,27 +89,34 @@ def bind_request(group: int, sequence: int = 1) -> bytes:
     )
 
 
-def logged_packets(data: bytes) -> tuple[list[PacketInfo], int]:
+@dataclass(frozen=True, slots=True)
+class LoggedPacket:
+    packet: PacketInfo
+    prefix: str
+    """The rule's ``--nflog-prefix`` (empty without one): which rule logged the packet."""
+
+
+def logged_packets(data: bytes) -> tuple[list[LoggedPacket], int]:
     """The packets of one read from the log socket, and how many messages were malformed."""
-    packets: list[PacketInfo] = []
+    packets: list[LoggedPacket] = []
     malformed = 0
     try:
         for message in messages(data):
             if message.kind != _PACKET_TYPE:
                 continue
             try:
-                payload = next(
-                    (
-                        value
-                        for kind, value in attributes(message.payload, _NFGENMSG_SIZE)
-                        if kind == NFULA_PAYLOAD
-                    ),
-                    None,
-                )
+                payload, prefix = None, b""
+                for kind, value in attributes(message.payload, _NFGENMSG_SIZE):
+                    if kind == NFULA_PAYLOAD:
+                        payload = value
+                    elif kind == NFULA_PREFIX:
+                        prefix = value.split(b"\0", 1)[0]  # NUL-terminated (nfulnl_log_packet)
                 if payload is None:
                     malformed += 1
                     continue
-                packets.append(parse_packet(payload))
+                packets.append(
+                    LoggedPacket(parse_packet(payload), prefix.decode("ascii", "replace"))
+                )
             except (NetlinkParseError, MalformedPacket):
                 malformed += 1
     except NetlinkParseError:
@@ -152,7 +161,7 @@ class NflogReader:
     def close(self) -> None:
         self._socket.close()
 
-    def receive(self) -> list[PacketInfo]:
+    def receive(self) -> list[LoggedPacket]:
         """The packets of one read (empty after ``timeout`` with nothing new)."""
         try:
             data = self._socket.recv(RECEIVE_BUFFER)

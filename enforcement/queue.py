@@ -41,9 +41,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from enforcement.decide import admit_audited, decide, decide_with_outcome
+from enforcement.decide import ACCEPTING, admit_audited, decide, decide_with_outcome
 from enforcement.events import POLICY_DENIALS, QUIET_REASONS, EventBuffer, VerdictEvent
-from enforcement.firewall import MARK_ACCEPTED, MARK_HOST, MARK_KERNEL_REPLY, MARK_UNKNOWN
+from enforcement.firewall import (
+    MARK_ACCEPTED,
+    MARK_CACHE,
+    MARK_HOST,
+    MARK_KERNEL_REPLY,
+    MARK_UNKNOWN,
+)
 from enforcement.flows import FlowTable
 from enforcement.nfqueue import (
     NFQA_CFG_F_FAIL_OPEN,
@@ -117,11 +123,14 @@ class QueueWorker:
         events: EventBuffer | None = None,
         trace_all: bool = False,
         audit: bool = False,
+        verdict_cache: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``events``: where decisions worth reporting go (None: nobody listens, and the
         cheaper ``decide`` runs). ``trace_all``: every packet becomes an event, not only
-        decided connections. ``audit``: what policy denies passes all the same (``--audit``)."""
+        decided connections. ``audit``: what policy denies passes all the same (``--audit``).
+        ``verdict_cache`` (fast path): an allow the tables gave by the packet's tuple alone is
+        marked for the kernel's verdict cache (``firewall.MARK_CACHE``)."""
         self.queue_num = queue_num
         self.tables = tables
         self.flows = flows
@@ -132,6 +141,7 @@ class QueueWorker:
         self.events = events
         self.trace_all = trace_all
         self.audit = audit
+        self.verdict_cache = verdict_cache and fast_path
         self.stats = QueueStats()
         self.queue_flags = NFQA_CFG_F_GSO | (NFQA_CFG_F_FAIL_OPEN if fail_open else 0)
         """The ``NFQA_CFG_F_*`` flags the worker sets on its queue once bound."""
@@ -186,6 +196,13 @@ class QueueWorker:
 
         Everything the callback does but talk to the kernel (sans-I/O: tests call this).
         """
+        return self.marks(payload, mark) is not None
+
+    def marks(self, payload: bytes, mark: int) -> int | None:
+        """:meth:`handle`, answering None when the packet must be dropped, else the mark bits
+        the fast path adds as it passes it: ``MARK_ACCEPTED``, and the cache bit of the
+        deciding tables' generation when the verdict may be cached (docs/design-verdict-cache.md:
+        the tables allowed a new connection by its tuple alone)."""
         started = time.perf_counter_ns()
         tables = self.tables.current
         try:
@@ -208,19 +225,26 @@ class QueueWorker:
         if events is not None and (self.trace_all or verdict.reason not in QUIET_REASONS):
             revoked = verdict.reason is Reason.REVOKED
             events.offer(VerdictEvent(time.time(), info, outcome, tables, not audited, revoked))
-        return verdict.accepted or audited
+        if not (verdict.accepted or audited):
+            return None
+        if self.verdict_cache and verdict.reason in ACCEPTING:
+            # ALLOWED and NOT_ISOLATED come only from the tables' verdict on the packet's own
+            # tuple (decide.py, question 6): replies, host traffic and tracked flows say FLOW,
+            # HOST or RELATED. Audited denials are no allow.
+            return MARK_ACCEPTED | MARK_CACHE[tables.generation & 1]
+        return MARK_ACCEPTED
 
     def _callback(self, packet: Packet) -> None:
         try:
-            passes = self.handle(packet.get_payload(), packet.get_mark())
+            marks = self.marks(packet.get_payload(), packet.get_mark())
         except Exception:  # never leave a packet without a verdict
-            passes = self._default.accepted
-        if not passes:
+            marks = MARK_ACCEPTED if self._default.accepted else None
+        if marks is None:
             packet.drop()
         elif self.fast_path:
             # Re-enter the hook with the mark set: the firewall saves it into the connection,
             # and the kernel passes the rest of the connection without the queue.
-            packet.set_mark(packet.get_mark() | MARK_ACCEPTED)
+            packet.set_mark(packet.get_mark() | marks)
             packet.repeat()
         else:
             packet.accept()

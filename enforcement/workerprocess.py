@@ -48,6 +48,7 @@ class WorkerSettings:
     """Report decisions as events (pumped to the runner as records)."""
     trace_all: bool = False
     audit: bool = False
+    verdict_cache: bool = False
     record_rate: float | None = DEFAULT_RATE
     """Records a second the worker's pump admits (None: no limit)."""
 
@@ -170,6 +171,7 @@ def worker_process_main(settings: WorkerSettings, connection: Connection) -> Non
         events=buffer,
         trace_all=settings.trace_all,
         audit=settings.audit,
+        verdict_cache=settings.verdict_cache,
     )
     stop = threading.Event()
     send_lock = threading.Lock()

@@ -249,6 +249,9 @@ class LabRecord:
     """Agents in audit mode: they report what policy denies but let it through."""
     flow_log: bool = True
     """Agents write flow logs (``lab flows``); off only to measure what that costs."""
+    verdict_cache: bool = True
+    """Fast mode: the kernel remembers the agents' allow verdicts per tuple (``run
+    --no-verdict-cache`` when False)."""
     agents: bool = True
     """False for a lab built with --no-agent: the network only, enforced by whatever you run."""
     underlay: str | None = None
@@ -281,6 +284,7 @@ class LabRecord:
             trace=data.get("trace", False),
             audit=data.get("audit", False),
             flow_log=data.get("flow_log", True),
+            verdict_cache=data.get("verdict_cache", True),
             agents=data.get("agents", True),
             underlay=data.get("underlay"),
         )
@@ -456,6 +460,7 @@ class Lab:
         trace: bool = False,
         audit: bool = False,
         flow_log: bool = True,
+        verdict_cache: bool = True,
         ipv6: bool = True,
         agents: bool = True,
         timeout: float = WAIT_SECONDS,
@@ -481,6 +486,7 @@ class Lab:
             trace=trace,
             audit=audit,
             flow_log=flow_log,
+            verdict_cache=verdict_cache,
             agents=agents,
         )
         record.nodes = [
@@ -1157,6 +1163,7 @@ class Lab:
             *(["--trace"] if record.trace else []),
             *(["--audit"] if record.audit else []),
             "--policy-metrics",  # a lab has few policies: their series cost nothing
+            *([] if record.verdict_cache else ["--no-verdict-cache"]),
             # Lab agents log their flows: `lab flows` reads them.
             *(["--flow-log", str(self.flow_log_path(node.name))] if record.flow_log else []),
         ]  # fmt: skip

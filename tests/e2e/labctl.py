@@ -24,6 +24,29 @@ class LabCommandError(AssertionError):
     pass
 
 
+def ipset(netns: str, *args: str) -> str:
+    """``ipset ARGS`` inside a lab node's namespace; its standard output."""
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "ipset", *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def live_cache_members(netns: str) -> list[str]:
+    """The sets the node's live IPv4 verdict cache answers from (none while it is off, and none
+    where there is no cache: per-packet mode, ``--no-verdict-cache``)."""
+    from enforcement.firewall import FirewallConfig
+
+    listing = subprocess.run(
+        ["ip", "netns", "exec", netns, "ipset", "list", FirewallConfig().live_cache_set(4)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    if "Members:" not in listing:
+        return []
+    return [line.split()[0] for line in listing.split("Members:", 1)[1].splitlines() if line]
+
+
 def netpol_agent(*args: str, input: str | None = None, check: bool = True) -> str:
     """Run ``netpol-agent ARGS`` and return its standard output."""
     result = subprocess.run(

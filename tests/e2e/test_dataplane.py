@@ -19,7 +19,8 @@ import pytest
 
 from agent.lab.lab import Lab, LabRecord
 from agent.lab.netns import entered
-from tests.e2e.labctl import COMMAND, LabDriver, lab_session
+from enforcement.firewall import CACHE_LIVENESS
+from tests.e2e.labctl import COMMAND, LabDriver, lab_session, live_cache_members
 
 pytestmark = pytest.mark.root
 
@@ -118,6 +119,13 @@ def test_agent_absent(
     assert agent_pid is not None
     os.killpg(agent_pid, signal.SIGKILL)  # not a clean exit: the rules stay behind
     time.sleep(0.2)
+    # The verdict cache (fast mode) answers for the dead agent's last allows until its
+    # liveness lapses, a few seconds later; then nothing decides for b.
+    node = record(lab).nodes[0].netns
+    died = time.monotonic()
+    while live_cache_members(node):
+        assert time.monotonic() - died < CACHE_LIVENESS + 2, "the cache outlived the agent"
+        time.sleep(0.1)
     # Traffic of pods no policy isolates never depended on the agent.
     assert everything(lab.probe(80)) == reachable_after_kill
 

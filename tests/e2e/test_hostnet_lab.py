@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.lab.lab import Lab, LabNode
-from enforcement.firewall import FirewallConfig
+from enforcement.firewall import CACHED_CHAIN, FirewallConfig
 from tests.agent.lab.test_hostnet import tcp_answers
 from tests.e2e.labctl import LabDriver, lab_session
 
@@ -85,7 +85,8 @@ spec:
 
 
 def queued(node: LabNode, hook: str) -> int:
-    """Packets the agent's chain for ``hook`` on ``node`` has sent to the queue (IPv4)."""
+    """Packets the agent's chain for ``hook`` on ``node`` has decided (IPv4): sent to the queue,
+    or admitted by the verdict cache for the queue (a tuple the queue allowed before)."""
     config = FirewallConfig()
     listing = subprocess.run(
         ["ip", "netns", "exec", node.netns, "iptables", "-w", "-n", "-v", "-x", "-L",
@@ -93,7 +94,8 @@ def queued(node: LabNode, hook: str) -> int:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rules = [line.split() for line in listing.splitlines()[2:]]
-    return sum(int(rule[0]) for rule in rules if rule[2] == config.chain("QUEUE"))
+    decided = (config.chain("QUEUE"), config.chain(CACHED_CHAIN))
+    return sum(int(rule[0]) for rule in rules if rule[2] in decided)
 
 
 @pytest.fixture

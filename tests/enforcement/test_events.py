@@ -8,7 +8,9 @@ from enforcement.compiler import compile_tables
 from enforcement.events import (
     EventBuffer,
     EventKind,
+    TupleOutcomes,
     VerdictEvent,
+    cache_decided,
     format_time,
     kernel_decided,
     record_of,
@@ -137,6 +139,25 @@ def test_kernel_decided_connections_are_those_no_policy_isolates() -> None:
     assert kernel_decided(_entry(OUTSIDE, "192.0.2.10"), tables, 5.0) is None
     assert kernel_decided(_entry(OUTSIDE, REMOTE), tables, 5.0) is None
     assert kernel_decided(_entry(OUTSIDE, C), tables, 5.0) is not None
+
+
+def test_a_connection_the_cache_admitted_names_the_rule_the_queue_would_have() -> None:
+    tables = _tables()
+    queued = record_of(_event(tables, _tcp(A, B)), "node-1").as_dict()
+    cached = record_of(cache_decided(_tcp(A, B), tables, 1_700_000_000.25), "node-1").as_dict()
+    assert cached.pop("cached") is True and "cached" not in queued
+    assert cached == queued
+
+
+def test_tuple_outcomes_are_asked_once_per_generation_and_bounded() -> None:
+    tables, memo = _tables(), TupleOutcomes(limit=2)
+    first = memo.of(_tcp(A, B), tables)
+    assert first is tables.outcome(ip(A), ip(B), IPPROTO_TCP, 80)
+    assert memo.of(_tcp(A, B), tables) is first
+    assert memo.of(_tcp(C, B), tables).reason is Reason.DENIED_INGRESS
+    assert memo.of(_tcp(A, C), tables).reason is Reason.NOT_ISOLATED  # past the limit: anew
+    later = compile_tables(cluster(make_namespace("x"), make_pod("x", "b", B)), "node-1", 2)
+    assert memo.of(_tcp(A, B), later).reason is Reason.NOT_ISOLATED  # other tables, other answer
 
 
 def test_times_are_rfc3339_utc() -> None:

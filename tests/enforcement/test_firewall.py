@@ -9,15 +9,21 @@ import pytest
 
 from agent.lab.netns import entered
 from enforcement.firewall import (
+    CACHE_LIVENESS,
+    CACHED_PREFIX,
+    MARK_ACCEPTED,
+    MARK_CACHE,
     MARK_HOST,
     MARK_KERNEL_REPLY,
     MARK_LOGGED,
+    MARK_MASK,
     MARK_UNKNOWN,
     Family,
     Firewall,
     FirewallConfig,
     Runner,
     render_anti_spoofing,
+    render_cache_generation,
     render_jumps,
     render_rules,
     render_set,
@@ -271,7 +277,7 @@ def test_the_log_chain_logs_each_connection_of_a_local_pod_once(scratch_netns: s
             sender.sendto(b"x", (address, port))
         seen = []
         while packets := reader.receive():
-            seen += [(socket.inet_ntoa(packet.dst), packet.dst_port) for packet in packets]
+            seen += [(socket.inet_ntoa(got.packet.dst), got.packet.dst_port) for got in packets]
         assert seen == [("127.0.0.5", 9001)]
     finally:
         sender.close()
@@ -436,3 +442,91 @@ def test_pod_cidrs_set_at_runtime_in_a_namespace(scratch_netns: str) -> None:
     firewall.remove()
     assert "npa-" not in run(["ipset", "list", "-n"], None)
     assert "NETPOL" not in run(["iptables-save"], None)
+
+
+def test_mark_bits_are_distinct_single_bits_inside_the_mask() -> None:
+    bits = [MARK_HOST, MARK_KERNEL_REPLY, MARK_ACCEPTED, MARK_UNKNOWN, MARK_LOGGED, *MARK_CACHE]
+    assert all(bit and bit & (bit - 1) == 0 for bit in bits)
+    assert len(set(bits)) == len(bits) and sum(bits) == MARK_MASK
+
+
+def test_the_verdict_cache_admits_new_connections_of_cached_tuples_before_the_queue() -> None:
+    config = FirewallConfig()
+    rules = render_rules(config, 4).splitlines()
+    live = config.live_cache_set(4)
+    lookup = f"-m conntrack --ctstate NEW --ctdir ORIGINAL -m set --match-set {live} src,dst,dst"
+    for hook in ("FORWARD", "INPUT"):
+        chain = config.chain(hook)
+        own = [line for line in rules if line.startswith(f"-A {chain} ")]
+        cached = own.index(f"-A {chain} {lookup} -j NETPOL-AGENT-CACHED")
+        queued = own.index(
+            f"-A {chain} -m set --match-set npa-isolated-v4 src -j NETPOL-AGENT-QUEUE"
+        )
+        assert cached < queued
+    # Not for the node's own traffic.
+    assert not [
+        line for line in rules if line.startswith("-A NETPOL-AGENT-OUTPUT") and live in line
+    ]
+    assert [line for line in rules if line.startswith("-A NETPOL-AGENT-CACHED")] == [
+        f"-A NETPOL-AGENT-CACHED -j MARK --or-mark 0x{MARK_ACCEPTED:x}",
+        "-A NETPOL-AGENT-CACHED -j NETPOL-AGENT-ACCEPT",
+    ]
+    # First packets back from the queue leave their tuple in their generation's set, before
+    # the connmark is saved.
+    accept = [line for line in rules if line.startswith("-A NETPOL-AGENT-ACCEPT")]
+    assert accept[:2] == [
+        f"-A NETPOL-AGENT-ACCEPT -m mark --mark 0x{bit:x}/0x{bit:x} -j SET --add-set "
+        f"{config.cache_set(4, parity)} src,dst,dst --exist"
+        for parity, bit in enumerate(MARK_CACHE)
+    ]
+
+
+def test_cached_connections_are_logged_with_their_prefix_when_a_flow_log_is_on() -> None:
+    rules = render_rules(FirewallConfig(log_unqueued=True), 6)
+    assert (
+        f"-A NETPOL-AGENT-CACHED -j NFLOG --nflog-group 1000 --nflog-prefix {CACHED_PREFIX}"
+        in rules
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [FirewallConfig(verdict_cache=False), FirewallConfig(mode="per-packet")],
+    ids=["off", "per-packet"],
+)
+def test_no_cache_rules_when_off_or_per_packet(config: FirewallConfig) -> None:
+    rules = render_rules(config, 4)
+    assert "cache" not in rules and "CACHED" not in rules
+
+
+def test_a_generation_flushes_its_parity_set_and_makes_it_the_live_one() -> None:
+    config = FirewallConfig()
+    payload = render_cache_generation(config, 4, 3).splitlines()
+    odd = config.cache_set(4, 3)
+    assert odd == config.cache_set(4, 1) != config.cache_set(4, 2)
+    assert payload == [
+        f"flush {config.live_cache_set(4)}",
+        f"flush {odd}",
+        f"add {config.live_cache_set(4)} {odd}",
+    ]
+
+
+@pytest.mark.root
+def test_the_cache_sets_are_created_switched_and_removed_in_a_namespace(scratch_netns: str) -> None:
+    run = in_namespace(scratch_netns)
+    firewall = Firewall(FirewallConfig(), run=run)
+    firewall.install()
+    config = firewall.config
+    for generation in (1, 2):
+        firewall.cache_generation(generation)
+        live = run(["ipset", "list", config.live_cache_set(4)], None)
+        assert config.cache_set(4, generation) in live
+        assert config.cache_set(4, generation + 1) not in live
+    live = run(["ipset", "list", config.live_cache_set(4)], None)
+    firewall.keep_cache_alive()  # renews the member's timeout
+    assert config.cache_set(4, 2) in run(["ipset", "list", config.live_cache_set(4)], None)
+    assert f"timeout {CACHE_LIVENESS}" in live
+    firewall.retire_cached_verdicts()
+    assert "Members:\n\n" in run(["ipset", "list", config.live_cache_set(6)], None) + "\n"
+    firewall.remove()
+    assert "cache" not in run(["ipset", "list", "-n"], None)

@@ -18,6 +18,7 @@ from enforcement.nflog import (
     COPY_RANGE,
     NFNL_SUBSYS_ULOG,
     NFULA_PAYLOAD,
+    NFULA_PREFIX,
     NFULNL_MSG_PACKET,
     NflogReader,
     bind_request,
@@ -47,7 +48,16 @@ def test_a_logged_packet_is_parsed_from_its_payload_attribute() -> None:
     )
     packets, malformed = logged_packets(data + _logged(attribute(NFULA_PAYLOAD, packet)))
     assert malformed == 0 and len(packets) == 2
-    assert packets[0].src == socket.inet_aton("10.244.1.2") and packets[0].dst_port == 53
+    first = packets[0].packet
+    assert first.src == socket.inet_aton("10.244.1.2") and first.dst_port == 53
+    assert [logged.prefix for logged in packets] == ["", ""]
+
+
+def test_the_prefix_says_which_rule_logged_the_packet() -> None:
+    packet = _ipv4_udp("10.244.1.2", "10.244.1.3", 40000, 53)
+    data = _logged(attribute(NFULA_PREFIX, b"cached\0"), attribute(NFULA_PAYLOAD, packet))
+    packets, malformed = logged_packets(data)
+    assert malformed == 0 and [logged.prefix for logged in packets] == ["cached"]
 
 
 def test_messages_without_a_packet_or_with_a_broken_one_are_counted_not_raised() -> None:
@@ -94,7 +104,7 @@ def test_a_log_group_delivers_first_packets_and_refuses_a_second_reader(
             sender.sendto(b"x", ("127.0.0.1", port))
         seen = []
         while packets := reader.receive():
-            seen += [(packet.protocol, packet.dst_port) for packet in packets]
+            seen += [(logged.packet.protocol, logged.packet.dst_port) for logged in packets]
         assert seen == [(socket.IPPROTO_UDP, 9001), (socket.IPPROTO_UDP, 9002)]
     finally:
         sender.close()

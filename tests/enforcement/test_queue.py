@@ -10,11 +10,12 @@ from scapy.all import IP, TCP
 
 from enforcement.compiler import compile_tables
 from enforcement.events import EventBuffer
+from enforcement.firewall import MARK_ACCEPTED, MARK_CACHE, MARK_HOST, MARK_KERNEL_REPLY
 from enforcement.flows import FlowTable
 from enforcement.queue import DECISION_BUCKETS_NS, QueueWorker, TablesHolder
 from enforcement.tables import AllowTables
 from enforcement.verdict import Reason
-from tests.builders import cluster, make_namespace, make_pod, make_policy, selector
+from tests.builders import cluster, make_namespace, make_pod, make_policy, peer, rule, selector
 
 
 def worker(fail_open: bool, tables: AllowTables | None = None) -> QueueWorker:
@@ -125,3 +126,63 @@ def test_audit_lets_a_denied_connection_through_and_tracks_it() -> None:
 def test_audit_still_drops_what_cannot_be_judged() -> None:
     queue = _with_events(audit=True)
     assert queue.handle(b"\x45\x00", mark=0) is False  # malformed: the agent's own safety
+
+
+def _cached(tables: AllowTables, *, audit: bool = False) -> QueueWorker:
+    return QueueWorker(
+        1000,
+        TablesHolder(tables),
+        FlowTable(),
+        fail_open=False,
+        audit=audit,
+        verdict_cache=True,
+        clock=lambda: 1.0,
+    )
+
+
+def _isolated_b_from_a(generation: int) -> AllowTables:
+    snapshot = cluster(
+        make_namespace("x"),
+        make_pod("x", "a", "10.244.1.2", labels={"pod": "a"}),
+        make_pod("x", "b", "10.244.1.3", labels={"pod": "b"}),
+        make_pod("x", "c", "10.244.1.4", labels={"pod": "c"}),
+        make_policy("x", "b-from-a", selector(pod="b"), ingress=[rule(peer(selector(pod="a")))]),
+    )
+    return compile_tables(snapshot, "node-1", generation)
+
+
+SYN_C_TO_B = bytes(IP(src="10.244.1.4", dst="10.244.1.3") / TCP(sport=40001, dport=80, flags="S"))
+
+
+@pytest.mark.parametrize("generation", [1, 2])
+def test_an_allow_by_the_tuple_is_marked_for_the_cache_of_its_generation(generation: int) -> None:
+    queue = _cached(_isolated_b_from_a(generation))
+    assert queue.marks(SYN_A_TO_B, mark=0) == MARK_ACCEPTED | MARK_CACHE[generation & 1]
+    assert MARK_CACHE[0] != MARK_CACHE[1]
+
+
+def test_what_the_cache_must_not_learn_gets_no_cache_bit() -> None:
+    queue = _cached(_isolated_b_from_a(1))
+    assert queue.marks(SYN_C_TO_B, mark=0) is None  # denied
+    assert queue.marks(SYN_A_TO_B, mark=0) == MARK_ACCEPTED | MARK_CACHE[1]
+    assert queue.marks(SYN_ACK_B_TO_A, mark=0) == MARK_ACCEPTED  # a packet of a tracked flow
+    from_node = bytes(IP(src="10.244.1.1", dst="10.244.1.3") / TCP(sport=9, dport=80, flags="S"))
+    assert queue.marks(from_node, mark=MARK_HOST) == MARK_ACCEPTED  # the node's own traffic
+    reply = bytes(IP(src="10.244.1.3", dst="10.244.1.2") / TCP(sport=80, dport=41000, flags="A"))
+    # The reply of a connection the kernel confirmed alone: judged by its reversed tuple.
+    assert queue.marks(reply, mark=MARK_KERNEL_REPLY) == MARK_ACCEPTED
+    audited = _cached(_isolated_b_from_a(1), audit=True)
+    assert audited.marks(SYN_C_TO_B, mark=0) == MARK_ACCEPTED  # passes, but is no allow
+
+
+def test_per_packet_mode_never_marks_for_the_cache() -> None:
+    queue = QueueWorker(
+        1000,
+        TablesHolder(_isolated_b_from_a(1)),
+        FlowTable(),
+        fail_open=False,
+        fast_path=False,
+        verdict_cache=True,
+        clock=lambda: 1.0,
+    )
+    assert queue.marks(SYN_A_TO_B, mark=0) == MARK_ACCEPTED

@@ -1,6 +1,6 @@
 """The throughput benchmark: what enforcing a NetworkPolicy costs, side by side, in one run.
 
-Five configurations of the same lab (one node; pods ``bench/client``, ``bench/server`` and
+Six configurations of the same lab (one node; pods ``bench/client``, ``bench/server`` and
 ``bench/other``; one policy that isolates the server for ingress and allows the client on TCP 80,
 TCP 5201 and UDP 5201):
 
@@ -8,7 +8,9 @@ TCP 5201 and UDP 5201):
 - ``kernel``: the same policy compiled into plain iptables rules (``agent.bench.kernel_peer``,
   what Calico's or kube-router's iptables mode does), installed in the node namespace, no agent;
 - ``fast``: the agent in its default mode (first packet of a connection decided in userspace,
-  the rest passed by the kernel through a connmark), without a flow log;
+  the rest passed by the kernel through a connmark; the next connections of an allowed tuple
+  admitted by the kernel's verdict cache), without a flow log;
+- ``fast-no-cache``: the same with ``--no-verdict-cache``: every new connection asks the agent;
 - ``fast-flow-log``: the same with ``--flow-log`` to a file (one JSON line per connection,
   and the NFLOG reader of the connections the kernel passes alone);
 - ``per-packet``: the agent deciding every packet of the isolated server in userspace.
@@ -16,10 +18,10 @@ TCP 5201 and UDP 5201):
 Switching: every configuration gets a lab of its own, built and removed around its loads
 (``Lab.up`` with or without an agent, then ``Lab.down``), so each one starts from fresh
 namespaces, an empty conntrack table and no rules left by the previous one, and the agent runs
-exactly as the lab runs it. Rounds interleave the five (none, kernel, fast, fast-flow-log,
-per-packet, none, ...), so slow drifts of the machine (thermal, other load) spread over all of
-them; the report gives the median per configuration and its ratio to the baseline measured in
-the same run.
+exactly as the lab runs it. Rounds interleave the six (none, kernel, fast, fast-no-cache,
+fast-flow-log, per-packet, none, ...), so slow drifts of the machine (thermal, other load)
+spread over all of them; the report gives the median per configuration and its ratio to the
+baseline measured in the same run.
 
 Loads, from real tools, client pod to server pod, each ``seconds`` long:
 

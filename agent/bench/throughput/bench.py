@@ -104,6 +104,7 @@ class ThroughputBench:
             mode=agent_mode,
             agents=mode in AGENT_MODES,
             flow_log=mode == "fast-flow-log",
+            verdict_cache=mode != "fast-no-cache",
             ipv6=False,
         )
         try:

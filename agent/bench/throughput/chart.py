@@ -21,6 +21,7 @@ COLOURS: dict[Mode, str] = {
     "none": "#7f7f7f",
     "kernel": "#1f77b4",
     "fast": "#2ca02c",
+    "fast-no-cache": "#bcbd22",
     "fast-flow-log": "#98df8a",
     "per-packet": "#d62728",
 }

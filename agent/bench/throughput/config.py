@@ -8,14 +8,17 @@ from typing import Literal
 
 from agent.health import DEFAULT_HEALTH_PORT
 
-Mode = Literal["none", "kernel", "fast", "fast-flow-log", "per-packet"]
-MODES: tuple[Mode, ...] = ("none", "kernel", "fast", "fast-flow-log", "per-packet")
+Mode = Literal["none", "kernel", "fast", "fast-no-cache", "fast-flow-log", "per-packet"]
+MODES: tuple[Mode, ...] = (
+    "none", "kernel", "fast", "fast-no-cache", "fast-flow-log", "per-packet"
+)  # fmt: skip
 BASELINE: Mode = "none"
-AGENT_MODES: tuple[Mode, ...] = ("fast", "fast-flow-log", "per-packet")
+AGENT_MODES: tuple[Mode, ...] = ("fast", "fast-no-cache", "fast-flow-log", "per-packet")
 MODE_TITLES: Mapping[Mode, str] = {
     "none": "no enforcement",
     "kernel": "kernel iptables",
     "fast": "agent fast path",
+    "fast-no-cache": "fast, no verdict cache",
     "fast-flow-log": "fast path + flow log",
     "per-packet": "agent per-packet",
 }
@@ -121,6 +124,7 @@ MODE_FIGURES: Mapping[Mode, tuple[str, ...]] = {
     "none": LOAD_FIGURES,
     "kernel": LOAD_FIGURES,
     "fast": (*LOAD_FIGURES, "decision_mean_s"),
+    "fast-no-cache": (*LOAD_FIGURES, "decision_mean_s"),
     "fast-flow-log": (*LOAD_FIGURES, "decision_mean_s"),
     "per-packet": (*LOAD_FIGURES, "decision_mean_s", "worker_pps", "worker_pps_per_cpu"),
 }

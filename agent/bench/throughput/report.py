@@ -76,6 +76,8 @@ class Report:
         fast_conns = medians.get("fast", {}).get("tcp_connections_per_s")
         kernel_conns = medians.get("kernel", {}).get("tcp_connections_per_s")
         conns = fast_conns / kernel_conns if fast_conns and kernel_conns else None
+        uncached_conns = medians.get("fast-no-cache", {}).get("tcp_connections_per_s")
+        cache_gain = fast_conns / uncached_conns if fast_conns and uncached_conns else None
         logged_conns = medians.get("fast-flow-log", {}).get("tcp_connections_per_s")
         logging_cost = logged_conns / fast_conns if logged_conns and fast_conns else None
         worker = medians.get("per-packet", {}).get("worker_pps")
@@ -97,6 +99,13 @@ class Report:
                 "ratio",
             ),
             at_least("new TCP connections/s, fast / kernel", "≥ 1.0", conns, 1.0, "ratio"),
+            at_least(
+                "new TCP connections/s, fast / fast without verdict cache",
+                "≥ 1.0",
+                cache_gain,
+                1.0,
+                "ratio",
+            ),
             at_least(
                 "new TCP connections/s, fast with flow log / without",
                 "≥ 0.95",

@@ -42,7 +42,8 @@ from agent.lab.processes import ProcessRef
 from agent.manifests import load_manifests
 from agent.sources.lab_store import LabStoreSource, read_store
 from agent.state import ClusterState
-from tests.e2e.labctl import COMMAND, REPO, LabCommandError, LabDriver
+from enforcement.firewall import CACHE_LIVENESS
+from tests.e2e.labctl import COMMAND, REPO, LabCommandError, LabDriver, live_cache_members
 
 # -- names ----------------------------------------------------------------------------------------
 
@@ -587,6 +588,12 @@ def test_a_killed_agent_is_restarted_fail_closed_meanwhile(
             queue_rules = [line for line in rules.splitlines() if "NFQUEUE" in line]
             assert queue_rules and not [line for line in queue_rules if "bypass" in line]
             assert not connects(c.netns, b.ipv4, 80), "denied traffic passed with no agent"
+            # The verdict cache answers for the dead agent's last allows only until its
+            # liveness lapses (CACHE_LIVENESS seconds after the last heartbeat).
+            died = time.monotonic()
+            while live_cache_members(record.nodes[0].netns):
+                assert time.monotonic() - died < CACHE_LIVENESS + 2, "the cache outlived the agent"
+                time.sleep(0.1)
             assert not connects(a.netns, b.ipv4, 80), "fail-closed: nothing decides for b"
             assert connects(a.netns, c.ipv4, 80), "pods no policy isolates never needed it"
         finally:

@@ -43,6 +43,7 @@ def sample_report() -> Report:
             run(number, "none", **loads(none, none, 100e3, 16e3)),
             run(number, "kernel", **loads(kernel, kernel, 100e3, 15e3)),
             run(number, "fast", **loads(fast, fast, 100e3, 10e3), decision_mean_s=20e-6),
+            run(number, "fast-no-cache", **loads(fast, fast, 100e3, 8e3), decision_mean_s=20e-6),
             run(
                 number,
                 "fast-flow-log",
@@ -91,6 +92,8 @@ def test_targets() -> None:
     assert fast_bulk.value == pytest.approx(21 / 22) and fast_bulk.met is True
     conns = targets["new TCP connections/s, fast / kernel"]
     assert conns.value == pytest.approx(10 / 15) and conns.met is False
+    cache = targets["new TCP connections/s, fast / fast without verdict cache"]
+    assert cache.value == pytest.approx(10 / 8) and cache.met is True
     logging = targets["new TCP connections/s, fast with flow log / without"]
     assert logging.value == pytest.approx(0.96) and logging.met is True
     worker = targets["packets/s through one per-packet worker"]
@@ -121,11 +124,13 @@ def test_table() -> None:
         "(0.95x)",
         "21.00",
         "(0.95x)",
+        "21.00",
+        "(0.95x)",
         "6.00",
         "(0.27x)",
     ]
     worker = next(line for line in lines if line.startswith("agent worker, UDP load"))
-    assert worker.split()[-5:] == ["-", "-", "-", "-", "30.0"]
+    assert worker.split()[-6:] == ["-", "-", "-", "-", "-", "30.0"]
     assert "medians of 3 interleaved rounds, 3 s per load" in table
     assert "first: p50 11.0 µs, p99 40.0 µs" in table
     assert "  new TCP connections/s, fast / kernel: 0.67 (target ≥ 1.0): NOT met" in lines
@@ -144,7 +149,7 @@ def test_json_has_every_figure_in_si_units() -> None:
     assert data["medians"]["per-packet"]["worker_pps_per_cpu"] == 55e3
     assert data["ratios_to_baseline"]["fast"]["tcp_4_streams_bps"] == pytest.approx(21 / 22)
     assert data["decision_replay_s"]["first"]["p99"] == 40e-6
-    assert len(data["runs"]) == 15
+    assert len(data["runs"]) == 18  # 3 rounds of 6 configurations
     assert {target["name"] for target in data["targets"]} >= {
         "TCP bulk 1 stream, fast / none",
         "decision time p99 (replay)",
