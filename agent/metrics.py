@@ -196,7 +196,8 @@ class AgentCollector(Collector):
             ),
             (
                 "event_records_suppressed",
-                "Flow records the rate limit held back (--flow-log-rate).",
+                "Flow records the rate limit held back (--flow-log-rate), in the agent or "
+                "already in the kernel (the NFLOG rules' limit).",
                 "suppressed",
             ),
             (
@@ -211,6 +212,8 @@ class AgentCollector(Collector):
             ),
         ):
             value = sum(getattr(each, attribute) for each in counts)
+            if attribute == "suppressed":  # held back by the NFLOG rules' own limit too
+                value += self.agent.status.unlogged_connections
             yield CounterMetricFamily(f"{PREFIX}_{name}", text, value=value)
         if self.agent.config.policy_metrics:
             policies = CounterMetricFamily(

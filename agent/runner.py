@@ -125,6 +125,9 @@ class AgentStatus:
     cached_connections: int = 0
     """New connections the kernel's verdict cache admitted without asking the queue (read from
     the cache rule's counter every few seconds)."""
+    unlogged_connections: int = 0
+    """Connections the flow log's NFLOG rules held back by their rate limit (the flow log says
+    so as suppressed records)."""
     """Packets the anti-spoofing rules dropped (read from their counters every few seconds)."""
     pod_cidrs: list[str] = field(default_factory=list)
     """This node's pod ranges the new-pod guard covers (``--pod-cidr`` or the Node's); empty:
@@ -158,6 +161,7 @@ class AgentStatus:
             "revoked": self.revoked,
             "spoofed_packets": self.spoofed_packets,
             "cached_connections": self.cached_connections,
+            "unlogged_connections": self.unlogged_connections,
             "pod_cidrs": self.pod_cidrs,
             "errors": self.errors,
             "warnings": self.warnings,
@@ -184,7 +188,16 @@ class Agent(WorkerSupervision):
         if firewall is None:
             # With a record consumer the firewall also logs what it does not queue, so that
             # connections the kernel passes alone are recorded (``_watch_kernel_decisions``).
-            firewall = Firewall(replace(config.firewall, log_unqueued=bool(record_sinks)))
+            # The flow log's rate limit applies in the kernel too: a packet it would only count
+            # as suppressed is not worth a trip to the agent (xt_limit takes 10000/s at most).
+            rate = None if config.trace or config.record_rate > 10000 else config.record_rate
+            firewall = Firewall(
+                replace(
+                    config.firewall,
+                    log_unqueued=bool(record_sinks),
+                    log_rate=None if rate is None else int(rate),
+                )
+            )
         self.firewall = firewall
         self.conntrack = Revoker()
         self.record_sinks = record_sinks
@@ -199,8 +212,8 @@ class Agent(WorkerSupervision):
         self.status = AgentStatus()
         self.programming_delay = DelayHistogram()
         """Seconds from a change the state took to its rules in force, per sync (metrics)."""
-        self._cached_reading = 0
-        """The cache rule's counter at the last reading (``_count_cached``)."""
+        self._readings: dict[str, int] = {}
+        """Rule counters at their last reading (``_read_counters``)."""
         self._dirty = threading.Event()
         self.state = ClusterState(on_change=self._dirty.set)
         self.tables = TablesHolder(compile_tables(ClusterSnapshot(), config.node_name, 0))
@@ -366,8 +379,7 @@ class Agent(WorkerSupervision):
                     if spoofed != self.status.spoofed_packets:
                         self.status.spoofed_packets = spoofed
                         self._write_status()
-                if self.config.firewall.uses_cache:
-                    self._count_cached()
+                self._read_counters()
             self._supervise()
             if not self._dirty.wait(self._next_wait()):
                 continue
@@ -395,15 +407,28 @@ class Agent(WorkerSupervision):
             del previous
             release_gradually(records)
 
-    def _count_cached(self) -> None:
-        """Add what the cache rule's counter gained since the last reading (a counter that went
-        down was reset by rewritten rules: all of it is new)."""
-        reading = self.firewall.cached_admissions()
-        gained = reading - self._cached_reading if reading >= self._cached_reading else reading
-        self._cached_reading = reading
-        if gained:
-            self.status.cached_connections += gained
+    def _read_counters(self) -> None:
+        """Add what the cache's and the flow log's rule counters gained since the last reading:
+        connections the cache admitted, and those the NFLOG rules' rate limit held back (told
+        to the flow log as suppressed)."""
+        config, cached, unlogged = self.firewall.config, 0, 0
+        if config.uses_cache:
+            cached = self._gained("cached", self.firewall.cached_admissions())
+            self.status.cached_connections += cached
+        if config.log_unqueued and config.log_rate is not None:
+            unlogged = self._gained("unlogged", self.firewall.unlogged())
+            self.status.unlogged_connections += unlogged
+            if unlogged:
+                self._dispatch_records(RecordBatch((), suppressed=unlogged))
+        if cached or unlogged:
             self._write_status()
+
+    def _gained(self, counter: str, reading: int) -> int:
+        """What a rule counter gained since its last reading (one that went down was reset by
+        rewritten rules: all of it is new)."""
+        last = self._readings.get(counter, 0)
+        self._readings[counter] = reading
+        return reading - last if reading >= last else reading
 
     def _compile(self, view: StateView) -> AllowTables:
         started = time.perf_counter()

@@ -116,6 +116,10 @@ again (fail-closed or fail-open, as configured) this long after, not ``CACHE_TIM
 CACHE_MAX = 65536
 """Tuples a cache set holds at most; a full set refuses new ones (those go to the queue)."""
 CACHED_PREFIX = "cached"
+OFFERED_COMMENT = "npa-flow-log-offered"
+"""The comment of the rules that count the connections offered to the flow log's NFLOG rules."""
+LOGGED_COMMENT = "npa-flow-log-logged"
+"""The comment of the NFLOG rules (their counters: the connections handed to the agent)."""
 """NFLOG prefix of connections admitted by the verdict cache (with a flow log)."""
 
 Mode = Literal["fast", "per-packet"]
@@ -158,6 +162,13 @@ class FirewallConfig:
     """Fast mode: let the kernel remember, per (source, destination, protocol, destination
     port), the queue's allow verdicts for new connections, and admit the next connection of the
     same tuple without asking (docs/design-verdict-cache.md); flushed at every change."""
+    log_rate: int | None = None
+    """Connections a second the NFLOG rules hand to the agent at most (``-m limit``, bursts of
+    ``log_burst``; None: all): the flow log's rate limit, applied before the agent pays for a
+    packet it would only count as suppressed. What the limit holds back is counted by the
+    rules' counters (``Firewall.unlogged``)."""
+    log_burst: int = 10000
+    """xt_limit's largest burst."""
     log_unqueued: bool = False
     """End each chain with an NFLOG rule (group ``log_group``) for the first packet of a
     connection of a local pod that nothing queued: the flow log's view of what the kernel
@@ -317,9 +328,23 @@ def _log_rules(config: FirewallConfig, family: Family, hooks: Sequence[str]) -> 
             f"-A {chain} -m set --match-set {local} {side} -j CONNMARK --or-mark 0x{MARK_LOGGED:x}"
             for side in ("src", "dst")
         ),
-        f"-A {chain} -m connmark --mark {logged} "
-        f"-j NFLOG --nflog-group {config.log_group} --nflog-size {COPY_RANGE}",
+        f"-A {chain} -m connmark --mark {logged} -m comment --comment {OFFERED_COMMENT}",
+        f"-A {chain} -m connmark --mark {logged} {_nflog(config)}",
     ]
+
+
+def _nflog(config: FirewallConfig, prefix: str = "") -> str:
+    """The NFLOG target of the flow log's rules, behind its rate limit; counted apart."""
+    limit = ""
+    if config.log_rate is not None:
+        limit = (
+            f"-m limit --limit {max(1, config.log_rate)}/second --limit-burst {config.log_burst} "
+        )
+    named = f" --nflog-prefix {prefix}" if prefix else ""
+    return (
+        f"{limit}-m comment --comment {LOGGED_COMMENT} "
+        f"-j NFLOG --nflog-group {config.log_group}{named} --nflog-size {COPY_RANGE}"
+    )
 
 
 def _cache_adds(config: FirewallConfig, family: Family, accept: str) -> list[str]:
@@ -348,10 +373,8 @@ def _cache_lookups(
         for hook in hooks
     ]
     if config.log_unqueued:
-        lines.append(
-            f"-A {cached} -j NFLOG --nflog-group {config.log_group} "
-            f"--nflog-prefix {CACHED_PREFIX} --nflog-size {COPY_RANGE}"
-        )
+        lines.append(f"-A {cached} -m comment --comment {OFFERED_COMMENT}")
+        lines.append(f"-A {cached} {_nflog(config, CACHED_PREFIX)}")
     return [
         *lines,
         f"-A {cached} -j MARK --or-mark 0x{MARK_ACCEPTED:x}",
@@ -669,30 +692,42 @@ class Firewall:
 
     def spoofed_drops(self) -> int:
         """Packets the anti-spoofing rules dropped so far (both families; 0 when off)."""
-        return self._counted("raw", ANTI_SPOOFING_CHAIN, "DROP")
+        return self._counted("raw", (ANTI_SPOOFING_CHAIN,), lambda words: words[-1] == "DROP")
 
     def cached_admissions(self) -> int:
         """New connections the verdict cache admitted since the rules were last written (both
         families; 0 when off): the packet counter of the cache chain's last rule. Rewriting the
         rules (``install``, ``set_pod_cidrs``) starts it from 0 again."""
-        return self._counted("filter", CACHED_CHAIN, self.config.chain("ACCEPT"))
+        accept = self.config.chain("ACCEPT")
+        return self._counted("filter", (CACHED_CHAIN,), lambda words: words[-1] == accept)
 
-    def _counted(self, table: str, name: str, last_word: str) -> int:
-        """The summed packet counters of chain ``name``'s rules whose text ends in
-        ``last_word``, both families; 0 for a chain that does not exist."""
+    def unlogged(self) -> int:
+        """Connections the flow log's NFLOG rules held back by their rate limit since the rules
+        were last written (both families): offered minus logged."""
+        chains = (LOG_CHAIN, CACHED_CHAIN)
+        offered = self._counted("filter", chains, lambda words: OFFERED_COMMENT in words)
+        logged = self._counted("filter", chains, lambda words: LOGGED_COMMENT in words)
+        return max(0, offered - logged)
+
+    def _counted(
+        self, table: str, names: Sequence[str], wanted: Callable[[list[str]], bool]
+    ) -> int:
+        """The summed packet counters of the rules of chains ``names`` whose words are
+        ``wanted``, both families; 0 for a chain that does not exist."""
         total = 0
-        chain = self.config.chain(name)
-        for family in FAMILIES:
-            command = [self.config.command(family), "-t", table, "-S", chain, "-v"]
-            try:
-                listing = self._run(command, None)
-            except FirewallError:
-                continue  # no such chain: the option is off
-            for line in listing.splitlines():
-                # "-A NETPOL-AGENT-ANTISPOOF -i np+ -m rpfilter --invert -c 3 180 -j DROP"
-                words = line.split()
-                if words[:2] == ["-A", chain] and "-c" in words and words[-1] == last_word:
-                    total += int(words[words.index("-c") + 1])
+        for name in names:
+            chain = self.config.chain(name)
+            for family in FAMILIES:
+                command = [self.config.command(family), "-t", table, "-S", chain, "-v"]
+                try:
+                    listing = self._run(command, None)
+                except FirewallError:
+                    continue  # no such chain: the option is off
+                for line in listing.splitlines():
+                    # "-A NETPOL-AGENT-ANTISPOOF -i np+ -m rpfilter --invert -c 3 180 -j DROP"
+                    words = line.split()
+                    if words[:2] == ["-A", chain] and "-c" in words and wanted(words):
+                        total += int(words[words.index("-c") + 1])
         return total
 
     def _present_jumps(self, family: Family, table: str = "filter") -> list[str]:

@@ -11,6 +11,7 @@ from agent.lab.netns import entered
 from enforcement.firewall import (
     CACHE_LIVENESS,
     CACHED_PREFIX,
+    LOGGED_COMMENT,
     MARK_ACCEPTED,
     MARK_CACHE,
     MARK_HOST,
@@ -18,6 +19,7 @@ from enforcement.firewall import (
     MARK_LOGGED,
     MARK_MASK,
     MARK_UNKNOWN,
+    OFFERED_COMMENT,
     Family,
     Firewall,
     FirewallConfig,
@@ -254,8 +256,15 @@ def test_unqueued_first_packets_of_local_pods_are_logged_once_when_asked() -> No
         f"-A {log} {logged} -j RETURN",
         f"-A {log} -m set --match-set npa-local-v6 src -j CONNMARK --or-mark 0x{MARK_LOGGED:x}",
         f"-A {log} -m set --match-set npa-local-v6 dst -j CONNMARK --or-mark 0x{MARK_LOGGED:x}",
-        f"-A {log} {logged} -j NFLOG --nflog-group 1000 --nflog-size 128",
+        f"-A {log} {logged} -m comment --comment {OFFERED_COMMENT}",
+        f"-A {log} {logged} -m comment --comment {LOGGED_COMMENT} "
+        "-j NFLOG --nflog-group 1000 --nflog-size 128",
     ]
+    limited = render_rules(FirewallConfig(log_unqueued=True, log_rate=1000), 4)
+    assert (
+        f"-A {log} {logged} -m limit --limit 1000/second --limit-burst 10000 -m comment "
+        f"--comment {LOGGED_COMMENT} -j NFLOG" in limited
+    )
 
 
 @pytest.mark.root
@@ -285,6 +294,33 @@ def test_the_log_chain_logs_each_connection_of_a_local_pod_once(scratch_netns: s
     firewall.remove()
     assert "NETPOL" not in run(["iptables-save"], None)
     assert "NETPOL" not in run(["ip6tables-save"], None)
+
+
+@pytest.mark.root
+def test_the_log_rules_rate_limit_and_count_what_they_hold_back(scratch_netns: str) -> None:
+    """With a rate of 1 a second and bursts of 2, six new connections in a moment: two reach
+    the agent, four are counted as held back (the flow log's suppressed count)."""
+    run = in_namespace(scratch_netns)
+    run(["ip", "link", "set", "lo", "up"], None)
+    config = FirewallConfig(log_unqueued=True, log_rate=1, log_burst=2)
+    firewall = Firewall(config, run=run)
+    firewall.install()
+    firewall.sync(frozenset(), frozenset({ip("127.0.0.5")}))
+    with entered(scratch_netns):
+        reader = NflogReader(config.log_group, timeout=0.5)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for port in range(9001, 9007):
+            sender.sendto(b"x", ("127.0.0.5", port))
+        seen = []
+        while packets := reader.receive():
+            seen += [got.packet.dst_port for got in packets]
+        assert seen == [9001, 9002]
+        assert firewall.unlogged() == 4
+    finally:
+        sender.close()
+        reader.close()
+        firewall.remove()
 
 
 @pytest.mark.root
@@ -484,8 +520,8 @@ def test_the_verdict_cache_admits_new_connections_of_cached_tuples_before_the_qu
 def test_cached_connections_are_logged_with_their_prefix_when_a_flow_log_is_on() -> None:
     rules = render_rules(FirewallConfig(log_unqueued=True), 6)
     assert (
-        f"-A NETPOL-AGENT-CACHED -j NFLOG --nflog-group 1000 --nflog-prefix {CACHED_PREFIX}"
-        in rules
+        f"-A NETPOL-AGENT-CACHED -m comment --comment {LOGGED_COMMENT} -j NFLOG --nflog-group 1000 "
+        f"--nflog-prefix {CACHED_PREFIX}" in rules
     )
 
 
