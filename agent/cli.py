@@ -296,7 +296,8 @@ def _add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         default=DEFAULT_RECORD_RATE,
         metavar="N",
         help=f"flow-log records a second per queue worker (default {DEFAULT_RECORD_RATE:g}, "
-        "bursts of ten times that); what is held back is counted in a 'suppressed' line",
+        "in bursts of one second's worth; the kernel applies it too to what it logs); what "
+        "is held back is counted in a 'suppressed' line",
     )
     run.add_argument(
         "--audit",

@@ -45,7 +45,15 @@ FOLDED_FLOWS_MAX = 65536
 """Connections folded at once; beyond it, denials are recorded unfolded (and rate-limited)."""
 DEFAULT_RATE = 1000.0
 """Records a second admitted by default, per worker."""
-DEFAULT_BURST = 10000
+
+
+def burst_of(rate: float) -> int:
+    """The records a rate limit lets through at once: one second's worth. (Ten seconds' worth,
+    as before, let a flood of new connections cost a loaded node ten seconds of full-rate
+    logging at once, which is what ``netpol-agent bench`` measured as the flow log's cost.)"""
+    return max(1, int(rate))
+
+
 POLICY_SERIES_MAX = 1000
 """Distinct (policy, rule action, direction, verdict) series the per-policy counters keep;
 further policies are counted under the name ``_other`` (bounded cardinality for Prometheus)."""
@@ -173,22 +181,23 @@ class EventPump:
         sink: Sink,
         *,
         rate: float | None = DEFAULT_RATE,
-        burst: int = DEFAULT_BURST,
+        burst: int | None = None,
         fold_window: float = FOLD_WINDOW,
         interval: float = 0.05,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """``rate`` None: no limit (tracing, which is for people and slow anyway)."""
+        """``rate`` None: no limit (tracing, which is for people and slow anyway); ``burst``
+        None: :func:`burst_of` the rate."""
         self.buffer = buffer
         self.node = node
         self.sink = sink
         self.rate = rate
-        self.burst = burst
+        self.burst = burst if burst is not None else burst_of(rate or 0.0)
         self.fold_window = fold_window
         self.interval = interval
         self._wall_clock = wall_clock
         self.counts = EventCounts()
-        self._tokens = float(burst)
+        self._tokens = float(self.burst)
         self._refilled: float | None = None
         self._folding: dict[tuple[object, ...], _Fold] = {}
         self._dropped_seen = 0

@@ -167,8 +167,9 @@ class FirewallConfig:
     ``log_burst``; None: all): the flow log's rate limit, applied before the agent pays for a
     packet it would only count as suppressed. What the limit holds back is counted by the
     rules' counters (``Firewall.unlogged``)."""
-    log_burst: int = 10000
-    """xt_limit's largest burst."""
+    log_burst: int | None = None
+    """Connections the limit lets through at once; None: one second's worth, as the agent's
+    own limit (``eventpump.burst_of``), at most xt_limit's largest burst, 10000."""
     log_unqueued: bool = False
     """End each chain with an NFLOG rule (group ``log_group``) for the first packet of a
     connection of a local pod that nothing queued: the flow log's view of what the kernel
@@ -333,13 +334,17 @@ def _log_rules(config: FirewallConfig, family: Family, hooks: Sequence[str]) -> 
     ]
 
 
+def _burst(config: FirewallConfig) -> int:
+    if config.log_burst is not None:
+        return config.log_burst
+    return min(10000, max(1, config.log_rate or 1))
+
+
 def _nflog(config: FirewallConfig, prefix: str = "") -> str:
     """The NFLOG target of the flow log's rules, behind its rate limit; counted apart."""
     limit = ""
     if config.log_rate is not None:
-        limit = (
-            f"-m limit --limit {max(1, config.log_rate)}/second --limit-burst {config.log_burst} "
-        )
+        limit = f"-m limit --limit {max(1, config.log_rate)}/second --limit-burst {_burst(config)} "
     named = f" --nflog-prefix {prefix}" if prefix else ""
     return (
         f"{limit}-m comment --comment {LOGGED_COMMENT} "

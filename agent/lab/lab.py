@@ -86,6 +86,10 @@ LAB_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?")
 """A lab's name, matched with ``fullmatch`` (``$`` in ``re.match`` would accept a final newline)."""
 MAX_NODES = 16
 """Nodes per lab at most (node N gets 10.244.N.0/24)."""
+LAB_FLOW_LOG_RATE = 10000
+"""Flow-log records a second a lab agent writes at most (bursts of as many): ten times a node's
+default, so that ``lab flows`` shows every connection of a probe (a 50-pod lab makes a few
+thousand in a second) while a flood still cannot make a lab agent log without bound."""
 PRIVATE_UMASK = 0o077
 """The lab's files are root's alone: directories 0700, files 0600."""
 
@@ -1165,7 +1169,12 @@ class Lab:
             "--policy-metrics",  # a lab has few policies: their series cost nothing
             *([] if record.verdict_cache else ["--no-verdict-cache"]),
             # Lab agents log their flows: `lab flows` reads them.
-            *(["--flow-log", str(self.flow_log_path(node.name))] if record.flow_log else []),
+            *(
+                ["--flow-log", str(self.flow_log_path(node.name)),
+                 "--flow-log-rate", str(LAB_FLOW_LOG_RATE)]
+                if record.flow_log
+                else []
+            ),
         ]  # fmt: skip
         argv = [
             "ip", "netns", "exec", node.netns,

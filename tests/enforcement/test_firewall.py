@@ -262,7 +262,7 @@ def test_unqueued_first_packets_of_local_pods_are_logged_once_when_asked() -> No
     ]
     limited = render_rules(FirewallConfig(log_unqueued=True, log_rate=1000), 4)
     assert (
-        f"-A {log} {logged} -m limit --limit 1000/second --limit-burst 10000 -m comment "
+        f"-A {log} {logged} -m limit --limit 1000/second --limit-burst 1000 -m comment "
         f"--comment {LOGGED_COMMENT} -j NFLOG" in limited
     )
 
