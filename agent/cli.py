@@ -97,6 +97,14 @@ def _add_lab_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "run --help'); to measure what the cache saves",
     )
     up.add_argument(
+        "--flow-log-rate",
+        type=_rate,
+        default=None,
+        metavar="N",
+        help="flow-log records a second each agent writes at most (default 10000: every "
+        "connection of a probe; 'netpol-agent run --flow-log-rate' for a node's)",
+    )
+    up.add_argument(
         "--no-flow-log",
         action="store_true",
         help="the agents write no flow log ('lab flows' shows nothing); to measure its cost",
@@ -556,6 +564,7 @@ def _lab(args: argparse.Namespace) -> int:
                 trace=args.trace,
                 audit=args.audit,
                 flow_log=not args.no_flow_log,
+                **({} if args.flow_log_rate is None else {"flow_log_rate": args.flow_log_rate}),
                 verdict_cache=not args.no_verdict_cache,
                 ipv6=not args.no_ipv6,
                 agents=not args.no_agent,

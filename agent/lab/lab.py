@@ -253,6 +253,8 @@ class LabRecord:
     """Agents in audit mode: they report what policy denies but let it through."""
     flow_log: bool = True
     """Agents write flow logs (``lab flows``); off only to measure what that costs."""
+    flow_log_rate: float = LAB_FLOW_LOG_RATE
+    """Flow-log records a second each agent writes at most (``run --flow-log-rate``)."""
     verdict_cache: bool = True
     """Fast mode: the kernel remembers the agents' allow verdicts per tuple (``run
     --no-verdict-cache`` when False)."""
@@ -288,6 +290,7 @@ class LabRecord:
             trace=data.get("trace", False),
             audit=data.get("audit", False),
             flow_log=data.get("flow_log", True),
+            flow_log_rate=data.get("flow_log_rate", LAB_FLOW_LOG_RATE),
             verdict_cache=data.get("verdict_cache", True),
             agents=data.get("agents", True),
             underlay=data.get("underlay"),
@@ -464,6 +467,7 @@ class Lab:
         trace: bool = False,
         audit: bool = False,
         flow_log: bool = True,
+        flow_log_rate: float = LAB_FLOW_LOG_RATE,
         verdict_cache: bool = True,
         ipv6: bool = True,
         agents: bool = True,
@@ -490,6 +494,7 @@ class Lab:
             trace=trace,
             audit=audit,
             flow_log=flow_log,
+            flow_log_rate=flow_log_rate,
             verdict_cache=verdict_cache,
             agents=agents,
         )
@@ -1171,7 +1176,7 @@ class Lab:
             # Lab agents log their flows: `lab flows` reads them.
             *(
                 ["--flow-log", str(self.flow_log_path(node.name)),
-                 "--flow-log-rate", str(LAB_FLOW_LOG_RATE)]
+                 "--flow-log-rate", f"{record.flow_log_rate:g}"]
                 if record.flow_log
                 else []
             ),

@@ -47,6 +47,7 @@ from agent.bench.throughput.tools import (
     udp_result,
 )
 from agent.lab.lab import Lab
+from enforcement.eventpump import DEFAULT_RATE
 from enforcement.model import ClusterSnapshot
 
 
@@ -104,6 +105,8 @@ class ThroughputBench:
             mode=agent_mode,
             agents=mode in AGENT_MODES,
             flow_log=mode == "fast-flow-log",
+            # What a node runs with a flow log, not the lab's generous rate.
+            flow_log_rate=DEFAULT_RATE,
             verdict_cache=mode != "fast-no-cache",
             ipv6=False,
         )
