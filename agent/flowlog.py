@@ -24,6 +24,7 @@ from typing import IO, Any
 from agent.logs import fields, json_fields
 from enforcement.eventpump import RecordBatch
 from enforcement.events import format_time
+from enforcement.recordjson import json_line
 
 log = logging.getLogger(__name__)
 trace_log = logging.getLogger("netpol-agent.trace")
@@ -52,7 +53,7 @@ class FlowLogWriter:
         self.errors = 0
 
     def __call__(self, batch: RecordBatch) -> None:
-        lines = [_COMPACT.encode(record.as_dict()) for record in batch.records]
+        lines = [json_line(record) for record in batch.records]
         if batch.suppressed or batch.dropped:
             lines.append(
                 _COMPACT.encode(
