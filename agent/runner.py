@@ -29,7 +29,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -572,10 +571,3 @@ class Agent(WorkerSupervision):
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(self.status.as_dict()))
         os.replace(temporary, path)
-
-
-def run_until_signalled(agent: Agent, install_handlers: Callable[[threading.Event], None]) -> None:
-    """Run ``agent`` until a handler installed by ``install_handlers`` sets the stop event."""
-    stop = threading.Event()
-    install_handlers(stop)
-    agent.run(stop)
