@@ -28,7 +28,7 @@ from agent.explain_cli import snapshot_from_objects
 from enforcement.compiler import compile_tables
 from enforcement.explain import explain
 from enforcement.explanation import Endpoint, Explanation, find_endpoint
-from enforcement.model import PROTOCOL_NUMBERS, ClusterSnapshot
+from enforcement.model import PROTOCOL_NUMBERS, ClusterSnapshot, IPAddress
 from enforcement.tables import AllowTables
 from enforcement.verdict import Reason, RuleRef
 from tests.e2e import cnp_cases, netpol_cases
@@ -41,7 +41,7 @@ from tests.examples.expectations import (
     load_example,
     render_diff,
 )
-from tests.examples.test_examples_compiled import NODE, example_snapshot
+from tests.examples.test_examples_compiled import NODE, example_snapshot, predicted_matrix
 
 
 def _check_refs(
@@ -182,25 +182,14 @@ def test_example_explained(directory: Path, probe: Probe) -> None:
     snapshot, addresses = example_snapshot(example, probe.stage)
     tables: dict[str | None, AllowTables] = {NODE: compile_tables(snapshot, NODE)}
     protocol = PROTOCOL_NUMBERS[probe.protocol]
-    endpoints = example.probe_endpoints(probe)
-    actual: dict[str, dict[str, bool]] = {}
     problems: list[str] = []
-    for source in endpoints:
-        row = actual[source.key] = {}
-        for target in endpoints:
-            src = addresses[source.key].get(probe.family)
-            dst = addresses[target.key].get(probe.family)
-            if src is None or dst is None or (probe.port, probe.protocol) not in target.serves:
-                row[target.key] = False
-                continue
-            if source.key == target.key:
-                row[target.key] = True  # loopback: never filtered
-                continue
-            got = explain(
-                snapshot, Endpoint(address=src), Endpoint(address=dst), protocol, probe.port
-            )
-            row[target.key] = got.allowed
-            problems += _check_refs(snapshot, tables, got, f"{source.key} -> {target.key}")
+
+    def reaches(source: str, target: str, src: IPAddress, dst: IPAddress) -> bool:
+        got = explain(snapshot, Endpoint(address=src), Endpoint(address=dst), protocol, probe.port)
+        problems.extend(_check_refs(snapshot, tables, got, f"{source} -> {target}"))
+        return got.allowed
+
+    actual = predicted_matrix(example, probe, addresses, reaches)
     expected = expected_matrix(example, probe)
     assert actual == expected, "\n" + render_diff(probe, expected, actual, source="explain")
     assert not problems, "\n".join(problems)

@@ -13,7 +13,7 @@ The lab test (test_examples_lab.py) checks the same expectations against real pa
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -117,10 +117,16 @@ def example_snapshot(example: Example, stage: Sequence[str]) -> tuple[ClusterSna
     return snapshot, addresses
 
 
-def compiled_matrix(example: Example, probe: Probe) -> Matrix:
-    """The matrix the compiled tables predict for ``probe``, given who listens where."""
-    tables, addresses = compile_example(example, probe.stage)
-    protocol = PROTOCOL_NUMBERS[probe.protocol]
+Reaches = Callable[[str, str, IPAddress, IPAddress], bool]
+"""Whether a new connection from one endpoint (key, address) to another passes."""
+
+
+def predicted_matrix(
+    example: Example, probe: Probe, addresses: Addresses, reaches: Reaches
+) -> Matrix:
+    """The matrix ``reaches`` predicts for ``probe``, given who listens where: a target that
+    does not serve the probe's port, or an endpoint without an address of its family, is never
+    reached, and an endpoint always reaches itself (loopback is never filtered)."""
     endpoints = example.probe_endpoints(probe)
     matrix: Matrix = {}
     for source in endpoints:
@@ -130,13 +136,22 @@ def compiled_matrix(example: Example, probe: Probe) -> Matrix:
             dst = addresses[target.key].get(probe.family)
             if src is None or dst is None or (probe.port, probe.protocol) not in target.serves:
                 row[target.key] = False
-                continue
-            if source.key == target.key:
-                row[target.key] = True  # loopback: never filtered
-                continue
-            reason = tables.evaluate(src.packed, dst.packed, protocol, probe.port)
-            row[target.key] = reason in REACHABLE
+            elif source.key == target.key:
+                row[target.key] = True
+            else:
+                row[target.key] = reaches(source.key, target.key, src, dst)
     return matrix
+
+
+def compiled_matrix(example: Example, probe: Probe) -> Matrix:
+    """The matrix the compiled tables predict for ``probe``, given who listens where."""
+    tables, addresses = compile_example(example, probe.stage)
+    protocol = PROTOCOL_NUMBERS[probe.protocol]
+
+    def reaches(_source: str, _target: str, src: IPAddress, dst: IPAddress) -> bool:
+        return tables.evaluate(src.packed, dst.packed, protocol, probe.port) in REACHABLE
+
+    return predicted_matrix(example, probe, addresses, reaches)
 
 
 @pytest.mark.parametrize(("example_name", "probe_name"), _cases())
